@@ -1,0 +1,22 @@
+//! The `environment` capability, always granted: the plugin's settings,
+//! the node id and the granted root.
+
+use crate::runtime::bindings::wasmcsi::plugin::environment::Host;
+use crate::runtime::state::CallState;
+
+impl Host for CallState {
+    async fn settings(&mut self) -> Vec<(String, String)> {
+        self.grants.settings.clone()
+    }
+
+    async fn node_id(&mut self) -> String {
+        self.grants.node_id.clone()
+    }
+
+    async fn root(&mut self) -> Option<String> {
+        self.grants
+            .fs
+            .as_ref()
+            .map(|fs| fs.root.to_string_lossy().into_owned())
+    }
+}

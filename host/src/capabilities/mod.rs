@@ -1,0 +1,107 @@
+//! Host capabilities lent to plugins. Each module is one self-contained
+//! unit: its grant (built once per plugin from the config), its bounds
+//! checks, and its implementation of the WIT host trait on the call state.
+
+pub mod command;
+pub mod environment;
+pub mod fs;
+pub mod http;
+pub mod log;
+pub mod loopdev;
+pub mod mount;
+pub mod paths;
+pub mod quota;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::config::PluginConfig;
+use crate::runtime::bindings::wasmcsi::plugin::types::{Error as WitError, ErrorCode};
+
+/// Everything one plugin was granted, shared by all its calls.
+pub struct Grants {
+    pub plugin: String,
+    pub node_id: String,
+    pub settings: Vec<(String, String)>,
+    pub fs: Option<Arc<fs::FsCap>>,
+    pub quota: Option<quota::QuotaCap>,
+    pub mount: Option<mount::MountCap>,
+    pub http: Option<http::HttpCap>,
+    pub log: bool,
+}
+
+impl Grants {
+    pub fn from_config(config: &PluginConfig, node_id: &str) -> Result<Grants> {
+        let caps = &config.capabilities;
+        let fs = caps
+            .fs
+            .as_ref()
+            .map(fs::FsCap::new)
+            .transpose()?
+            .map(Arc::new);
+        let quota = match (&caps.quota, &fs) {
+            (Some(_), Some(fs)) => Some(quota::QuotaCap::new(fs.clone())),
+            _ => None,
+        };
+        Ok(Grants {
+            plugin: config.name.clone(),
+            node_id: node_id.to_string(),
+            settings: config.settings_map(),
+            mount: caps
+                .mount
+                .as_ref()
+                .map(|m| mount::MountCap::new(m, fs.clone()))
+                .transpose()?,
+            http: caps.http.as_ref().map(http::HttpCap::new).transpose()?,
+            log: caps.log.is_some(),
+            quota,
+            fs,
+        })
+    }
+}
+
+/// A capability call's failure, returned to the plugin as a WIT error.
+#[derive(Debug, Clone)]
+pub struct CapError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl CapError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        CapError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::PermissionDenied, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn not_granted(capability: &str, plugin: &str) -> Self {
+        Self::denied(format!(
+            "capability {capability} is not granted to plugin {plugin}"
+        ))
+    }
+}
+
+impl From<CapError> for WitError {
+    fn from(e: CapError) -> WitError {
+        WitError {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// Result type of every host function with a fallible WIT signature.
+pub type CapResult<T> = std::result::Result<T, WitError>;

@@ -1,0 +1,506 @@
+//! The driver config: what a ConfigMap holds. Loading expands `${NAME}` and
+//! `${NAME:-default}` from the environment, then validates every field so
+//! that a bad config fails at start with one message naming the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub driver: DriverConfig,
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DriverConfig {
+    /// CSI driver name, e.g. `local.wasmcsi.io`.
+    pub name: String,
+    #[serde(default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub endpoint: String,
+    #[serde(default = "default_services")]
+    pub services: Vec<Service>,
+    #[serde(default = "default_topology_key")]
+    pub topology_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    Controller,
+    Node,
+}
+
+impl std::str::FromStr for Service {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "controller" => Ok(Service::Controller),
+            "node" => Ok(Service::Node),
+            other => bail!("unknown service {other:?} (expected controller or node)"),
+        }
+    }
+}
+
+fn default_services() -> Vec<Service> {
+    vec![Service::Controller, Service::Node]
+}
+
+fn default_topology_key() -> String {
+    "topology.wasmcsi.io/node".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginConfig {
+    pub name: String,
+    pub path: PathBuf,
+    /// Optional sha256 pin of the `.wasm` file (hex).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Handed to the plugin as a string map.
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Cap on the plugin's linear memory per call.
+    #[serde(default = "default_memory_bytes")]
+    pub memory_bytes: u64,
+    /// Wall-clock bound of one plugin call (the gRPC deadline may be shorter).
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_seconds: u64,
+    /// Plugin calls running at once; more wait.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_calls: u32,
+}
+
+fn default_memory_bytes() -> u64 {
+    64 << 20
+}
+fn default_call_timeout() -> u64 {
+    120
+}
+fn default_max_concurrent() -> u32 {
+    16
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: default_memory_bytes(),
+            call_timeout_seconds: default_call_timeout(),
+            max_concurrent_calls: default_max_concurrent(),
+        }
+    }
+}
+
+/// The capabilities granted to one plugin; an absent one is refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Capabilities {
+    pub fs: Option<FsGrant>,
+    pub quota: Option<QuotaGrant>,
+    pub mount: Option<MountGrant>,
+    pub http: Option<HttpGrant>,
+    pub log: Option<LogGrant>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FsGrant {
+    /// The plugin's root: its WASI preopen and the bound of every fs call.
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QuotaGrant {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MountGrant {
+    /// Filesystem types the plugin may mount (`xfs`, `ext4`, `nfs`, ...).
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Mount targets must resolve under one of these directories.
+    pub target_prefixes: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpGrant {
+    /// Allowed origins (`scheme://host[:port]`); an entry may hold several
+    /// separated by commas, as an environment variable often does.
+    pub origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogGrant {}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub endpoint: Option<String>,
+    pub node_id: Option<String>,
+    pub services: Option<Vec<Service>>,
+}
+
+impl Config {
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Config::parse(&text, &|name| std::env::var(name).ok(), overrides)
+            .with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses config text; `env` looks variables up (injectable for tests).
+    pub fn parse(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Config> {
+        let expanded = expand_env(text, env)?;
+        let mut config: Config = serde_yaml::from_str(&expanded).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            anyhow::anyhow!("invalid config{at}: {e}")
+        })?;
+        if let Some(endpoint) = &overrides.endpoint {
+            config.driver.endpoint = endpoint.clone();
+        }
+        if let Some(node_id) = &overrides.node_id {
+            config.driver.node_id = node_id.clone();
+        }
+        if let Some(services) = &overrides.services {
+            config.driver.services = services.clone();
+        }
+        for plugin in &mut config.plugins {
+            if let Some(http) = &mut plugin.capabilities.http {
+                http.origins = split_list(&http.origins);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let d = &self.driver;
+        if d.name.is_empty() || d.name.len() > 63 || !is_driver_name(&d.name) {
+            bail!(
+                "driver.name {:?} must be 1-63 characters of [a-z0-9.-], starting and ending alphanumeric",
+                d.name
+            );
+        }
+        if d.services.is_empty() {
+            bail!("driver.services must name at least one of controller, node");
+        }
+        if self.runs(Service::Node) && d.node_id.is_empty() {
+            bail!(
+                "driver.nodeId is required when the node service runs (set it or pass --node-id)"
+            );
+        }
+        if d.node_id.len() > 192 {
+            bail!("driver.nodeId is longer than 192 bytes");
+        }
+        if d.endpoint.is_empty() {
+            bail!("driver.endpoint is required (unix:///path/csi.sock; set it or pass --endpoint)");
+        }
+        socket_path(&d.endpoint).context("driver.endpoint")?;
+        if d.topology_key.is_empty() || !d.topology_key.contains('/') {
+            bail!(
+                "driver.topologyKey {:?} must be a qualified key such as topology.wasmcsi.io/node",
+                d.topology_key
+            );
+        }
+        if self.plugins.is_empty() {
+            bail!("plugins must list at least one plugin");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            let field = format!("plugins[{i}]");
+            p.validate()
+                .with_context(|| format!("{field} ({})", p.name))?;
+            if !seen.insert(&p.name) {
+                bail!("{field}.name {:?} is used twice", p.name);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn runs(&self, service: Service) -> bool {
+        self.driver.services.contains(&service)
+    }
+}
+
+impl PluginConfig {
+    fn validate(&self) -> Result<()> {
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 30
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            bail!("name {n:?} must be 1-30 characters of [a-z0-9-]");
+        }
+        if self.path.as_os_str().is_empty() {
+            bail!("path is required");
+        }
+        if let Some(digest) = &self.sha256 {
+            if !digest.is_empty()
+                && (digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                bail!("sha256 must be 64 hex digits");
+            }
+        }
+        for (key, value) in &self.settings {
+            setting_string(value).with_context(|| format!("settings.{key}"))?;
+        }
+        let l = &self.limits;
+        if l.memory_bytes < (1 << 20) {
+            bail!("limits.memoryBytes must be at least 1 MiB");
+        }
+        if l.call_timeout_seconds == 0 {
+            bail!("limits.callTimeoutSeconds must be at least 1");
+        }
+        if l.max_concurrent_calls == 0 || l.max_concurrent_calls > 1024 {
+            bail!("limits.maxConcurrentCalls must be between 1 and 1024");
+        }
+        let caps = &self.capabilities;
+        if let Some(fs) = &caps.fs {
+            if !fs.root.is_absolute() {
+                bail!(
+                    "capabilities.fs.root {:?} must be an absolute path",
+                    fs.root
+                );
+            }
+        }
+        if caps.quota.is_some() && caps.fs.is_none() {
+            bail!("capabilities.quota needs capabilities.fs (quotas apply under its root)");
+        }
+        if let Some(mount) = &caps.mount {
+            if mount.target_prefixes.is_empty() {
+                bail!("capabilities.mount.targetPrefixes must list at least one directory");
+            }
+            for prefix in &mount.target_prefixes {
+                if !prefix.is_absolute() || prefix == Path::new("/") {
+                    bail!("capabilities.mount.targetPrefixes entry {prefix:?} must be an absolute directory other than /");
+                }
+            }
+            for t in &mount.types {
+                if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                    bail!("capabilities.mount.types entry {t:?} is not a filesystem type name");
+                }
+            }
+        }
+        if let Some(http) = &caps.http {
+            for origin in &http.origins {
+                crate::capabilities::http::Origin::parse(origin)
+                    .with_context(|| format!("capabilities.http.origins entry {origin:?}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings as the string map the plugin receives.
+    pub fn settings_map(&self) -> Vec<(String, String)> {
+        self.settings
+            .iter()
+            .map(|(k, v)| (k.clone(), setting_string(v).unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn setting_string(value: &serde_yaml::Value) -> Result<String> {
+    use serde_yaml::Value;
+    Ok(match value {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => String::new(),
+        _ => bail!("must be a string, number or boolean"),
+    })
+}
+
+fn is_driver_name(name: &str) -> bool {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    ok_chars && alnum(name.chars().next()) && alnum(name.chars().last())
+}
+
+/// The filesystem path of a `unix://` endpoint (a bare absolute path is
+/// accepted too, as some sidecars pass one).
+pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if !path.starts_with('/') {
+        bail!("{endpoint:?} must be unix:///absolute/path.sock");
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Splits comma-separated entries and drops empty ones.
+fn split_list(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}`; an unset variable without a
+/// default is an error naming it. `$$` stands for a literal `$`.
+pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .with_context(|| format!("unclosed ${{ in {:?}", &rest[..rest.len().min(40)]))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("invalid variable name {name:?} in ${{{expr}}}");
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    bail!("environment variable {name} is not set (used as ${{{name}}})")
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "ROOT" => Some("/srv/vols".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    const GOOD: &str = r#"
+driver:
+  name: local.wasmcsi.io
+  nodeId: node-1
+  endpoint: unix:///tmp/csi.sock
+plugins:
+  - name: local-dir
+    path: /plugins/local_dir.wasm
+    settings: { mode: image, size: 5, on: true }
+    capabilities:
+      fs: { root: "${ROOT}" }
+      mount: { types: [xfs], targetPrefixes: ["${KUBELET:-/var/lib/kubelet}"] }
+      http: { origins: ["http://127.0.0.1:8056,https://10.0.0.1"] }
+"#;
+
+    #[test]
+    fn expands_variables_and_defaults() {
+        let text = "a=${ROOT} b=${NOPE:-dflt} c=${EMPTY:-x} d=$$HOME e=$x";
+        assert_eq!(
+            expand_env(text, &env).unwrap(),
+            "a=/srv/vols b=dflt c=x d=$HOME e=$x"
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let err = expand_env("x: ${MISSING}", &env).unwrap_err().to_string();
+        assert!(err.contains("MISSING"), "{err}");
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = Config::parse(GOOD, &env, &Overrides::default()).unwrap();
+        let p = &c.plugins[0];
+        assert_eq!(
+            p.capabilities.fs.as_ref().unwrap().root,
+            Path::new("/srv/vols")
+        );
+        assert_eq!(
+            p.capabilities.mount.as_ref().unwrap().target_prefixes,
+            vec![PathBuf::from("/var/lib/kubelet")]
+        );
+        assert_eq!(p.capabilities.http.as_ref().unwrap().origins.len(), 2);
+        let settings = p.settings_map();
+        assert!(settings.contains(&("size".into(), "5".into())));
+        assert!(settings.contains(&("on".into(), "true".into())));
+        assert!(c.runs(Service::Node) && c.runs(Service::Controller));
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o = Overrides {
+            endpoint: Some("unix:///run/x.sock".into()),
+            node_id: Some("n2".into()),
+            services: Some(vec![Service::Controller]),
+        };
+        let c = Config::parse(GOOD, &env, &o).unwrap();
+        assert_eq!(c.driver.endpoint, "unix:///run/x.sock");
+        assert_eq!(c.driver.node_id, "n2");
+        assert!(!c.runs(Service::Node));
+    }
+
+    fn error_of(text: &str) -> String {
+        format!(
+            "{:#}",
+            Config::parse(text, &env, &Overrides::default()).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert!(error_of(&GOOD.replace("local.wasmcsi.io", "Bad_Name")).contains("driver.name"));
+        assert!(error_of(&GOOD.replace("nodeId: node-1", "nodeId: ''")).contains("driver.nodeId"));
+        assert!(
+            error_of(&GOOD.replace("unix:///tmp/csi.sock", "tcp://x")).contains("driver.endpoint")
+        );
+        assert!(error_of(&GOOD.replace("name: local-dir", "name: Local")).contains("plugins[0]"));
+        assert!(error_of(&GOOD.replace("\"${ROOT}\"", "relative")).contains("capabilities.fs.root"));
+        assert!(error_of(&GOOD.replace("https://10.0.0.1", "ftp://x")).contains("origins"));
+        assert!(error_of(&GOOD.replace("settings:", "bogus: 1\n    settings:")).contains("bogus"));
+        assert!(error_of(&GOOD.replace("size: 5", "size: [1]")).contains("settings.size"));
+    }
+}

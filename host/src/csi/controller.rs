@@ -1,0 +1,751 @@
+//! CSI Controller: volume and snapshot lifecycle, delegated to plugins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Code, Request, Response, Status};
+
+use super::{convert, deadline, status, traced, validate, Driver};
+use crate::dispatch::PLUGIN_PARAMETER;
+use crate::proto::controller_server::Controller;
+use crate::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
+use crate::proto::*;
+use crate::runtime::bindings::exports::wasmcsi::plugin::controller as wit_ctl;
+use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
+use crate::runtime::bindings::wasmcsi::plugin::types as wit;
+use crate::runtime::Plugin;
+
+pub struct ControllerService(pub Arc<Driver>);
+
+/// Plugin-local ids must fit in a CSI id next to the plugin name.
+const MAX_LOCAL_ID: usize = 96;
+
+/// Parameters a plugin never sees: the host's own, and the metadata the
+/// external-provisioner adds (`csi.storage.k8s.io/pvc/name`, ...).
+fn plugin_parameters(parameters: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut out: Vec<_> = parameters
+        .iter()
+        .filter(|(k, _)| k.as_str() != PLUGIN_PARAMETER && !k.starts_with("csi.storage.k8s.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn check_local_id(plugin: &Plugin, id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > MAX_LOCAL_ID {
+        return Err(Status::internal(format!(
+            "plugin {} returned an invalid id {id:?} (1-{MAX_LOCAL_ID} bytes)",
+            plugin.name
+        )));
+    }
+    Ok(())
+}
+
+impl ControllerService {
+    fn driver(&self) -> &Driver {
+        &self.0
+    }
+
+    /// The topology of volumes a node-local plugin makes on this node.
+    fn topology_of(&self, plugin: &Plugin) -> Option<Topology> {
+        plugin.has(Features::NODE_LOCAL).then(|| Topology {
+            segments: HashMap::from([(
+                self.driver().topology_key().to_string(),
+                self.driver().node_id().to_string(),
+            )]),
+        })
+    }
+
+    fn is_this_node(&self, topology: &Topology) -> bool {
+        topology
+            .segments
+            .get(self.driver().topology_key())
+            .map(String::as_str)
+            == Some(self.driver().node_id())
+    }
+
+    /// For node-local plugins the volume is made here, so the requirements
+    /// must allow this node.
+    fn check_topology(
+        &self,
+        plugin: &Plugin,
+        req: Option<&TopologyRequirement>,
+    ) -> Result<(), Status> {
+        if !plugin.has(Features::NODE_LOCAL) {
+            return Ok(());
+        }
+        if self.driver().node_id().is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "plugin {} makes node-local volumes: this driver instance needs a node id",
+                plugin.name
+            )));
+        }
+        let Some(req) = req else { return Ok(()) };
+        let candidates: Vec<&Topology> = if req.requisite.is_empty() {
+            req.preferred.iter().collect()
+        } else {
+            req.requisite.iter().collect()
+        };
+        if candidates.is_empty() || candidates.iter().any(|t| self.is_this_node(t)) {
+            Ok(())
+        } else {
+            Err(Status::resource_exhausted(format!(
+                "volumes of plugin {} can only be made on node {} ({}={}), which the accessibility requirements exclude",
+                plugin.name,
+                self.driver().node_id(),
+                self.driver().topology_key(),
+                self.driver().node_id()
+            )))
+        }
+    }
+
+    fn content_source(
+        &self,
+        plugin: &Plugin,
+        source: Option<&VolumeContentSource>,
+    ) -> Result<Option<wit::ContentSource>, Status> {
+        use volume_content_source::Type;
+        let Some(kind) = source.and_then(|s| s.r#type.as_ref()) else {
+            return Ok(None);
+        };
+        if !plugin.has(Features::CLONE) {
+            return Err(Status::invalid_argument(format!(
+                "plugin {} cannot create volumes from a snapshot or volume",
+                plugin.name
+            )));
+        }
+        let (id, make): (&str, fn(String) -> wit::ContentSource) = match kind {
+            Type::Snapshot(s) => (&s.snapshot_id, wit::ContentSource::Snapshot),
+            Type::Volume(v) => (&v.volume_id, wit::ContentSource::Volume),
+        };
+        match self.driver().dispatch.for_id(id) {
+            Some((owner, local)) if owner.name == plugin.name => Ok(Some(make(local.to_string()))),
+            Some((owner, _)) => Err(Status::invalid_argument(format!(
+                "source {id} belongs to plugin {}, not {}",
+                owner.name, plugin.name
+            ))),
+            None => Err(Status::not_found(format!("source {id} does not exist"))),
+        }
+    }
+
+    /// Walks plugins with `feature` in order, one page at a time; tokens are
+    /// `<plugin>:<plugin's token>`.
+    async fn paginate<T, F, Fut>(
+        &self,
+        feature: Features,
+        starting_token: &str,
+        max_entries: u32,
+        mut fetch: F,
+    ) -> Result<(Vec<T>, String), Status>
+    where
+        F: FnMut(Arc<Plugin>, String, u32) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+    {
+        let plugins: Vec<Arc<Plugin>> = self
+            .driver()
+            .dispatch
+            .plugins()
+            .iter()
+            .filter(|p| p.has(feature))
+            .cloned()
+            .collect();
+        let (mut index, mut token) = if starting_token.is_empty() {
+            (0, String::new())
+        } else {
+            let (name, token) = starting_token.split_once(':').ok_or_else(|| {
+                Status::aborted(format!("invalid starting_token {starting_token:?}"))
+            })?;
+            let index = plugins.iter().position(|p| p.name == name).ok_or_else(|| {
+                Status::aborted(format!("invalid starting_token {starting_token:?}"))
+            })?;
+            (index, token.to_string())
+        };
+        let mut entries = Vec::new();
+        while index < plugins.len() {
+            let plugin = plugins[index].clone();
+            let remaining = if max_entries == 0 {
+                0
+            } else {
+                max_entries - entries.len() as u32
+            };
+            if max_entries != 0 && remaining == 0 {
+                return Ok((entries, format!("{}:{token}", plugin.name)));
+            }
+            let (page, next) = fetch(plugin.clone(), token.clone(), remaining).await?;
+            entries.extend(page);
+            if !next.is_empty() {
+                return Ok((entries, format!("{}:{next}", plugin.name)));
+            }
+            index += 1;
+            token.clear();
+        }
+        Ok((entries, String::new()))
+    }
+}
+
+fn rpc_capability(kind: rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(CapType::Rpc(Rpc {
+            r#type: kind as i32,
+        })),
+    }
+}
+
+/// Plugin errors that mean "already gone", which delete calls treat as done.
+fn gone(status: &Status) -> bool {
+    status.code() == Code::NotFound
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("CreateVolume", &req.name.clone(), async move {
+            let name = validate::required(&req.name, "name")?.to_string();
+            let capabilities = validate::capabilities(&req.volume_capabilities)?;
+            let capacity = validate::capacity(req.capacity_range.as_ref())?;
+            let plugin = self.driver().dispatch.for_parameters(&req.parameters)?;
+            for cap in &capabilities {
+                if let Some(why) = validate::unsupported(&plugin, cap) {
+                    return Err(Status::invalid_argument(why));
+                }
+            }
+            self.check_topology(&plugin, req.accessibility_requirements.as_ref())?;
+            let content_source =
+                self.content_source(&plugin, req.volume_content_source.as_ref())?;
+            let _guard = self
+                .driver()
+                .dispatch
+                .lock(&format!("name {}/{name}", plugin.name), deadline)
+                .await?;
+            let call = wit_ctl::CreateVolumeRequest {
+                name,
+                capacity,
+                capabilities,
+                parameters: plugin_parameters(&req.parameters),
+                secrets: convert::pairs(&req.secrets),
+                content_source,
+            };
+            let volume = plugin
+                .call("create-volume", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_controller()
+                            .call_create_volume(s, &call)
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            check_local_id(&plugin, &volume.volume_id)?;
+            if let Some(limit) = capacity.limit_bytes {
+                if volume.capacity_bytes > limit {
+                    return Err(Status::internal(format!(
+                        "plugin {} made {} bytes, above limit_bytes {limit}",
+                        plugin.name, volume.capacity_bytes
+                    )));
+                }
+            }
+            let topology = self.topology_of(&plugin);
+            Ok(CreateVolumeResponse {
+                volume: Some(convert::volume(&plugin, volume, topology)),
+            })
+        })
+        .await
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("DeleteVolume", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            // An id no plugin made names no volume: deleting it is done.
+            let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
+                return Ok(DeleteVolumeResponse {});
+            };
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
+            let result = plugin
+                .call("delete-volume", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_controller()
+                            .call_delete_volume(s, &local, &secrets)
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name));
+            match result {
+                Ok(()) => Ok(DeleteVolumeResponse {}),
+                Err(s) if gone(&s) => Ok(DeleteVolumeResponse {}),
+                Err(s) => Err(s),
+            }
+        })
+        .await
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _request: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "wasmcsi volumes need no controller publish",
+        ))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _request: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "wasmcsi volumes need no controller unpublish",
+        ))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced(
+            "ValidateVolumeCapabilities",
+            &req.volume_id.clone(),
+            async move {
+                let id = validate::required(&req.volume_id, "volume_id")?;
+                let capabilities = validate::capabilities(&req.volume_capabilities)?;
+                let (plugin, local) = self
+                    .driver()
+                    .dispatch
+                    .for_id(id)
+                    .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+                let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
+                plugin
+                    .call("get-volume", deadline, move |p, s| {
+                        Box::pin(async move {
+                            p.wasmcsi_plugin_controller()
+                                .call_get_volume(s, &local, &secrets)
+                                .await
+                        })
+                    })
+                    .await
+                    .map_err(status::of(&plugin.name))?;
+                let refused: Vec<String> = capabilities
+                    .iter()
+                    .filter_map(|c| validate::unsupported(&plugin, c))
+                    .collect();
+                if !refused.is_empty() {
+                    return Ok(ValidateVolumeCapabilitiesResponse {
+                        confirmed: None,
+                        message: refused.join("; "),
+                    });
+                }
+                Ok(ValidateVolumeCapabilitiesResponse {
+                    confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                        volume_context: req.volume_context,
+                        volume_capabilities: req.volume_capabilities,
+                        parameters: req.parameters,
+                        mutable_parameters: req.mutable_parameters,
+                    }),
+                    message: String::new(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("ListVolumes", "", async move {
+            let max = validate::max_entries(req.max_entries)?;
+            let (entries, next_token) = self
+                .paginate(
+                    Features::LIST_VOLUMES,
+                    &req.starting_token,
+                    max,
+                    |plugin, token, max| async move {
+                        let page = plugin
+                            .call("list-volumes", deadline, move |p, s| {
+                                Box::pin(async move {
+                                    p.wasmcsi_plugin_controller()
+                                        .call_list_volumes(s, &token, max)
+                                        .await
+                                })
+                            })
+                            .await
+                            .map_err(status::of(&plugin.name))?;
+                        let topology = self.topology_of(&plugin);
+                        let entries = page
+                            .volumes
+                            .into_iter()
+                            .map(|v| list_volumes_response::Entry {
+                                volume: Some(convert::volume(&plugin, v, topology.clone())),
+                                status: None,
+                            })
+                            .collect();
+                        Ok((entries, page.next_token))
+                    },
+                )
+                .await?;
+            Ok(ListVolumesResponse {
+                entries,
+                next_token,
+            })
+        })
+        .await
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("GetCapacity", "", async move {
+            for cap in &req.volume_capabilities {
+                validate::capability(cap)?;
+            }
+            let plugin = self.driver().dispatch.for_parameters(&req.parameters)?;
+            if !plugin.has(Features::GET_CAPACITY) {
+                return Err(Status::unimplemented(format!(
+                    "plugin {} does not report capacity",
+                    plugin.name
+                )));
+            }
+            let minimum_volume_size = Some(convert::bytes(plugin.info.min_volume_bytes));
+            // A node-local plugin has nothing to offer on another node.
+            if let Some(topology) = &req.accessible_topology {
+                if plugin.has(Features::NODE_LOCAL) && !self.is_this_node(topology) {
+                    return Ok(GetCapacityResponse {
+                        available_capacity: 0,
+                        maximum_volume_size: None,
+                        minimum_volume_size,
+                    });
+                }
+            }
+            let parameters = plugin_parameters(&req.parameters);
+            let available = plugin
+                .call("get-capacity", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_controller()
+                            .call_get_capacity(s, &parameters)
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(GetCapacityResponse {
+                available_capacity: convert::bytes(available),
+                maximum_volume_size: None,
+                minimum_volume_size,
+            })
+        })
+        .await
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        let d = &self.driver().dispatch;
+        let mut kinds = vec![rpc::Type::CreateDeleteVolume];
+        let wanted = [
+            (
+                d.any_has(Features::CONTROLLER_EXPAND) || d.any_has(Features::NODE_EXPAND),
+                rpc::Type::ExpandVolume,
+            ),
+            (d.any_has(Features::LIST_VOLUMES), rpc::Type::ListVolumes),
+            (d.any_has(Features::GET_CAPACITY), rpc::Type::GetCapacity),
+            (
+                d.any_has(Features::SNAPSHOTS),
+                rpc::Type::CreateDeleteSnapshot,
+            ),
+            (d.any_has(Features::SNAPSHOTS), rpc::Type::ListSnapshots),
+            (d.any_has(Features::CLONE), rpc::Type::CloneVolume),
+            (
+                d.offers_single_node_writer_modes(),
+                rpc::Type::SingleNodeMultiWriter,
+            ),
+        ];
+        kinds.extend(wanted.into_iter().filter(|(on, _)| *on).map(|(_, k)| k));
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities: kinds.into_iter().map(rpc_capability).collect(),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced(
+            "CreateSnapshot",
+            &req.source_volume_id.clone(),
+            async move {
+                let name = validate::required(&req.name, "name")?.to_string();
+                let source = validate::required(&req.source_volume_id, "source_volume_id")?;
+                let (plugin, local) =
+                    self.driver().dispatch.for_id(source).ok_or_else(|| {
+                        Status::not_found(format!("volume {source} does not exist"))
+                    })?;
+                if !plugin.has(Features::SNAPSHOTS) {
+                    return Err(Status::unimplemented(format!(
+                        "plugin {} does not take snapshots",
+                        plugin.name
+                    )));
+                }
+                let _guard = self
+                    .driver()
+                    .dispatch
+                    .lock(&format!("snapshot {}/{name}", plugin.name), deadline)
+                    .await?;
+                let call = wit_ctl::CreateSnapshotRequest {
+                    source_volume_id: local.to_string(),
+                    name,
+                    parameters: plugin_parameters(&req.parameters),
+                    secrets: convert::pairs(&req.secrets),
+                };
+                let snapshot = plugin
+                    .call("create-snapshot", deadline, move |p, s| {
+                        Box::pin(async move {
+                            p.wasmcsi_plugin_controller()
+                                .call_create_snapshot(s, &call)
+                                .await
+                        })
+                    })
+                    .await
+                    .map_err(status::of(&plugin.name))?;
+                check_local_id(&plugin, &snapshot.snapshot_id)?;
+                Ok(CreateSnapshotResponse {
+                    snapshot: Some(convert::snapshot(&plugin, snapshot)),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("DeleteSnapshot", &req.snapshot_id.clone(), async move {
+            let id = validate::required(&req.snapshot_id, "snapshot_id")?;
+            let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
+                return Ok(DeleteSnapshotResponse {});
+            };
+            if !plugin.has(Features::SNAPSHOTS) {
+                return Err(Status::unimplemented(format!(
+                    "plugin {} does not take snapshots",
+                    plugin.name
+                )));
+            }
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
+            let result = plugin
+                .call("delete-snapshot", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_controller()
+                            .call_delete_snapshot(s, &local, &secrets)
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name));
+            match result {
+                Ok(()) => Ok(DeleteSnapshotResponse {}),
+                Err(s) if gone(&s) => Ok(DeleteSnapshotResponse {}),
+                Err(s) => Err(s),
+            }
+        })
+        .await
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("ListSnapshots", &req.source_volume_id.clone(), async move {
+            let max = validate::max_entries(req.max_entries)?;
+            // A filter on an id no plugin made matches nothing.
+            let wanted = [&req.snapshot_id, &req.source_volume_id];
+            let mut filter_plugin = None;
+            for id in wanted.iter().filter(|id| !id.is_empty()) {
+                match self.driver().dispatch.for_id(id) {
+                    Some((plugin, _)) => filter_plugin = Some(plugin.name.clone()),
+                    None => {
+                        return Ok(ListSnapshotsResponse {
+                            entries: vec![],
+                            next_token: String::new(),
+                        })
+                    }
+                }
+            }
+            let local = |id: &str| -> Option<String> {
+                (!id.is_empty()).then(|| {
+                    id.split_once(':')
+                        .map(|(_, l)| l.to_string())
+                        .unwrap_or_default()
+                })
+            };
+            let (snapshot_id, source_volume_id) =
+                (local(&req.snapshot_id), local(&req.source_volume_id));
+            let secrets = convert::pairs(&req.secrets);
+            let (entries, next_token) = self
+                .paginate(
+                    Features::SNAPSHOTS,
+                    &req.starting_token,
+                    max,
+                    |plugin, token, max| {
+                        let filter = wit_ctl::SnapshotFilter {
+                            snapshot_id: snapshot_id.clone(),
+                            source_volume_id: source_volume_id.clone(),
+                            starting_token: token,
+                            max_entries: max,
+                            secrets: secrets.clone(),
+                        };
+                        let skip = filter_plugin.as_ref().is_some_and(|f| *f != plugin.name);
+                        async move {
+                            if skip {
+                                return Ok((vec![], String::new()));
+                            }
+                            let page = plugin
+                                .call("list-snapshots", deadline, move |p, s| {
+                                    Box::pin(async move {
+                                        p.wasmcsi_plugin_controller()
+                                            .call_list_snapshots(s, &filter)
+                                            .await
+                                    })
+                                })
+                                .await
+                                .map_err(status::of(&plugin.name))?;
+                            let entries = page
+                                .snapshots
+                                .into_iter()
+                                .map(|s| list_snapshots_response::Entry {
+                                    snapshot: Some(convert::snapshot(&plugin, s)),
+                                })
+                                .collect();
+                            Ok((entries, page.next_token))
+                        }
+                    },
+                )
+                .await?;
+            Ok(ListSnapshotsResponse {
+                entries,
+                next_token,
+            })
+        })
+        .await
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced(
+            "ControllerExpandVolume",
+            &req.volume_id.clone(),
+            async move {
+                let id = validate::required(&req.volume_id, "volume_id")?;
+                let range = req
+                    .capacity_range
+                    .as_ref()
+                    .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+                let capacity = validate::capacity(Some(range))?;
+                let Some(required) = capacity.required_bytes.or(capacity.limit_bytes) else {
+                    return Err(Status::invalid_argument(
+                        "capacity_range must set required_bytes or limit_bytes",
+                    ));
+                };
+                let capability = req
+                    .volume_capability
+                    .as_ref()
+                    .map(validate::capability)
+                    .transpose()?;
+                let (plugin, local) = self
+                    .driver()
+                    .dispatch
+                    .for_id(id)
+                    .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+                if !plugin.has(Features::CONTROLLER_EXPAND) {
+                    if plugin.has(Features::NODE_EXPAND) {
+                        // Nothing to do centrally: the node grows it.
+                        return Ok(ControllerExpandVolumeResponse {
+                            capacity_bytes: convert::bytes(required),
+                            node_expansion_required: true,
+                        });
+                    }
+                    return Err(Status::unimplemented(format!(
+                        "plugin {} cannot expand volumes",
+                        plugin.name
+                    )));
+                }
+                let _guard = self.driver().dispatch.lock(id, deadline).await?;
+                let call = wit_ctl::ExpandRequest {
+                    volume_id: local.to_string(),
+                    capacity,
+                    capability,
+                    secrets: convert::pairs(&req.secrets),
+                };
+                let result = plugin
+                    .call("controller-expand-volume", deadline, move |p, s| {
+                        Box::pin(async move {
+                            p.wasmcsi_plugin_controller()
+                                .call_expand_volume(s, &call)
+                                .await
+                        })
+                    })
+                    .await
+                    .map_err(status::of(&plugin.name))?;
+                Ok(ControllerExpandVolumeResponse {
+                    capacity_bytes: convert::bytes(result.capacity_bytes),
+                    node_expansion_required: result.node_expansion_required,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _request: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        Err(Status::unimplemented("ControllerGetVolume is not offered"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        Err(Status::unimplemented(
+            "GetSnapshot is not offered; use ListSnapshots",
+        ))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControllerModifyVolume is not offered",
+        ))
+    }
+}

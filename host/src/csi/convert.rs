@@ -1,0 +1,63 @@
+//! Plugin (WIT) values as CSI protobuf messages.
+
+use std::collections::HashMap;
+
+use crate::dispatch::global_id;
+use crate::proto;
+use crate::runtime::bindings::wasmcsi::plugin::types as wit;
+use crate::runtime::Plugin;
+
+pub fn map(pairs: Vec<(String, String)>) -> HashMap<String, String> {
+    pairs.into_iter().collect()
+}
+
+/// Parameters or secrets as sorted pairs (stable for the plugin).
+pub fn pairs(map: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut v: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort();
+    v
+}
+
+pub fn bytes(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub fn content_source(
+    plugin: &Plugin,
+    source: Option<wit::ContentSource>,
+) -> Option<proto::VolumeContentSource> {
+    use proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let kind = match source? {
+        wit::ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+            snapshot_id: global_id(plugin, &id),
+        }),
+        wit::ContentSource::Volume(id) => Type::Volume(VolumeSource {
+            volume_id: global_id(plugin, &id),
+        }),
+    };
+    Some(proto::VolumeContentSource { r#type: Some(kind) })
+}
+
+pub fn volume(plugin: &Plugin, v: wit::Volume, topology: Option<proto::Topology>) -> proto::Volume {
+    proto::Volume {
+        capacity_bytes: bytes(v.capacity_bytes),
+        volume_id: global_id(plugin, &v.volume_id),
+        volume_context: map(v.volume_context),
+        content_source: content_source(plugin, v.content_source),
+        accessible_topology: topology.into_iter().collect(),
+    }
+}
+
+pub fn snapshot(plugin: &Plugin, s: wit::Snapshot) -> proto::Snapshot {
+    proto::Snapshot {
+        size_bytes: bytes(s.size_bytes),
+        snapshot_id: global_id(plugin, &s.snapshot_id),
+        source_volume_id: global_id(plugin, &s.source_volume_id),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(s.creation_time).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        ready_to_use: s.ready_to_use,
+        group_snapshot_id: String::new(),
+    }
+}

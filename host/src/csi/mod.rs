@@ -1,0 +1,104 @@
+//! The CSI gRPC surface, one file per service, with validation, type
+//! conversion and error mapping beside them.
+
+pub mod controller;
+pub mod convert;
+pub mod identity;
+pub mod node;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Service};
+use crate::dispatch::Dispatcher;
+
+/// State shared by the three services.
+pub struct Driver {
+    pub config: Config,
+    pub dispatch: Dispatcher,
+}
+
+impl Driver {
+    pub fn new(config: Config, dispatch: Dispatcher) -> Arc<Driver> {
+        Arc::new(Driver { config, dispatch })
+    }
+
+    pub fn runs(&self, service: Service) -> bool {
+        self.config.runs(service)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.driver.node_id
+    }
+
+    pub fn topology_key(&self) -> &str {
+        &self.config.driver.topology_key
+    }
+}
+
+/// The caller's deadline, from the `grpc-timeout` header.
+pub fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(value)
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10X"), None);
+    }
+}
+
+/// Runs one RPC inside a span naming it and its volume, and logs how it
+/// ended: one line per call, at info, with the gRPC code and duration.
+pub async fn traced<T>(
+    method: &'static str,
+    subject: &str,
+    work: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("csi", method, volume = subject);
+    async move {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(_) => tracing::info!(code = "OK", elapsed_ms, "done"),
+            Err(status) => tracing::warn!(
+                code = ?status.code(),
+                message = status.message(),
+                elapsed_ms,
+                "failed"
+            ),
+        }
+        result.map(tonic::Response::new)
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,341 @@
+//! CSI Node: stage, publish, expand and measure volumes on this node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{convert, deadline, status, traced, validate, Driver};
+use crate::proto::node_server::Node;
+use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
+use crate::proto::*;
+use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
+use crate::runtime::bindings::exports::wasmcsi::plugin::node as wit_node;
+use crate::runtime::bindings::wasmcsi::plugin::types as wit;
+use crate::runtime::Plugin;
+
+pub struct NodeService(pub Arc<Driver>);
+
+impl NodeService {
+    fn driver(&self) -> &Driver {
+        &self.0
+    }
+
+    fn volume<'a>(&self, id: &'a str) -> Result<(Arc<Plugin>, &'a str), Status> {
+        self.driver()
+            .dispatch
+            .for_id(id)
+            .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))
+    }
+}
+
+/// A capability the plugin cannot serve fails node calls as the spec says.
+fn check_supported(plugin: &Plugin, cap: &wit::VolumeCapability) -> Result<(), Status> {
+    match validate::unsupported(plugin, cap) {
+        Some(why) => Err(Status::failed_precondition(why)),
+        None => Ok(()),
+    }
+}
+
+fn node_capability(kind: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(CapType::Rpc(Rpc {
+            r#type: kind as i32,
+        })),
+    }
+}
+
+fn usage(unit: volume_usage::Unit, total: u64, available: u64, used: u64) -> VolumeUsage {
+    VolumeUsage {
+        available: convert::bytes(available),
+        total: convert::bytes(total),
+        used: convert::bytes(used),
+        unit: unit as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        request: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("NodeStageVolume", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            let staging_path = validate::required(&req.staging_target_path, "staging_target_path")?;
+            let capability = validate::one_capability(req.volume_capability.as_ref())?;
+            let (plugin, local) = self.volume(id)?;
+            if !plugin.has(Features::STAGE) {
+                return Ok(NodeStageVolumeResponse {});
+            }
+            check_supported(&plugin, &capability)?;
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let call = wit_node::StageRequest {
+                volume_id: local.to_string(),
+                staging_path: staging_path.to_string(),
+                capability,
+                publish_context: convert::pairs(&req.publish_context),
+                volume_context: convert::pairs(&req.volume_context),
+                secrets: convert::pairs(&req.secrets),
+            };
+            plugin
+                .call("stage-volume", deadline, move |p, s| {
+                    Box::pin(
+                        async move { p.wasmcsi_plugin_node().call_stage_volume(s, &call).await },
+                    )
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(NodeStageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("NodeUnstageVolume", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            let staging_path =
+                validate::required(&req.staging_target_path, "staging_target_path")?.to_string();
+            let (plugin, local) = self.volume(id)?;
+            if !plugin.has(Features::STAGE) {
+                return Ok(NodeUnstageVolumeResponse {});
+            }
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let local = local.to_string();
+            plugin
+                .call("unstage-volume", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_node()
+                            .call_unstage_volume(s, &local, &staging_path)
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(NodeUnstageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("NodePublishVolume", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            let target_path = validate::required(&req.target_path, "target_path")?.to_string();
+            let capability = validate::one_capability(req.volume_capability.as_ref())?;
+            let (plugin, local) = self.volume(id)?;
+            let staging_path = if plugin.has(Features::STAGE) {
+                if req.staging_target_path.is_empty() {
+                    return Err(Status::failed_precondition(
+                        "staging_target_path is required: this volume is staged first (STAGE_UNSTAGE_VOLUME)",
+                    ));
+                }
+                Some(req.staging_target_path.clone())
+            } else {
+                None
+            };
+            check_supported(&plugin, &capability)?;
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let call = wit_node::PublishRequest {
+                volume_id: local.to_string(),
+                staging_path,
+                target_path,
+                capability,
+                read_only: req.readonly,
+                publish_context: convert::pairs(&req.publish_context),
+                volume_context: convert::pairs(&req.volume_context),
+                secrets: convert::pairs(&req.secrets),
+            };
+            plugin
+                .call("publish-volume", deadline, move |p, s| {
+                    Box::pin(async move { p.wasmcsi_plugin_node().call_publish_volume(s, &call).await })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(NodePublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("NodeUnpublishVolume", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            let target_path = validate::required(&req.target_path, "target_path")?.to_string();
+            let (plugin, local) = self.volume(id)?;
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let local = local.to_string();
+            plugin
+                .call("unpublish-volume", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_node()
+                            .call_unpublish_volume(s, &local, &target_path)
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(NodeUnpublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("NodeGetVolumeStats", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            let volume_path = validate::required(&req.volume_path, "volume_path")?.to_string();
+            let (plugin, local) = self.volume(id)?;
+            if !plugin.has(Features::VOLUME_STATS) {
+                return Err(Status::unimplemented(format!(
+                    "plugin {} does not report volume stats",
+                    plugin.name
+                )));
+            }
+            let local = local.to_string();
+            let staging =
+                (!req.staging_target_path.is_empty()).then(|| req.staging_target_path.clone());
+            // Stats only read: no lock, so a slow stage never delays kubelet's polling.
+            let stats = plugin
+                .call("get-volume-stats", deadline, move |p, s| {
+                    Box::pin(async move {
+                        p.wasmcsi_plugin_node()
+                            .call_get_volume_stats(s, &local, &volume_path, staging.as_deref())
+                            .await
+                    })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(NodeGetVolumeStatsResponse {
+                usage: vec![
+                    usage(
+                        volume_usage::Unit::Bytes,
+                        stats.total_bytes,
+                        stats.available_bytes,
+                        stats.used_bytes,
+                    ),
+                    usage(
+                        volume_usage::Unit::Inodes,
+                        stats.total_inodes,
+                        stats.available_inodes,
+                        stats.used_inodes,
+                    ),
+                ],
+                volume_condition: Some(VolumeCondition {
+                    abnormal: !stats.healthy,
+                    message: stats.message,
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("NodeExpandVolume", &req.volume_id.clone(), async move {
+            let id = validate::required(&req.volume_id, "volume_id")?;
+            let volume_path = validate::required(&req.volume_path, "volume_path")?.to_string();
+            let capacity = validate::capacity(req.capacity_range.as_ref())?;
+            let capability = req
+                .volume_capability
+                .as_ref()
+                .map(validate::capability)
+                .transpose()?;
+            let (plugin, local) = self.volume(id)?;
+            if !plugin.has(Features::NODE_EXPAND) {
+                // The controller did all the work; report what was asked.
+                let bytes = capacity.required_bytes.unwrap_or(0);
+                return Ok(NodeExpandVolumeResponse {
+                    capacity_bytes: convert::bytes(bytes),
+                });
+            }
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let call = wit_node::ExpandRequest {
+                volume_id: local.to_string(),
+                volume_path,
+                staging_path: (!req.staging_target_path.is_empty())
+                    .then(|| req.staging_target_path.clone()),
+                capacity,
+                capability,
+                secrets: convert::pairs(&req.secrets),
+            };
+            let bytes = plugin
+                .call("node-expand-volume", deadline, move |p, s| {
+                    Box::pin(
+                        async move { p.wasmcsi_plugin_node().call_expand_volume(s, &call).await },
+                    )
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            Ok(NodeExpandVolumeResponse {
+                capacity_bytes: convert::bytes(bytes),
+            })
+        })
+        .await
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        let d = &self.driver().dispatch;
+        let wanted = [
+            (d.any_has(Features::STAGE), rpc::Type::StageUnstageVolume),
+            (d.any_has(Features::VOLUME_STATS), rpc::Type::GetVolumeStats),
+            (
+                d.any_has(Features::VOLUME_STATS),
+                rpc::Type::VolumeCondition,
+            ),
+            (d.any_has(Features::NODE_EXPAND), rpc::Type::ExpandVolume),
+            (
+                d.offers_single_node_writer_modes(),
+                rpc::Type::SingleNodeMultiWriter,
+            ),
+        ];
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: wanted
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, k)| node_capability(k))
+                .collect(),
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        let d = self.driver();
+        let accessible_topology = d.dispatch.any_has(Features::NODE_LOCAL).then(|| Topology {
+            segments: HashMap::from([(d.topology_key().to_string(), d.node_id().to_string())]),
+        });
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: d.node_id().to_string(),
+            max_volumes_per_node: 0,
+            accessible_topology,
+        }))
+    }
+}

@@ -1,0 +1,20 @@
+//! wasmcsi: a CSI driver whose storage back ends are sandboxed wasm plugins.
+//!
+//! Data flows one way: `csi` (gRPC, validation) → `dispatch` (routing,
+//! locking) → `runtime` (wasm instances) → plugin → `capabilities`.
+
+pub mod capabilities;
+pub mod config;
+pub mod csi;
+pub mod dispatch;
+pub mod locks;
+pub mod runtime;
+pub mod server;
+
+/// The CSI v1.12 protocol, generated from `proto/csi.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("csi.v1");
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,128 @@
+//! The `wasmcsi` command: serve CSI, check a config, print the version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use wasmcsi::config::{Config, Overrides, Service};
+
+#[derive(Parser)]
+#[command(name = "wasmcsi", version = wasmcsi::VERSION, about = "CSI driver with sandboxed WebAssembly storage plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CSI services on a unix socket.
+    Serve {
+        /// Driver config (YAML); ${VAR} and ${VAR:-default} are expanded.
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides driver.endpoint, e.g. unix:///csi/csi.sock.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Overrides driver.nodeId.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Overrides driver.services: controller, node or controller,node.
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<Service>>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a config file and the plugins it names, then exit.
+    ValidateConfig {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also compile and load every plugin.
+        #[arg(long)]
+        load_plugins: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("wasmcsi {}", wasmcsi::VERSION);
+            Ok(())
+        }
+        Command::ValidateConfig {
+            config,
+            load_plugins,
+        } => {
+            init_logging(LogFormat::Text);
+            validate(&config, load_plugins)
+        }
+        Command::Serve {
+            config,
+            endpoint,
+            node_id,
+            services,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let overrides = Overrides {
+                endpoint,
+                node_id,
+                services,
+            };
+            Config::load(&config, &overrides)
+                .and_then(|c| runtime()?.block_on(wasmcsi::server::serve(c)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wasmcsi: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn validate(path: &std::path::Path, load_plugins: bool) -> anyhow::Result<()> {
+    let config = Config::load(path, &Overrides::default())?;
+    if load_plugins {
+        runtime()?.block_on(wasmcsi::server::load_plugins(&config))?;
+    }
+    println!(
+        "{}: driver {} with plugins {}",
+        path.display(),
+        config.driver.name,
+        config
+            .plugins
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

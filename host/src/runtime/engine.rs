@@ -1,0 +1,86 @@
+//! The one wasmtime engine of the process and the linker every plugin is
+//! instantiated against.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Plugin as PluginWorld;
+use super::state::CallState;
+
+/// The epoch advances this often; call deadlines are counted in ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What the engine must be sized for, summed over all plugins.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSizing {
+    /// Instances alive at once (the sum of plugins' concurrent calls).
+    pub instances: u32,
+    /// Largest linear memory any plugin may have.
+    pub max_memory_bytes: u64,
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+/// Builds the engine, with the pooling allocator when the system allows it
+/// (it reserves address space up front) and the on-demand one otherwise.
+pub fn build(sizing: EngineSizing) -> Result<Engine> {
+    let mut pooled = base_config();
+    let mut pool = PoolingAllocationConfig::default();
+    let n = sizing.instances.max(1);
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .max_core_instances_per_component(8)
+        .total_memories(n * 2)
+        .max_memories_per_component(2)
+        .total_tables(n * 8)
+        .max_tables_per_component(8)
+        .max_memory_size(usize::try_from(sizing.max_memory_bytes).unwrap_or(usize::MAX));
+    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = match Engine::new(&pooled) {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::warn!(error = %e, "pooling allocator unavailable, using on-demand allocation");
+            Engine::new(&base_config())
+                .map_err(anyhow::Error::from)
+                .context("creating the wasm engine")?
+        }
+    };
+    start_epoch_ticker(&engine);
+    Ok(engine)
+}
+
+/// A thread that advances the epoch until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// The linker with WASI (what Rust's std imports) and every host capability.
+pub fn linker(engine: &Engine) -> Result<Linker<CallState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    PluginWorld::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+        .map_err(anyhow::Error::from)
+        .context("linking host capabilities")?;
+    Ok(linker)
+}

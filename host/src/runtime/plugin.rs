@@ -1,0 +1,235 @@
+//! One loaded plugin: compiled once at load, then a fresh store and
+//! instance from its `InstancePre` for every call, bounded in memory, time
+//! and concurrency. A failing call (trap, deadline, memory) costs that call.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
+use super::bindings::wasmcsi::plugin::types::Error as PluginError;
+use super::bindings::{Plugin as PluginWorld, PluginPre};
+use super::engine::EPOCH_TICK;
+use super::state::CallState;
+use crate::capabilities::Grants;
+use crate::config::{Limits, PluginConfig};
+
+/// Why a plugin call did not produce an answer of the plugin's own.
+#[derive(Debug, thiserror::Error)]
+pub enum CallFailure {
+    /// The plugin answered with an error.
+    #[error("{}", .0.message)]
+    Plugin(PluginError),
+    #[error("plugin {plugin} did not finish {op} within {after:?}")]
+    Deadline {
+        plugin: String,
+        op: &'static str,
+        after: Duration,
+    },
+    #[error("plugin {plugin} ran out of memory in {op}: {detail}")]
+    Memory {
+        plugin: String,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("plugin {plugin} failed in {op}: {detail}")]
+    Crashed {
+        plugin: String,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("plugin {plugin} could not be instantiated: {detail}")]
+    Instantiate { plugin: String, detail: String },
+}
+
+/// What an operation closure gets: the instance and its store.
+pub type CallFuture<'a, R> =
+    Pin<Box<dyn Future<Output = wasmtime::Result<Result<R, PluginError>>> + Send + 'a>>;
+
+pub struct Plugin {
+    pub name: String,
+    pub info: PluginInfo,
+    pre: PluginPre<CallState>,
+    grants: Arc<Grants>,
+    limits: Limits,
+    permits: Semaphore,
+}
+
+impl Plugin {
+    /// Reads, verifies, compiles and links a plugin, then asks who it is.
+    pub async fn load(
+        engine: &Engine,
+        linker: &Linker<CallState>,
+        config: &PluginConfig,
+        node_id: &str,
+    ) -> Result<Plugin> {
+        let started = Instant::now();
+        let bytes = read_verified(&config.path, config.sha256.as_deref())?;
+        let component = {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+                .await?
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("compiling {}", config.path.display()))?
+        };
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "linking {}: was it built against this host's wasmcsi:plugin WIT version?",
+                    config.path.display()
+                )
+            })?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("{} does not export the plugin world", config.path.display())
+            })?;
+        let grants = Arc::new(Grants::from_config(config, node_id)?);
+        let mut plugin = Plugin {
+            name: config.name.clone(),
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                features: Features::empty(),
+                access_modes: Vec::new(),
+                min_volume_bytes: 0,
+            },
+            pre,
+            grants,
+            limits: config.limits.clone(),
+            permits: Semaphore::new(config.limits.max_concurrent_calls as usize),
+        };
+        plugin.info = plugin
+            .call("info", None, |p, s| {
+                Box::pin(async move { Ok(Ok(p.wasmcsi_plugin_identity().call_info(s).await?)) })
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
+        tracing::info!(
+            plugin = %plugin.name,
+            reports = %plugin.info.name,
+            version = %plugin.info.version,
+            features = ?plugin.info.features,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+        Ok(plugin)
+    }
+
+    pub fn has(&self, feature: Features) -> bool {
+        self.info.features.contains(feature)
+    }
+
+    /// Runs one operation on a fresh instance. `deadline` (the gRPC
+    /// deadline) can only shorten the plugin's configured timeout.
+    pub async fn call<R, F>(
+        &self,
+        op: &'static str,
+        deadline: Option<Duration>,
+        f: F,
+    ) -> Result<R, CallFailure>
+    where
+        F: for<'a> FnOnce(&'a PluginWorld, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+    {
+        let timeout = Duration::from_secs(self.limits.call_timeout_seconds)
+            .min(deadline.unwrap_or(Duration::MAX));
+        let deadline_failure = || CallFailure::Deadline {
+            plugin: self.name.clone(),
+            op,
+            after: timeout,
+        };
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            let state =
+                CallState::new(self.grants.clone(), self.limits.memory_bytes).map_err(|e| {
+                    CallFailure::Instantiate {
+                        plugin: self.name.clone(),
+                        detail: format!("{e:#}"),
+                    }
+                })?;
+            let mut store = Store::new(self.pre.engine(), state);
+            store.limiter(|s| &mut s.limiter);
+            store.set_epoch_deadline(ticks(timeout));
+            store.epoch_deadline_trap();
+            let instance = match self.pre.instantiate_async(&mut store).await {
+                Ok(instance) => instance,
+                Err(e) => return Err(self.classify(op, e, &store, timeout)),
+            };
+            match f(&instance, &mut store).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(plugin_error)) => Err(CallFailure::Plugin(plugin_error)),
+                Err(e) => Err(self.classify(op, e, &store, timeout)),
+            }
+        };
+        // The epoch deadline stops wasm code; this also stops a host
+        // capability (a stuck mount, say) that holds the call.
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline_failure()))
+    }
+
+    fn classify(
+        &self,
+        op: &'static str,
+        error: wasmtime::Error,
+        store: &Store<CallState>,
+        timeout: Duration,
+    ) -> CallFailure {
+        let plugin = self.name.clone();
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return CallFailure::Deadline {
+                plugin,
+                op,
+                after: timeout,
+            };
+        }
+        if store.data().limiter.exhausted {
+            return CallFailure::Memory {
+                plugin,
+                op,
+                detail: format!("{error:#}"),
+            };
+        }
+        let stderr = store.data().stderr_text();
+        let mut detail = format!("{error:#}");
+        // The trap says where; stderr (a Rust panic message) says why.
+        if let Some(line) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+            detail = format!("{line} ({})", detail.lines().next().unwrap_or_default());
+        }
+        tracing::warn!(plugin = %plugin, op, %detail, "plugin call failed");
+        CallFailure::Crashed { plugin, op, detail }
+    }
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn read_verified(path: &Path, sha256: Option<&str>) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+    if let Some(want) = sha256.filter(|s| !s.is_empty()) {
+        let got = hex::encode(Sha256::digest(&bytes));
+        if !got.eq_ignore_ascii_case(want) {
+            bail!(
+                "{} has sha256 {got}, but the config pins {want}",
+                path.display()
+            );
+        }
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,111 @@
+//! Start-up and serving: load every plugin, then serve the configured CSI
+//! services on the unix socket until SIGTERM or SIGINT.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::{socket_path, Config, Service};
+use crate::csi::controller::ControllerService;
+use crate::csi::identity::IdentityService;
+use crate::csi::node::NodeService;
+use crate::csi::Driver;
+use crate::dispatch::Dispatcher;
+use crate::proto::controller_server::ControllerServer;
+use crate::proto::identity_server::IdentityServer;
+use crate::proto::node_server::NodeServer;
+use crate::runtime::engine::{self, EngineSizing};
+use crate::runtime::Plugin;
+
+/// Loads the plugins a config names, on one engine.
+pub async fn load_plugins(config: &Config) -> Result<Vec<Arc<Plugin>>> {
+    let sizing = EngineSizing {
+        instances: config
+            .plugins
+            .iter()
+            .map(|p| p.limits.max_concurrent_calls + 1)
+            .sum(),
+        max_memory_bytes: config
+            .plugins
+            .iter()
+            .map(|p| p.limits.memory_bytes)
+            .max()
+            .unwrap_or(0),
+    };
+    let engine = engine::build(sizing)?;
+    let linker = engine::linker(&engine)?;
+    let mut plugins = Vec::new();
+    for p in &config.plugins {
+        let plugin = Plugin::load(&engine, &linker, p, &config.driver.node_id)
+            .await
+            .with_context(|| format!("loading plugin {} from {}", p.name, p.path.display()))?;
+        plugins.push(Arc::new(plugin));
+    }
+    Ok(plugins)
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    let plugins = load_plugins(&config).await?;
+    let socket = socket_path(&config.driver.endpoint)?;
+    let listener = bind(&socket)?;
+    let driver = Driver::new(config, Dispatcher::new(plugins));
+    let services: Vec<&str> = [(Service::Controller, "controller"), (Service::Node, "node")]
+        .iter()
+        .filter(|(s, _)| driver.runs(*s))
+        .map(|(_, n)| *n)
+        .collect();
+    tracing::info!(
+        endpoint = %socket.display(),
+        driver = %driver.config.driver.name,
+        node = %driver.node_id(),
+        services = ?services,
+        version = crate::VERSION,
+        "serving CSI"
+    );
+    let controller = driver
+        .runs(Service::Controller)
+        .then(|| ControllerServer::new(ControllerService(driver.clone())));
+    let node = driver
+        .runs(Service::Node)
+        .then(|| NodeServer::new(NodeService(driver.clone())));
+    let result = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService(driver.clone())))
+        .add_optional_service(controller)
+        .add_optional_service(node)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    result.context("serving CSI")
+}
+
+/// Binds the socket, replacing a stale one but never a live one.
+fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket", socket.display());
+        }
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!("{} is in use by a running process", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
