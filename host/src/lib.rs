@@ -4,6 +4,7 @@
 //! locking) → `runtime` (wasm instances) → plugin → `capabilities`.
 
 pub mod capabilities;
+pub mod client;
 pub mod config;
 pub mod csi;
 pub mod dispatch;

@@ -72,15 +72,47 @@ pub async fn serve(config: Config) -> Result<()> {
     let node = driver
         .runs(Service::Node)
         .then(|| NodeServer::new(NodeService(driver.clone())));
-    let result = tonic::transport::Server::builder()
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let serving = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService(driver.clone())))
         .add_optional_service(controller)
         .add_optional_service(node)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
+            let stopping = stopping.clone();
+            async move {
+                shutdown_signal().await;
+                stopping.notify_one();
+            }
+        });
+    // Graceful shutdown alone would wait for the sidecars to hang up, which
+    // they never do: finish the calls in flight, then go.
+    let result = tokio::select! {
+        result = serving => result,
+        () = async {
+            stopping.notified().await;
+            drain(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    };
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     result.context("serving CSI")
+}
+
+/// How long shutdown waits for calls in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn drain(grace: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while crate::csi::in_flight() > 0 {
+        if started.elapsed() > grace {
+            tracing::warn!(
+                in_flight = crate::csi::in_flight(),
+                "calls still running at shutdown"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Binds the socket, replacing a stale one but never a live one.

@@ -169,7 +169,23 @@ impl FsCap {
             }
             (_, false) => {
                 paths::confine(mount_path, mount_prefixes, "mount path")?;
-                command::run("resize2fs", &[device]).await.map(drop)
+                command::run("resize2fs", &[device])
+                    .await
+                    .map(drop)
+                    .map_err(|e| {
+                        // Some kernels refuse online ext4 growth outright; the
+                        // plugin can still grow it offline at the next stage.
+                        if e.message.contains("Permission denied to resize")
+                            || e.message.contains("not supported")
+                        {
+                            CapError::new(
+                                super::ErrorCode::FailedPrecondition,
+                                format!("the kernel refused to grow ext4 online: {}", e.message),
+                            )
+                        } else {
+                            e
+                        }
+                    })
             }
         }
     }

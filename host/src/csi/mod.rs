@@ -77,6 +77,29 @@ mod tests {
 
 /// Runs one RPC inside a span naming it and its volume, and logs how it
 /// ended: one line per call, at info, with the gRPC code and duration.
+/// RPCs being served right now; shutdown waits for them.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts an RPC as in flight for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub async fn traced<T>(
     method: &'static str,
     subject: &str,
@@ -85,6 +108,7 @@ pub async fn traced<T>(
     use tracing::Instrument;
     let span = tracing::info_span!("csi", method, volume = subject);
     async move {
+        let _in_flight = InFlight::enter();
         let started = std::time::Instant::now();
         let result = work.await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -1,0 +1,65 @@
+//! A CSI client over a unix socket: what the tests, the demo and the
+//! benchmark use to talk to a driver (ours or any other) like a CO would.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::proto::controller_client::ControllerClient;
+use crate::proto::identity_client::IdentityClient;
+use crate::proto::node_client::NodeClient;
+
+#[derive(Clone)]
+pub struct CsiClient {
+    pub identity: IdentityClient<Channel>,
+    pub controller: ControllerClient<Channel>,
+    pub node: NodeClient<Channel>,
+}
+
+impl CsiClient {
+    /// Connects to `unix:///path` (or a bare path).
+    pub async fn connect(endpoint: &str) -> Result<CsiClient> {
+        let socket: PathBuf = crate::config::socket_path(endpoint)?;
+        let channel = unix_channel(&socket).await?;
+        Ok(CsiClient {
+            identity: IdentityClient::new(channel.clone()),
+            controller: ControllerClient::new(channel.clone()),
+            node: NodeClient::new(channel),
+        })
+    }
+
+    /// Retries until the socket answers or `timeout` passes.
+    pub async fn wait_for(endpoint: &str, timeout: Duration) -> Result<CsiClient> {
+        let started = std::time::Instant::now();
+        loop {
+            match CsiClient::connect(endpoint).await {
+                Ok(client) => return Ok(client),
+                Err(e) if started.elapsed() > timeout => {
+                    return Err(
+                        e.context(format!("driver at {endpoint} not ready after {timeout:?}"))
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+async fn unix_channel(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_path_buf();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }))
+        .await
+        .context("connecting to the CSI socket")
+}

@@ -1,0 +1,409 @@
+//! Test harness: the real `wasmcsi` binary, started on a temp dir with the
+//! real local-dir plugin, spoken to over its real unix socket. Everything a
+//! test mounts or attaches under its temp dir is taken down on drop, also
+//! when the test fails.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wasmcsi::client::CsiClient;
+use wasmcsi::proto::volume_capability::{
+    access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
+};
+use wasmcsi::proto::*;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+/// Where the plugins were built (`make plugins`).
+pub fn plugin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("WASMCSI_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
+        });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (make plugins)",
+        path.display()
+    );
+    path
+}
+
+pub struct Options {
+    /// Put the plugin root on a fresh loop-mounted btrfs (for subvolume mode).
+    pub btrfs_root: bool,
+    pub mode: &'static str,
+    pub fs_type: &'static str,
+    /// Extra YAML under the plugin entry (limits, extra capabilities...).
+    pub plugin_extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            btrfs_root: false,
+            mode: "image",
+            fs_type: "xfs",
+            plugin_extra: String::new(),
+        }
+    }
+}
+
+pub struct TestDriver {
+    pub base: tempfile::TempDir,
+    pub root: PathBuf,
+    pub kubelet: PathBuf,
+    pub endpoint: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub client: CsiClient,
+    child: Option<Child>,
+    btrfs_image: Option<PathBuf>,
+}
+
+impl TestDriver {
+    pub async fn start(options: Options) -> TestDriver {
+        let base = tempfile::Builder::new()
+            .prefix("wasmcsi-test")
+            .tempdir()
+            .unwrap();
+        let root = base.path().join("root");
+        let kubelet = base.path().join("kubelet");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&kubelet).unwrap();
+        let btrfs_image = options.btrfs_root.then(|| {
+            let image = base.path().join("btrfs.img");
+            make_btrfs(&image, &root);
+            image
+        });
+        let endpoint = format!("unix://{}/csi.sock", base.path().display());
+        let config = base.path().join("config.yaml");
+        let log = base.path().join("driver.log");
+        let yaml = format!(
+            r#"driver:
+  name: local.wasmcsi.io
+  nodeId: test-node
+  endpoint: {endpoint}
+plugins:
+  - name: local-dir
+    path: {wasm}
+    settings: {{ mode: {mode}, fsType: {fs} }}
+    capabilities:
+      fs: {{ root: "{root}" }}
+      quota: {{}}
+      mount: {{ types: [xfs, ext4], targetPrefixes: ["{kubelet}"] }}
+      log: {{}}
+{extra}"#,
+            wasm = plugin_path("local-dir").display(),
+            mode = options.mode,
+            fs = options.fs_type,
+            root = root.display(),
+            kubelet = kubelet.display(),
+            extra = options.plugin_extra,
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let child = spawn(&config, &log);
+        let client = CsiClient::wait_for(&endpoint, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n--- driver log ---\n{}", read(&log)));
+        let mut driver = TestDriver {
+            base,
+            root,
+            kubelet,
+            endpoint,
+            config,
+            log,
+            client,
+            child: Some(child),
+            btrfs_image,
+        };
+        driver.wait_ready().await;
+        driver
+    }
+
+    async fn wait_ready(&mut self) {
+        for _ in 0..600 {
+            if let Ok(r) = self.client.identity.probe(ProbeRequest {}).await {
+                if r.into_inner().ready == Some(true) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("driver never became ready\n{}", self.logs());
+    }
+
+    /// Kills the driver without warning (a crash) and starts it again.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = Some(spawn(&self.config, &self.log));
+        self.client = CsiClient::wait_for(&self.endpoint, Duration::from_secs(60))
+            .await
+            .expect("driver came back");
+        self.wait_ready().await;
+    }
+
+    /// SIGTERM, then waits; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    pub fn logs(&self) -> String {
+        read(&self.log)
+    }
+
+    pub fn target(&self, name: &str) -> PathBuf {
+        self.kubelet.join("pods").join(name).join("mount")
+    }
+
+    pub fn staging(&self, name: &str) -> PathBuf {
+        self.kubelet.join("staging").join(name)
+    }
+
+    /// Volume directories left under the plugin root.
+    pub fn volumes_on_disk(&self) -> Vec<String> {
+        match std::fs::read_dir(self.root.join("volumes")) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    /// Loop devices backed by files of this test.
+    pub fn loop_devices(&self) -> Vec<String> {
+        loops_under(self.base.path())
+    }
+}
+
+impl Drop for TestDriver {
+    fn drop(&mut self) {
+        self.terminate();
+        cleanup_mounts(self.base.path());
+        if self.btrfs_image.is_some() {
+            let _ = Command::new("umount")
+                .arg(&self.root)
+                .stderr(Stdio::null())
+                .status();
+        }
+        for device in loops_under(self.base.path()) {
+            let _ = Command::new("losetup").args(["-d", &device]).status();
+        }
+    }
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_wasmcsi"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info,wasmcsi=debug")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("starting wasmcsi")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn make_btrfs(image: &Path, mount_point: &Path) {
+    let f = std::fs::File::create(image).unwrap();
+    f.set_len(2 * GIB).unwrap();
+    run("mkfs.btrfs", &["-q", "-f", image.to_str().unwrap()]);
+    run(
+        "mount",
+        &[
+            "-o",
+            "loop",
+            image.to_str().unwrap(),
+            mount_point.to_str().unwrap(),
+        ],
+    );
+}
+
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Unmounts everything mounted under `dir`, deepest first.
+pub fn cleanup_mounts(dir: &Path) {
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    for _ in 0..10 {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| PathBuf::from(p.replace("\\040", " ")))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        if points.is_empty() {
+            return;
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = Command::new("umount")
+                .arg(&p)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+pub fn loops_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(backing) = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+        {
+            if Path::new(backing.trim()).starts_with(&dir) {
+                found.push(format!("/dev/{name}"));
+            }
+        }
+    }
+    found
+}
+
+pub fn mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| Path::new(p) == path)
+}
+
+// ---- request builders ----
+
+pub fn mount_cap(mode: Mode) -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn block_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+pub fn rw() -> VolumeCapability {
+    mount_cap(Mode::SingleNodeWriter)
+}
+
+pub fn create_req(name: &str, required: u64, params: &[(&str, &str)]) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: required as i64,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![rw()],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+pub fn stage_req(id: &str, staging: &Path) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rw()),
+        ..Default::default()
+    }
+}
+
+pub fn publish_req(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    readonly: bool,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rw()),
+        readonly,
+        ..Default::default()
+    }
+}
+
+pub fn range(required: u64) -> Option<CapacityRange> {
+    Some(CapacityRange {
+        required_bytes: required as i64,
+        limit_bytes: 0,
+    })
+}
+
+/// Writes 1 MiB chunks into `dir/name` until `max` bytes or an error;
+/// returns the bytes the kernel accepted and the error that stopped it.
+pub fn fill(dir: &Path, name: &str, max: u64) -> (u64, Option<std::io::Error>) {
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut file = match std::fs::File::create(dir.join(name)) {
+        Ok(f) => f,
+        Err(e) => return (0, Some(e)),
+    };
+    let mut written = 0;
+    while written < max {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    match file.sync_all() {
+        Ok(()) => (written, None),
+        Err(e) => (written, Some(e)),
+    }
+}
+
+pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}

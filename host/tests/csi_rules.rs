@@ -1,0 +1,670 @@
+//! The CSI spec's rules, checked against the real driver: error codes per
+//! RPC, idempotency, concurrency on one name, restarts.
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use wasmcsi::proto::*;
+
+#[tokio::test]
+async fn identity_and_capabilities() {
+    let mut d = TestDriver::start(Options::default()).await;
+    let info = d
+        .client
+        .identity
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "local.wasmcsi.io");
+    assert!(!info.vendor_version.is_empty());
+
+    let caps = d
+        .client
+        .identity
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    use plugin_capability::service::Type as S;
+    let services: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(plugin_capability::Type::Service(s)) => Some(s.r#type),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        services.contains(&(S::ControllerService as i32)),
+        "{services:?}"
+    );
+    assert!(
+        services.contains(&(S::VolumeAccessibilityConstraints as i32)),
+        "{services:?}"
+    );
+    let online = plugin_capability::volume_expansion::Type::Online as i32;
+    assert!(
+        caps.capabilities.iter().any(|c| matches!(&c.r#type,
+            Some(plugin_capability::Type::VolumeExpansion(v)) if v.r#type == online)),
+        "online expansion not offered"
+    );
+
+    let ctl = d
+        .client
+        .controller
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let rpcs: Vec<i32> = ctl
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
+            None => None,
+        })
+        .collect();
+    use controller_service_capability::rpc::Type as C;
+    for want in [
+        C::CreateDeleteVolume,
+        C::ExpandVolume,
+        C::ListVolumes,
+        C::GetCapacity,
+    ] {
+        assert!(
+            rpcs.contains(&(want as i32)),
+            "{want:?} missing from {rpcs:?}"
+        );
+    }
+    assert!(!rpcs.contains(&(C::CreateDeleteSnapshot as i32)));
+
+    let node = d
+        .client
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node.node_id, "test-node");
+    assert_eq!(
+        node.accessible_topology
+            .unwrap()
+            .segments
+            .get("topology.wasmcsi.io/node")
+            .map(String::as_str),
+        Some("test-node")
+    );
+    let ncaps = d
+        .client
+        .node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let nrpcs: Vec<i32> = ncaps
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
+            None => None,
+        })
+        .collect();
+    use node_service_capability::rpc::Type as N;
+    for want in [N::StageUnstageVolume, N::ExpandVolume, N::GetVolumeStats] {
+        assert!(
+            nrpcs.contains(&(want as i32)),
+            "{want:?} missing from {nrpcs:?}"
+        );
+    }
+    let probe = d
+        .client
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+}
+
+#[tokio::test]
+async fn controller_error_codes() {
+    let d = TestDriver::start(Options::default()).await;
+    let c = &mut d.client.controller.clone();
+
+    let mut no_name = create_req("x", GIB, &[]);
+    no_name.name.clear();
+    assert_eq!(code(c.create_volume(no_name).await), Code::InvalidArgument);
+    let mut no_caps = create_req("x", GIB, &[]);
+    no_caps.volume_capabilities.clear();
+    assert_eq!(code(c.create_volume(no_caps).await), Code::InvalidArgument);
+    let mut no_mode = create_req("x", GIB, &[]);
+    no_mode.volume_capabilities[0].access_mode = None;
+    assert_eq!(code(c.create_volume(no_mode).await), Code::InvalidArgument);
+    let mut multi = create_req("x", GIB, &[]);
+    multi.volume_capabilities = vec![mount_cap(
+        volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+    )];
+    assert_eq!(code(c.create_volume(multi).await), Code::InvalidArgument);
+    let mut inverted = create_req("x", GIB, &[]);
+    inverted.capacity_range = Some(CapacityRange {
+        required_bytes: 2 * GIB as i64,
+        limit_bytes: GIB as i64,
+    });
+    assert_eq!(code(c.create_volume(inverted).await), Code::OutOfRange);
+    let mut negative = create_req("x", GIB, &[]);
+    negative.capacity_range = Some(CapacityRange {
+        required_bytes: -1,
+        limit_bytes: 0,
+    });
+    assert_eq!(code(c.create_volume(negative).await), Code::InvalidArgument);
+    // Rounded up to the XFS minimum, a tiny limit cannot be met.
+    let mut tiny = create_req("x", MIB, &[]);
+    tiny.capacity_range = Some(CapacityRange {
+        required_bytes: MIB as i64,
+        limit_bytes: 2 * MIB as i64,
+    });
+    assert_eq!(code(c.create_volume(tiny).await), Code::OutOfRange);
+    assert_eq!(
+        code(
+            c.create_volume(create_req("x", GIB, &[("mode", "nonsense")]))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.create_volume(create_req("x", GIB, &[("plugin", "other")]))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let mut elsewhere = create_req("x", GIB, &[]);
+    elsewhere.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![Topology {
+            segments: [(
+                "topology.wasmcsi.io/node".to_string(),
+                "other-node".to_string(),
+            )]
+            .into(),
+        }],
+        preferred: vec![],
+    });
+    assert_eq!(
+        code(c.create_volume(elsewhere).await),
+        Code::ResourceExhausted
+    );
+    assert_eq!(
+        d.volumes_on_disk(),
+        Vec::<String>::new(),
+        "failed creates left storage"
+    );
+
+    // Delete: missing id is invalid; unknown ids are already deleted.
+    assert_eq!(
+        code(c.delete_volume(DeleteVolumeRequest::default()).await),
+        Code::InvalidArgument
+    );
+    for id in ["no-such-plugin:x", "local-dir:never-made", "garbage"] {
+        c.delete_volume(DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("delete {id}: {e}"));
+    }
+
+    // Expand.
+    assert_eq!(
+        code(
+            c.controller_expand_volume(ControllerExpandVolumeRequest::default())
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "local-dir:x".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "nobody:x".into(),
+                capacity_range: range(GIB),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    // Validate.
+    assert_eq!(
+        code(
+            c.validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                volume_id: "local-dir:missing".into(),
+                volume_capabilities: vec![rw()],
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                volume_id: "local-dir:missing".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+
+    // List: a bad token is ABORTED, a negative size invalid.
+    assert_eq!(
+        code(
+            c.list_volumes(ListVolumesRequest {
+                starting_token: "bogus".into(),
+                max_entries: 0
+            })
+            .await
+        ),
+        Code::Aborted
+    );
+    assert_eq!(
+        code(
+            c.list_volumes(ListVolumesRequest {
+                starting_token: String::new(),
+                max_entries: -1
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    // Snapshots are not offered by local-dir.
+    assert_eq!(
+        code(
+            c.create_snapshot(CreateSnapshotRequest {
+                source_volume_id: "local-dir:x".into(),
+                name: "s".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::Unimplemented
+    );
+}
+
+#[tokio::test]
+async fn node_error_codes() {
+    let d = TestDriver::start(Options::default()).await;
+    let staging = d.staging("e");
+    let target = d.target("e");
+    let n = &mut d.client.node.clone();
+
+    let mut no_id = stage_req("local-dir:v", &staging);
+    no_id.volume_id.clear();
+    assert_eq!(
+        code(n.node_stage_volume(no_id).await),
+        Code::InvalidArgument
+    );
+    let mut no_path = stage_req("local-dir:v", &staging);
+    no_path.staging_target_path.clear();
+    assert_eq!(
+        code(n.node_stage_volume(no_path).await),
+        Code::InvalidArgument
+    );
+    let mut no_cap = stage_req("local-dir:v", &staging);
+    no_cap.volume_capability = None;
+    assert_eq!(
+        code(n.node_stage_volume(no_cap).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            n.node_stage_volume(stage_req("local-dir:missing", &staging))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    let mut no_target = publish_req("local-dir:v", &staging, &target, false);
+    no_target.target_path.clear();
+    assert_eq!(
+        code(n.node_publish_volume(no_target).await),
+        Code::InvalidArgument
+    );
+    let mut no_staging = publish_req("local-dir:v", &staging, &target, false);
+    no_staging.staging_target_path.clear();
+    assert_eq!(
+        code(n.node_publish_volume(no_staging).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            n.node_publish_volume(publish_req("local-dir:missing", &staging, &target, false))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: "local-dir:v".into(),
+                target_path: String::new()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            n.node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: "local-dir:missing".into(),
+                volume_path: target.display().to_string(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            n.node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: "local-dir:v".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            n.node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: "local-dir:missing".into(),
+                volume_path: target.display().to_string(),
+                capacity_range: range(GIB),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_conflicts_are_refused() {
+    let d = TestDriver::start(Options::default()).await;
+    let c = &mut d.client.controller.clone();
+    let first = c
+        .create_volume(create_req("pvc-same", 512 * MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let again = c
+        .create_volume(create_req("pvc-same", 512 * MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(first.volume_id, again.volume_id);
+    assert_eq!(first.capacity_bytes, again.capacity_bytes);
+    assert_eq!(
+        code(c.create_volume(create_req("pvc-same", 2 * GIB, &[])).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(d.volumes_on_disk().len(), 1);
+
+    // Many creates of one name at once: one volume, the same answer for all.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut client = d.client.controller.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .create_volume(create_req("pvc-race", 400 * MIB, &[]))
+                .await
+                .map(|r| r.into_inner().volume.unwrap().volume_id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().expect("concurrent create"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(d.volumes_on_disk().len(), 2);
+
+    // ListVolumes pages through both.
+    let c = &mut d.client.controller.clone();
+    let page1 = c
+        .list_volumes(ListVolumesRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.entries.len(), 1);
+    assert!(!page1.next_token.is_empty());
+    let page2 = c
+        .list_volumes(ListVolumesRequest {
+            max_entries: 1,
+            starting_token: page1.next_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page2.entries.len(), 1);
+    assert_ne!(
+        page1.entries[0].volume.as_ref().unwrap().volume_id,
+        page2.entries[0].volume.as_ref().unwrap().volume_id
+    );
+
+    // Delete twice: both succeed, nothing remains.
+    for id in [first.volume_id.clone(), first.volume_id, ids[0].clone()] {
+        c.delete_volume(DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
+
+    let cap = c
+        .get_capacity(GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cap.available_capacity > 0);
+}
+
+#[tokio::test]
+async fn node_calls_are_idempotent_and_survive_restarts_and_reboots() {
+    let mut d = TestDriver::start(Options::default()).await;
+    let id = d
+        .client
+        .controller
+        .create_volume(create_req("pvc-restart", 512 * MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let (staging, target) = (d.staging("r"), d.target("r"));
+    std::fs::create_dir_all(&staging).unwrap();
+    for _ in 0..2 {
+        d.client
+            .node
+            .node_stage_volume(stage_req(&id, &staging))
+            .await
+            .expect("stage (again)");
+        d.client
+            .node
+            .node_publish_volume(publish_req(&id, &staging, &target, false))
+            .await
+            .expect("publish (again)");
+    }
+    std::fs::write(target.join("hello"), b"kept").unwrap();
+    // Publishing the same target read-only is incompatible with what is there.
+    assert_eq!(
+        code(
+            d.client
+                .node
+                .node_publish_volume(publish_req(&id, &staging, &target, true))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    let ro_target = d.target("r-ro");
+    d.client
+        .node
+        .node_publish_volume(publish_req(&id, &staging, &ro_target, true))
+        .await
+        .expect("read-only publish");
+    assert!(
+        std::fs::write(ro_target.join("nope"), b"x").is_err(),
+        "read-only publish is writable"
+    );
+
+    // A crash of the driver loses nothing.
+    d.crash_and_restart().await;
+    let stats = d
+        .client
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats after restart")
+        .into_inner();
+    assert!(stats.usage[0].total > 0);
+    for t in [&target, &ro_target] {
+        d.client
+            .node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.clone(),
+                target_path: t.display().to_string(),
+            })
+            .await
+            .expect("unpublish");
+    }
+    d.client
+        .node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    assert!(d.loop_devices().is_empty(), "unstage leaves no loop device");
+
+    // A node reboot: loop devices are gone; staging re-attaches the image
+    // and the data is still there. Expansion while unstaged (offline) works too.
+    d.crash_and_restart().await;
+    let grown = d
+        .client
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: range(GIB),
+            ..Default::default()
+        })
+        .await;
+    // Offline growth is allowed to be deferred to the next stage.
+    if let Err(s) = &grown {
+        assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    }
+    d.client
+        .node
+        .node_stage_volume(stage_req(&id, &staging))
+        .await
+        .expect("stage after reboot");
+    d.client
+        .node
+        .node_publish_volume(publish_req(&id, &staging, &target, false))
+        .await
+        .expect("publish after reboot");
+    assert_eq!(std::fs::read(target.join("hello")).unwrap(), b"kept");
+    if grown.is_ok() {
+        // The offline expansion finished when the volume was staged again.
+        let total = nix::sys::statvfs::statvfs(&target).unwrap();
+        let bytes = total.blocks() * total.fragment_size();
+        assert!(bytes > 900 * MIB, "filesystem not grown at stage: {bytes}");
+    }
+
+    // Unpublish/unstage twice are fine.
+    for _ in 0..2 {
+        d.client
+            .node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .expect("unpublish twice");
+        d.client
+            .node
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: id.clone(),
+                staging_target_path: staging.display().to_string(),
+            })
+            .await
+            .expect("unstage twice");
+    }
+    d.client
+        .controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
+    // SIGTERM ends the driver cleanly and removes its socket.
+    let status = d.terminate().expect("driver was running");
+    assert!(status.success(), "{status:?}");
+    assert!(!std::path::Path::new(d.endpoint.trim_start_matches("unix://")).exists());
+}
+
+#[tokio::test]
+async fn bad_config_fails_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(
+        &config,
+        "driver:\n  name: local.wasmcsi.io\n  nodeId: n\n  endpoint: unix:///tmp/x.sock\nplugins:\n  - name: BAD\n    path: /x.wasm\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcsi"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plugins[0]") && err.contains("name"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcsi"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("NODE_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,244 @@
+//! local-dir end to end: real host, real plugin, real loop devices, XFS,
+//! ext4 and btrfs. Capacity must be enforced by the kernel before and
+//! after expansion.
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use wasmcsi::proto::*;
+
+/// Create → stage → publish → fill → expand → fill more → stats → tear
+/// down, in one mode. Returns what the kernel let us write before and after.
+async fn lifecycle(
+    d: &mut TestDriver,
+    params: &[(&str, &str)],
+    first: u64,
+    second: u64,
+) -> (u64, u64) {
+    let vol = d
+        .client
+        .controller
+        .create_volume(create_req("pvc-life", first, params))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(vol.capacity_bytes as u64 >= first);
+    let id = vol.volume_id.clone();
+    assert!(id.starts_with("local-dir:"), "{id}");
+    let topo = &vol.accessible_topology[0].segments;
+    assert_eq!(
+        topo.get("topology.wasmcsi.io/node").map(String::as_str),
+        Some("test-node")
+    );
+
+    let (staging, target) = (d.staging("life"), d.target("life"));
+    std::fs::create_dir_all(&staging).unwrap();
+    d.client
+        .node
+        .node_stage_volume(stage_req(&id, &staging))
+        .await
+        .expect("stage");
+    d.client
+        .node
+        .node_publish_volume(publish_req(&id, &staging, &target, false))
+        .await
+        .expect("publish");
+    assert!(mounted(&target));
+
+    // Fill: the kernel must refuse writes at the volume's size.
+    let (before, err) = fill(&target, "fill-1", 2 * vol.capacity_bytes as u64);
+    let err = err.expect("writing past the capacity must fail");
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)),
+        "unexpected error {err:?}"
+    );
+    assert!(
+        before <= vol.capacity_bytes as u64,
+        "wrote {before} > capacity {}",
+        vol.capacity_bytes
+    );
+    assert!(
+        before >= vol.capacity_bytes as u64 * 8 / 10,
+        "only {before} of {} bytes usable",
+        vol.capacity_bytes
+    );
+
+    // Expand: the controller step asks for the node step.
+    let expanded = d
+        .client
+        .controller
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: id.clone(),
+            capacity_range: range(second),
+            volume_capability: Some(rw()),
+            ..Default::default()
+        })
+        .await
+        .expect("controller expand")
+        .into_inner();
+    assert!(expanded.capacity_bytes as u64 >= second);
+    assert!(expanded.node_expansion_required);
+    let node_expand = NodeExpandVolumeRequest {
+        volume_id: id.clone(),
+        volume_path: target.display().to_string(),
+        staging_target_path: staging.display().to_string(),
+        capacity_range: range(second),
+        volume_capability: Some(rw()),
+        ..Default::default()
+    };
+    let grown = match d.client.node.node_expand_volume(node_expand.clone()).await {
+        Ok(r) => r.into_inner().capacity_bytes as u64,
+        Err(s) if s.code() == Code::FailedPrecondition => {
+            // This kernel refuses online ext4 growth: the volume grows
+            // offline when it is staged next, as after a pod restart.
+            restage(d, &id, &staging, &target).await;
+            expanded.capacity_bytes as u64
+        }
+        Err(s) => panic!("node expand: {s:?}"),
+    };
+    assert!(grown >= second);
+    // Retrying the node step is harmless.
+    if let Ok(r) = d.client.node.node_expand_volume(node_expand).await {
+        assert_eq!(r.into_inner().capacity_bytes as u64, grown);
+    }
+    let node = NodeExpandVolumeResponse {
+        capacity_bytes: grown as i64,
+    };
+
+    // The new room is really usable, and still bounded.
+    let (after, err) = fill(&target, "fill-2", 2 * second);
+    assert!(err.is_some(), "the expanded volume must still be bounded");
+    let total = before + after;
+    assert!(
+        total > vol.capacity_bytes as u64,
+        "expansion gave no room: {total}"
+    );
+    assert!(total <= node.capacity_bytes as u64);
+
+    let stats = d
+        .client
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let bytes = &stats.usage[0];
+    assert!(
+        bytes.total as u64 > vol.capacity_bytes as u64,
+        "stats total {} not grown",
+        bytes.total
+    );
+    assert!(bytes.total as u64 <= node.capacity_bytes as u64);
+    assert!(
+        bytes.used as u64 >= total * 9 / 10,
+        "used {} vs written {total}",
+        bytes.used
+    );
+    // btrfs has no fixed inode count (statfs reports 0); the others do.
+    let on_btrfs = params.contains(&("mode", "subvolume"));
+    assert!(on_btrfs || stats.usage[1].total > 0, "inode stats missing");
+    assert!(!stats.volume_condition.unwrap().abnormal);
+
+    // Tear down; nothing may be left behind.
+    d.client
+        .node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    assert!(!mounted(&target));
+    d.client
+        .node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    assert!(!mounted(&staging));
+    d.client
+        .controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
+    (before, after)
+}
+
+async fn restage(
+    d: &mut TestDriver,
+    id: &str,
+    staging: &std::path::Path,
+    target: &std::path::Path,
+) {
+    d.client
+        .node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    d.client
+        .node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    d.client
+        .node
+        .node_stage_volume(stage_req(id, staging))
+        .await
+        .expect("stage again");
+    d.client
+        .node
+        .node_publish_volume(publish_req(id, staging, target, false))
+        .await
+        .expect("publish again");
+}
+
+#[tokio::test]
+async fn image_xfs_capacity_enforced_and_expanded_online() {
+    let mut d = TestDriver::start(Options::default()).await;
+    lifecycle(&mut d, &[], 512 * MIB, GIB).await;
+    assert!(
+        d.loop_devices().is_empty(),
+        "loop devices leaked: {:?}",
+        d.loop_devices()
+    );
+}
+
+#[tokio::test]
+async fn image_ext4_capacity_enforced_and_expanded() {
+    let mut d = TestDriver::start(Options::default()).await;
+    lifecycle(&mut d, &[("fsType", "ext4")], 64 * MIB, 160 * MIB).await;
+    assert!(
+        d.loop_devices().is_empty(),
+        "loop devices leaked: {:?}",
+        d.loop_devices()
+    );
+}
+
+#[tokio::test]
+async fn btrfs_subvolume_qgroup_enforced_and_raised() {
+    let mut d = TestDriver::start(Options {
+        btrfs_root: true,
+        ..Default::default()
+    })
+    .await;
+    lifecycle(&mut d, &[("mode", "subvolume")], 64 * MIB, 128 * MIB).await;
+}

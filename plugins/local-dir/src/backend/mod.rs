@@ -1,0 +1,166 @@
+//! One backend per storage mode. The controller and node exports do the
+//! mode-independent part (ids, meta, sizes, checks) and hand the storage
+//! work to the volume's backend. A new mode (e.g. project-quota) is a new
+//! module here and one arm in `for_mode`.
+
+mod image;
+mod subvolume;
+
+use crate::config::{FsType, Mode, Wanted};
+use crate::env::Env;
+use crate::error::{fail, not_found, Context, ErrorCode, Result};
+use crate::exports::wasmcsi::plugin::node::VolumeStats;
+use crate::meta::Meta;
+use crate::size::MIB;
+use crate::store;
+use crate::wasmcsi::plugin::mount::MountEntry;
+use crate::wasmcsi::plugin::types::VolumeCapability;
+
+/// Where a node expansion finds the volume.
+pub struct ExpandAt<'a> {
+    pub volume_path: &'a str,
+    pub staging_path: Option<&'a str>,
+    /// From the request's capability; None when the CO did not say.
+    pub block: Option<bool>,
+}
+
+pub trait Backend {
+    /// Smallest volume of this kind, and the kind's name for messages.
+    fn min_bytes(&self, fs: Option<FsType>) -> (u64, &'static str);
+
+    /// Checks that this node can hold such a volume, before anything is made.
+    fn precheck(&self, env: &Env, wanted: &Wanted) -> Result<()>;
+
+    /// Makes the storage of a volume whose meta (already written) says
+    /// `creating`. Must start from nothing: leftovers are torn down first.
+    fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()>;
+
+    /// Removes this backend's storage of the volume, if there is any. Works
+    /// from the layout alone: meta may be missing or unreadable.
+    fn remove(&self, env: &Env, id: &str) -> Result<()>;
+
+    /// Makes the volume usable at `staging` as `cap` asks. Idempotent.
+    fn stage(
+        &self,
+        env: &Env,
+        id: &str,
+        meta: &mut Meta,
+        staging: &str,
+        cap: &VolumeCapability,
+    ) -> Result<()>;
+
+    /// Undoes node-side attachments made by `stage` other than the staging
+    /// mount itself (already unmounted). Works from the layout alone.
+    fn release(&self, env: &Env, id: &str) -> Result<()>;
+
+    /// The device to bind onto a block publish target.
+    fn block_device(&self, env: &Env, id: &str) -> Result<String>;
+
+    /// Grows the volume to `capacity` (never below its current size) and
+    /// returns the capacity now usable. Must finish an interrupted growth.
+    fn expand(
+        &self,
+        env: &Env,
+        id: &str,
+        meta: &mut Meta,
+        capacity: u64,
+        at: &ExpandAt,
+    ) -> Result<u64>;
+
+    /// Usage of the volume as seen at `volume_path`.
+    fn stats(&self, env: &Env, id: &str, meta: &Meta, volume_path: &str) -> Result<VolumeStats>;
+}
+
+static IMAGE: image::Image = image::Image;
+static SUBVOLUME: subvolume::Subvolume = subvolume::Subvolume;
+
+/// Every backend, for work that must not depend on meta (teardown).
+fn all() -> [&'static dyn Backend; 2] {
+    [&IMAGE, &SUBVOLUME]
+}
+
+pub fn for_mode(mode: Mode) -> Result<&'static dyn Backend> {
+    match mode {
+        Mode::Image => Ok(&IMAGE),
+        Mode::Subvolume => Ok(&SUBVOLUME),
+        Mode::ProjectQuota => Err(fail(
+            ErrorCode::Unimplemented,
+            "local-dir mode project-quota is reserved and not implemented yet; use image or \
+             subvolume",
+        )),
+    }
+}
+
+/// Bounds for a size computation when the kind is unknown (controller
+/// expand on a node without the volume's meta).
+pub const UNKNOWN_MIN: (u64, &str) = (MIB, "local-dir volumes");
+
+/// Removes everything of a volume: every backend's storage, then the
+/// directory with meta.json last, so a crash half-way is finished by a retry.
+pub fn teardown(env: &Env, id: &str) -> Result<()> {
+    if !store::exists(&env.layout.dir(id))? {
+        return Ok(());
+    }
+    for b in all() {
+        b.remove(env, id)?;
+    }
+    store::remove_dir(&env.layout, id)
+}
+
+/// Undoes node attachments of every backend (unstage without meta).
+pub fn release_all(env: &Env, id: &str) -> Result<()> {
+    for b in all() {
+        b.release(env, id)?;
+    }
+    Ok(())
+}
+
+/// What is mounted at `path`, if anything.
+pub fn mounted_at(env: &Env, path: &str, id: &str) -> Result<Option<MountEntry>> {
+    env.host
+        .mounted_at(path)
+        .context(|| format!("volume {id}: looking at what is mounted at {path}"))
+}
+
+/// Stats answer for a volume path with nothing mounted: NOT_FOUND when the
+/// path does not exist, else an unhealthy volume with the reason.
+pub fn not_mounted(env: &Env, id: &str, path: &str) -> Result<VolumeStats> {
+    match env.host.statfs(path) {
+        Err(e) if e.code == ErrorCode::NotFound => Err(not_found(format!(
+            "volume {id}: volume path {path} does not exist: {}",
+            e.message
+        ))),
+        Err(e) => Err(fail(
+            e.code,
+            format!("volume {id}: statfs of {path}: {}", e.message),
+        )),
+        Ok(_) => Ok(VolumeStats {
+            total_bytes: 0,
+            available_bytes: 0,
+            used_bytes: 0,
+            total_inodes: 0,
+            available_inodes: 0,
+            used_inodes: 0,
+            healthy: false,
+            message: format!("volume {id} is not mounted at {path}"),
+        }),
+    }
+}
+
+/// statfs of a mounted volume as stats: bytes and inodes of its filesystem.
+pub fn fs_stats(env: &Env, id: &str, path: &str) -> Result<VolumeStats> {
+    let st = env
+        .host
+        .statfs(path)
+        .context(|| format!("volume {id}: statfs of {path}"))?;
+    Ok(VolumeStats {
+        total_bytes: st.total_bytes,
+        available_bytes: st.available_bytes,
+        used_bytes: st.total_bytes.saturating_sub(st.free_bytes),
+        total_inodes: st.total_inodes,
+        available_inodes: st.free_inodes,
+        used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
+        healthy: true,
+        message: String::new(),
+    })
+}

@@ -1,0 +1,172 @@
+//! Subvolume mode: `data` is a btrfs subvolume whose qgroup limit is the
+//! volume's size; staging bind-mounts it. Growing is raising the limit, so
+//! there is nothing to finish later.
+
+use super::{fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
+use crate::config::{FsType, Wanted};
+use crate::env::Env;
+use crate::error::{fail, internal, invalid, precondition, Context, ErrorCode, Result};
+use crate::exports::wasmcsi::plugin::node::VolumeStats;
+use crate::meta::Meta;
+use crate::size::MIB;
+use crate::store;
+use crate::wasmcsi::plugin::quota::QuotaKind;
+use crate::wasmcsi::plugin::types::{AccessType, VolumeCapability};
+
+pub struct Subvolume;
+
+impl Backend for Subvolume {
+    fn min_bytes(&self, _fs: Option<FsType>) -> (u64, &'static str) {
+        (MIB, "subvolumes")
+    }
+
+    fn precheck(&self, env: &Env, wanted: &Wanted) -> Result<()> {
+        let root = env.layout.root();
+        let found = env
+            .host
+            .filesystem_type(root)
+            .context(|| format!("finding the filesystem type of the local-dir root {root}"))?;
+        if found == "btrfs" {
+            return Ok(());
+        }
+        let message = format!(
+            "subvolume mode needs the local-dir root {root} on btrfs, but it is on {found}; \
+             use image mode on this node"
+        );
+        // Whose mistake it is decides the code: the StorageClass's or the driver config's.
+        Err(if wanted.mode_from_parameters {
+            invalid(message)
+        } else {
+            precondition(message)
+        })
+    }
+
+    fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()> {
+        let data = env.layout.data(id);
+        env.host
+            .create_subvolume(&data)
+            .context(|| format!("volume {id}: creating btrfs subvolume {data}"))?;
+        set_limit(env, id, &data, meta.capacity_bytes)
+    }
+
+    fn remove(&self, env: &Env, id: &str) -> Result<()> {
+        let data = env.layout.data(id);
+        if store::exists(&data)? {
+            env.host
+                .delete_subvolume(&data)
+                .context(|| format!("volume {id}: deleting btrfs subvolume {data}"))?;
+        }
+        Ok(())
+    }
+
+    fn stage(
+        &self,
+        env: &Env,
+        id: &str,
+        _meta: &mut Meta,
+        staging: &str,
+        cap: &VolumeCapability,
+    ) -> Result<()> {
+        let asked = match &cap.access_type {
+            AccessType::Block => {
+                return Err(precondition(format!(
+                    "volume {id} is a btrfs subvolume and cannot be used as a raw block device"
+                )))
+            }
+            AccessType::Mount(m) => m.fs_type.as_str(),
+        };
+        if !asked.is_empty() && asked != "btrfs" {
+            return Err(precondition(format!(
+                "volume {id} is a btrfs subvolume, not {asked}"
+            )));
+        }
+        let data = env.layout.data(id);
+        if !store::exists(&data)? {
+            return Err(internal(format!(
+                "volume {id}: its subvolume {data} is missing although meta.json is there"
+            )));
+        }
+        match mounted_at(env, staging, id)? {
+            // A bind mount reports the btrfs device as its source, so the
+            // filesystem type is what can be checked.
+            Some(e) if e.fs_type == "btrfs" => return Ok(()),
+            Some(e) => {
+                return Err(fail(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "volume {id}: staging path {staging} already has {} ({}) mounted",
+                        e.source, e.fs_type
+                    ),
+                ))
+            }
+            None => {}
+        }
+        env.host
+            .bind(&data, staging, false)
+            .context(|| format!("volume {id}: bind-mounting {data} on {staging}"))?;
+        env.info("volume staged", &[("volume", id), ("staging", staging)]);
+        Ok(())
+    }
+
+    fn release(&self, _env: &Env, _id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn block_device(&self, _env: &Env, id: &str) -> Result<String> {
+        Err(precondition(format!(
+            "volume {id} is a btrfs subvolume and cannot be used as a raw block device"
+        )))
+    }
+
+    fn expand(
+        &self,
+        env: &Env,
+        id: &str,
+        meta: &mut Meta,
+        capacity: u64,
+        _at: &ExpandAt,
+    ) -> Result<u64> {
+        let data = env.layout.data(id);
+        // Limit first, record after; set again every time, so a crash
+        // between the two (or a limit lost some other way) is repaired.
+        set_limit(env, id, &data, capacity)?;
+        if capacity != meta.capacity_bytes {
+            meta.capacity_bytes = capacity;
+            store::write_meta(&env.layout, id, meta)?;
+        }
+        Ok(capacity)
+    }
+
+    fn stats(&self, env: &Env, id: &str, meta: &Meta, volume_path: &str) -> Result<VolumeStats> {
+        let Some(entry) = mounted_at(env, volume_path, id)? else {
+            return not_mounted(env, id, volume_path);
+        };
+        let mut stats = fs_stats(env, id, volume_path)?;
+        if entry.fs_type != "btrfs" {
+            stats.healthy = false;
+            stats.message = format!(
+                "volume {id}: {volume_path} has {} mounted, not the btrfs subvolume",
+                entry.fs_type
+            );
+            return Ok(stats);
+        }
+        // Bytes from the qgroup (statfs would show the whole btrfs); inodes
+        // from statfs, as btrfs has no per-subvolume inode count.
+        let data = env.layout.data(id);
+        let usage = env
+            .host
+            .get_usage(QuotaKind::BtrfsQgroup, &data)
+            .context(|| format!("volume {id}: reading the qgroup usage of {data}"))?;
+        let total = usage.limit_bytes.unwrap_or(meta.capacity_bytes);
+        stats.total_bytes = total;
+        stats.used_bytes = usage.used_bytes;
+        stats.available_bytes = total.saturating_sub(usage.used_bytes);
+        Ok(stats)
+    }
+}
+
+fn set_limit(env: &Env, id: &str, data: &str, bytes: u64) -> Result<()> {
+    env.host
+        .set_limit(QuotaKind::BtrfsQgroup, data, bytes)
+        .context(|| format!("volume {id}: setting the qgroup limit of {data} to {bytes} bytes"))
+}

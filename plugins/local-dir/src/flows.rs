@@ -1,0 +1,749 @@
+//! Whole-call tests against the fake host: idempotency, cleanup of failed
+//! creates, and retries after a crash between any two capability calls.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use crate::controller;
+use crate::env::Env;
+use crate::error::{ErrorCode, Result};
+use crate::exports::wasmcsi::plugin::controller::{CreateVolumeRequest, ExpandRequest};
+use crate::exports::wasmcsi::plugin::node::{
+    ExpandRequest as NodeExpandRequest, PublishRequest, StageRequest,
+};
+use crate::fake::{Fake, CRASH};
+use crate::meta::State;
+use crate::node;
+use crate::size::MIB;
+use crate::store;
+use crate::wasmcsi::plugin::types::{
+    AccessMode, AccessType, CapacityRange, ContentSource, MountAccess, VolumeCapability,
+};
+
+struct World {
+    fake: Fake,
+    root: String,
+}
+
+impl World {
+    fn new(tag: &str, root_fs: &str) -> World {
+        quiet_crashes();
+        let dir = std::env::temp_dir().join(format!("local-dir-flow-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.to_str().unwrap().to_string();
+        World {
+            fake: Fake::new(&root, root_fs),
+            root,
+        }
+    }
+
+    fn env(&self) -> Env {
+        Env::with_host(Box::new(self.fake.clone())).unwrap()
+    }
+
+    fn set(&self, key: &str, value: &str) {
+        self.fake.st().settings.push((key.into(), value.into()));
+    }
+
+    /// Runs one call, crashing at its `n`-th capability call (None: no crash).
+    /// Returns None when it crashed.
+    fn run<T>(&self, crash_at: Option<usize>, op: impl FnOnce(&Env) -> T) -> Option<T> {
+        let base = self.fake.st().calls;
+        self.fake.st().crash_at = crash_at.map(|n| base + n);
+        let env = self.env();
+        let out = catch_unwind(AssertUnwindSafe(|| op(&env)));
+        self.fake.st().crash_at = None;
+        match out {
+            Ok(v) => Some(v),
+            Err(p) if p.downcast_ref::<&str>() == Some(&CRASH) => None,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// Capability calls one successful run of `op` makes.
+    fn calls_of<T>(&self, op: impl FnOnce(&Env) -> T) -> usize {
+        let base = self.fake.st().calls;
+        self.run(None, op);
+        self.fake.st().calls - base
+    }
+
+    fn path(&self, rel: &str) -> String {
+        let p = format!("{}/{rel}", self.root);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn meta(&self, id: &str) -> Option<crate::meta::Meta> {
+        store::read_meta(&self.env().layout, id).unwrap()
+    }
+
+    fn volume_dirs(&self) -> Vec<String> {
+        store::list_ids(&self.env().layout).unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Injected crashes are expected panics: keep them out of the test output.
+fn quiet_crashes() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&CRASH) {
+                default(info)
+            }
+        }));
+    });
+}
+
+fn mount_cap(fs: &str) -> VolumeCapability {
+    VolumeCapability {
+        access_type: AccessType::Mount(MountAccess {
+            fs_type: fs.into(),
+            mount_flags: vec![],
+            volume_mount_group: String::new(),
+        }),
+        access_mode: AccessMode::SingleNodeWriter,
+    }
+}
+
+fn block_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: AccessType::Block,
+        access_mode: AccessMode::SingleNodeWriter,
+    }
+}
+
+fn create_req(name: &str, required: u64, cap: VolumeCapability) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity: CapacityRange {
+            required_bytes: Some(required),
+            limit_bytes: None,
+        },
+        capabilities: vec![cap],
+        parameters: vec![],
+        secrets: vec![],
+        content_source: None,
+    }
+}
+
+fn create(env: &Env, name: &str, required: u64, cap: VolumeCapability) -> Result<u64> {
+    controller::create_volume(env, create_req(name, required, cap)).map(|v| v.capacity_bytes)
+}
+
+fn stage_req(id: &str, staging: &str, cap: VolumeCapability) -> StageRequest {
+    StageRequest {
+        volume_id: id.into(),
+        staging_path: staging.into(),
+        capability: cap,
+        publish_context: vec![],
+        volume_context: vec![],
+        secrets: vec![],
+    }
+}
+
+fn publish_req(
+    id: &str,
+    staging: &str,
+    target: &str,
+    cap: VolumeCapability,
+    ro: bool,
+) -> PublishRequest {
+    PublishRequest {
+        volume_id: id.into(),
+        staging_path: Some(staging.into()),
+        target_path: target.into(),
+        capability: cap,
+        read_only: ro,
+        publish_context: vec![],
+        volume_context: vec![],
+        secrets: vec![],
+    }
+}
+
+fn node_expand_req(
+    id: &str,
+    path: &str,
+    bytes: u64,
+    cap: Option<VolumeCapability>,
+) -> NodeExpandRequest {
+    NodeExpandRequest {
+        volume_id: id.into(),
+        volume_path: path.into(),
+        staging_path: Some(path.into()),
+        capacity: CapacityRange {
+            required_bytes: Some(bytes),
+            limit_bytes: None,
+        },
+        capability: cap,
+        secrets: vec![],
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T>) -> ErrorCode {
+    r.unwrap_err().code
+}
+
+#[test]
+fn no_root_is_failed_precondition() {
+    let w = World::new("noroot", "xfs");
+    w.fake.st().root = None;
+    let e = Env::with_host(Box::new(w.fake.clone())).err().unwrap();
+    assert_eq!(e.code, ErrorCode::FailedPrecondition);
+    assert!(e.message.contains("fs capability"));
+}
+
+#[test]
+fn image_create_is_idempotent_and_checks_compatibility() {
+    let w = World::new("create", "xfs");
+    let env = w.env();
+    let v = controller::create_volume(&env, create_req("pvc-1", 10 * MIB, mount_cap(""))).unwrap();
+    assert_eq!(v.volume_id, "pvc-1");
+    assert_eq!(v.capacity_bytes, 300 * MIB, "xfs minimum");
+    assert!(v.volume_context.contains(&("fsType".into(), "xfs".into())));
+    assert!(v.volume_context.contains(&("node".into(), "node-1".into())));
+    let image = env.layout.image("pvc-1");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 300 * MIB);
+    assert_eq!(w.fake.st().filesystems[&image].0, "xfs");
+
+    assert_eq!(
+        create(&env, "pvc-1", 300 * MIB, mount_cap("xfs")).unwrap(),
+        300 * MIB
+    );
+    assert_eq!(
+        code(create(&env, "pvc-1", 301 * MIB, mount_cap(""))),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        code(create(&env, "pvc-1", MIB, mount_cap("ext4"))),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(w.volume_dirs(), ["pvc-1"]);
+}
+
+#[test]
+fn create_refusals() {
+    let w = World::new("refuse", "xfs");
+    let env = w.env();
+    let mut r = create_req("a", MIB, mount_cap(""));
+    r.content_source = Some(ContentSource::Volume("b".into()));
+    assert_eq!(
+        code(controller::create_volume(&env, r)),
+        ErrorCode::Unimplemented
+    );
+    let mut r = create_req("a", MIB, mount_cap(""));
+    r.parameters = vec![("mode".into(), "project-quota".into())];
+    assert_eq!(
+        code(controller::create_volume(&env, r)),
+        ErrorCode::Unimplemented
+    );
+    let mut r = create_req("a", MIB, mount_cap(""));
+    r.capacity.limit_bytes = Some(100 * MIB);
+    assert_eq!(
+        code(controller::create_volume(&env, r)),
+        ErrorCode::OutOfRange
+    );
+    w.set("maxVolumeBytes", "1Gi");
+    assert_eq!(
+        code(create(&env, "a", 2 << 30, mount_cap(""))),
+        ErrorCode::OutOfRange
+    );
+    assert!(w.volume_dirs().is_empty(), "refusals make nothing");
+}
+
+#[test]
+fn failed_create_leaves_nothing() {
+    for (tag, fs, settings) in [("fimg", "xfs", "image"), ("fsub", "btrfs", "subvolume")] {
+        let probe = World::new(&format!("{tag}-probe"), fs);
+        probe.set("mode", settings);
+        let n = probe.calls_of(|env| create(env, "pvc-x", MIB, mount_cap("")).unwrap());
+        assert!(n >= 1);
+        for at in 1..=n {
+            let w = World::new(&format!("{tag}-{at}"), fs);
+            w.set("mode", settings);
+            let base = w.fake.st().calls;
+            w.fake.st().fail_at = Some(base + at);
+            let r = w.run(None, |env| create(env, "pvc-x", MIB, mount_cap("")));
+            assert_eq!(code(r.unwrap()), ErrorCode::Internal, "failing call {at}");
+            w.fake.st().fail_at = None;
+            assert!(
+                w.volume_dirs().is_empty(),
+                "{tag}: leftovers after failing call {at}"
+            );
+            let st = w.fake.st();
+            assert!(st.subvolumes.is_empty() && st.loops.is_empty() && st.limits.is_empty());
+        }
+    }
+}
+
+#[test]
+fn create_retried_after_crash_anywhere_finishes() {
+    for (tag, fs, settings) in [("cimg", "xfs", "image"), ("csub", "btrfs", "subvolume")] {
+        let probe = World::new(&format!("{tag}-probe"), fs);
+        probe.set("mode", settings);
+        let n = probe.calls_of(|env| create(env, "pvc-x", MIB, mount_cap("")).unwrap());
+        for at in 1..=n {
+            let w = World::new(&format!("{tag}-{at}"), fs);
+            w.set("mode", settings);
+            assert!(w
+                .run(Some(at), |env| create(env, "pvc-x", MIB, mount_cap("")))
+                .is_none());
+            let cap = w
+                .run(None, |env| create(env, "pvc-x", MIB, mount_cap("")))
+                .unwrap()
+                .unwrap();
+            let meta = w.meta("pvc-x").unwrap();
+            assert_eq!(meta.state, State::Ready);
+            assert_eq!(meta.capacity_bytes, cap);
+            let env = w.env();
+            let st = w.fake.st();
+            if settings == "image" {
+                assert_eq!(st.filesystems[&env.layout.image("pvc-x")].0, "xfs");
+            } else {
+                assert_eq!(st.limits[&env.layout.data("pvc-x")], cap);
+            }
+        }
+    }
+}
+
+#[test]
+fn interrupted_create_states_are_redone() {
+    let w = World::new("redo", "xfs");
+    let env = w.env();
+    // Crash right after meta `creating` and a bare image, before mkfs.
+    create(&env, "pvc-r", MIB, mount_cap("")).unwrap();
+    let mut meta = w.meta("pvc-r").unwrap();
+    meta.state = State::Creating;
+    store::write_meta(&env.layout, "pvc-r", &meta).unwrap();
+    w.fake.st().filesystems.clear();
+    assert_eq!(
+        code(controller::get_volume(&env, "pvc-r".into())),
+        ErrorCode::NotFound
+    );
+    create(&env, "pvc-r", MIB, mount_cap("")).unwrap();
+    assert_eq!(w.meta("pvc-r").unwrap().state, State::Ready);
+    assert!(w
+        .fake
+        .st()
+        .filesystems
+        .contains_key(&env.layout.image("pvc-r")));
+    // A directory without meta (crash right after mkdir).
+    std::fs::create_dir_all(env.layout.dir("pvc-s")).unwrap();
+    std::fs::write(env.layout.image("pvc-s"), b"junk").unwrap();
+    create(&env, "pvc-s", MIB, mount_cap("")).unwrap();
+    assert_eq!(
+        std::fs::metadata(env.layout.image("pvc-s")).unwrap().len(),
+        300 * MIB
+    );
+}
+
+#[test]
+fn delete_removes_everything_even_after_crashes() {
+    let probe = World::new("dprobe", "xfs");
+    let staging = probe.path("stage");
+    let setup = |w: &World, staging: &str| {
+        let env = w.env();
+        create(&env, "pvc-d", MIB, block_cap()).unwrap();
+        node::stage_volume(&env, stage_req("pvc-d", staging, block_cap())).unwrap();
+        assert_eq!(w.fake.st().loops.len(), 1);
+    };
+    setup(&probe, &staging);
+    let n = probe.calls_of(|env| controller::delete_volume(env, "pvc-d".into()).unwrap());
+    assert!(probe.volume_dirs().is_empty());
+    assert!(probe.fake.st().loops.is_empty(), "loop device detached");
+    for at in 1..=n {
+        let w = World::new(&format!("d{at}"), "xfs");
+        let staging = w.path("stage");
+        setup(&w, &staging);
+        assert!(w
+            .run(Some(at), |env| controller::delete_volume(
+                env,
+                "pvc-d".into()
+            ))
+            .is_none());
+        let env = w.env();
+        assert_eq!(
+            code(controller::get_volume(&env, "pvc-d".into())),
+            ErrorCode::NotFound
+        );
+        assert!(controller::list_volumes(&env, String::new(), 0)
+            .unwrap()
+            .volumes
+            .is_empty());
+        controller::delete_volume(&env, "pvc-d".into()).unwrap();
+        assert!(w.volume_dirs().is_empty() && w.fake.st().loops.is_empty());
+    }
+    let env = probe.env();
+    controller::delete_volume(&env, "pvc-d".into()).unwrap();
+    controller::delete_volume(&env, "never-was".into()).unwrap();
+    assert_eq!(
+        code(controller::delete_volume(&env, "../x".into())),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn image_mount_lifecycle_is_idempotent() {
+    let w = World::new("life", "xfs");
+    let env = w.env();
+    let (staging, target) = (w.path("stage"), w.path("target"));
+    create(&env, "pvc-l", MIB, mount_cap("")).unwrap();
+
+    assert_eq!(
+        code(node::publish_volume(
+            &env,
+            publish_req("pvc-l", &staging, &target, mount_cap(""), false)
+        )),
+        ErrorCode::FailedPrecondition,
+        "publish before stage must not bind an empty directory"
+    );
+    for _ in 0..2 {
+        node::stage_volume(&env, stage_req("pvc-l", &staging, mount_cap(""))).unwrap();
+    }
+    assert_eq!(w.fake.st().mounts[&staging].fs_type, "xfs");
+    assert_eq!(
+        code(node::stage_volume(
+            &env,
+            stage_req("pvc-l", &staging, mount_cap("ext4"))
+        )),
+        ErrorCode::FailedPrecondition
+    );
+    for _ in 0..2 {
+        node::publish_volume(
+            &env,
+            publish_req("pvc-l", &staging, &target, mount_cap(""), false),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        code(node::publish_volume(
+            &env,
+            publish_req("pvc-l", &staging, &target, mount_cap(""), true)
+        )),
+        ErrorCode::AlreadyExists
+    );
+    let stats = node::get_volume_stats(&env, "pvc-l".into(), target.clone()).unwrap();
+    assert!(stats.healthy);
+    assert_eq!(stats.total_bytes, 300 * MIB);
+    assert_eq!(stats.used_inodes, 100);
+    for _ in 0..2 {
+        node::unpublish_volume(&env, "pvc-l".into(), target.clone()).unwrap();
+    }
+    let stats = node::get_volume_stats(&env, "pvc-l".into(), target.clone()).unwrap();
+    assert!(!stats.healthy && stats.message.contains("not mounted"));
+    let missing = format!("{}/nowhere", w.root);
+    assert_eq!(
+        code(node::get_volume_stats(&env, "pvc-l".into(), missing)),
+        ErrorCode::NotFound
+    );
+    for _ in 0..2 {
+        node::unstage_volume(&env, "pvc-l".into(), staging.clone()).unwrap();
+    }
+    let st = w.fake.st();
+    assert!(st.mounts.is_empty() && st.loops.is_empty());
+}
+
+#[test]
+fn stage_retried_after_crash_anywhere_mounts_once() {
+    let probe = World::new("sprobe", "xfs");
+    let staging = probe.path("stage");
+    create(&probe.env(), "pvc-s", MIB, mount_cap("")).unwrap();
+    let n = probe.calls_of(|env| {
+        node::stage_volume(env, stage_req("pvc-s", &staging, mount_cap(""))).unwrap()
+    });
+    for at in 1..=n {
+        let w = World::new(&format!("s{at}"), "xfs");
+        let staging = w.path("stage");
+        create(&w.env(), "pvc-s", MIB, mount_cap("")).unwrap();
+        let req = || stage_req("pvc-s", &staging, mount_cap(""));
+        assert!(w
+            .run(Some(at), |env| node::stage_volume(env, req()))
+            .is_none());
+        w.run(None, |env| node::stage_volume(env, req()))
+            .unwrap()
+            .unwrap();
+        let st = w.fake.st();
+        assert_eq!(st.loops.len(), 1);
+        assert_eq!(st.mounts.len(), 1);
+        assert_eq!(st.mounts[&staging].source, *st.loops.keys().next().unwrap());
+    }
+}
+
+#[test]
+fn raw_block_volumes() {
+    let w = World::new("block", "xfs");
+    let env = w.env();
+    let (staging, target) = (w.path("stage"), w.path("dev"));
+    assert_eq!(
+        create(&env, "pvc-b", 1, block_cap()).unwrap(),
+        MIB,
+        "no mkfs minimum"
+    );
+    assert!(w.fake.st().filesystems.is_empty());
+    node::stage_volume(&env, stage_req("pvc-b", &staging, block_cap())).unwrap();
+    assert!(w.fake.st().mounts.is_empty());
+    assert_eq!(
+        code(node::stage_volume(
+            &env,
+            stage_req("pvc-b", &staging, mount_cap(""))
+        )),
+        ErrorCode::FailedPrecondition
+    );
+    for _ in 0..2 {
+        node::publish_volume(
+            &env,
+            publish_req("pvc-b", &staging, &target, block_cap(), false),
+        )
+        .unwrap();
+    }
+    let stats = node::get_volume_stats(&env, "pvc-b".into(), target.clone()).unwrap();
+    assert_eq!((stats.total_bytes, stats.healthy), (MIB, true));
+    let grown = node::expand_volume(
+        &env,
+        node_expand_req("pvc-b", &target, 3 * MIB, Some(block_cap())),
+    )
+    .unwrap();
+    assert_eq!(grown, 3 * MIB);
+    let st = w.fake.st();
+    assert_eq!(
+        st.loops.values().next().unwrap().1,
+        3 * MIB,
+        "loop refreshed"
+    );
+}
+
+#[test]
+fn xfs_expand_online_survives_crashes() {
+    let setup = |w: &World, staging: &str| {
+        let env = w.env();
+        create(&env, "pvc-e", MIB, mount_cap("")).unwrap();
+        node::stage_volume(&env, stage_req("pvc-e", staging, mount_cap(""))).unwrap();
+        let r = ExpandRequest {
+            volume_id: "pvc-e".into(),
+            capacity: CapacityRange {
+                required_bytes: Some(400 * MIB - 5),
+                limit_bytes: None,
+            },
+            capability: None,
+            secrets: vec![],
+        };
+        let out = controller::expand_volume(&env, r).unwrap();
+        assert_eq!(
+            (out.capacity_bytes, out.node_expansion_required),
+            (400 * MIB, true)
+        );
+    };
+    let check = |w: &World, staging: &str| {
+        let env = w.env();
+        let meta = w.meta("pvc-e").unwrap();
+        assert_eq!((meta.capacity_bytes, meta.grow_pending), (400 * MIB, false));
+        let image = env.layout.image("pvc-e");
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 400 * MIB);
+        let st = w.fake.st();
+        assert_eq!(st.filesystems[&image].1, 400 * MIB, "filesystem grown");
+        assert!(st.mounts.contains_key(staging));
+    };
+    let expand = |staging: &str| {
+        let staging = staging.to_string();
+        move |env: &Env| {
+            node::expand_volume(
+                env,
+                node_expand_req("pvc-e", &staging, 400 * MIB, Some(mount_cap(""))),
+            )
+        }
+    };
+
+    let probe = World::new("eprobe", "xfs");
+    let staging = probe.path("stage");
+    setup(&probe, &staging);
+    let n = probe.calls_of(|env| expand(&staging)(env).unwrap());
+    check(&probe, &staging);
+    assert_eq!(
+        expand(&staging)(&probe.env()).unwrap(),
+        400 * MIB,
+        "idempotent"
+    );
+
+    for at in 1..=n {
+        let w = World::new(&format!("e{at}"), "xfs");
+        let staging = w.path("stage");
+        setup(&w, &staging);
+        assert!(w.run(Some(at), expand(&staging)).is_none());
+        assert_eq!(w.run(None, expand(&staging)).unwrap().unwrap(), 400 * MIB);
+        check(&w, &staging);
+    }
+
+    // A crash after the intent is recorded, then an unstage and a new
+    // stage instead of a retry: the stage finishes the growth.
+    let w = World::new("estage", "xfs");
+    let staging = w.path("stage");
+    setup(&w, &staging);
+    assert!(w.run(Some(1), expand(&staging)).is_none());
+    assert!(w.meta("pvc-e").unwrap().grow_pending);
+    let env = w.env();
+    node::unstage_volume(&env, "pvc-e".into(), staging.clone()).unwrap();
+    node::stage_volume(&env, stage_req("pvc-e", &staging, mount_cap(""))).unwrap();
+    check(&w, &staging);
+}
+
+#[test]
+fn ext4_grow_refused_online_happens_at_next_stage() {
+    let w = World::new("ext4", "xfs");
+    w.set("fsType", "ext4");
+    let env = w.env();
+    let staging = w.path("stage");
+    assert_eq!(create(&env, "pvc-4", MIB, mount_cap("")).unwrap(), 32 * MIB);
+    node::stage_volume(&env, stage_req("pvc-4", &staging, mount_cap(""))).unwrap();
+    w.fake.st().refuse_online_ext4 = true;
+    let r = node::expand_volume(
+        &env,
+        node_expand_req("pvc-4", &staging, 64 * MIB, Some(mount_cap(""))),
+    );
+    assert_eq!(code(r), ErrorCode::FailedPrecondition);
+    let meta = w.meta("pvc-4").unwrap();
+    assert!(meta.grow_pending && meta.capacity_bytes == 64 * MIB);
+    node::unstage_volume(&env, "pvc-4".into(), staging.clone()).unwrap();
+    node::stage_volume(&env, stage_req("pvc-4", &staging, mount_cap(""))).unwrap();
+    assert!(!w.meta("pvc-4").unwrap().grow_pending);
+    assert_eq!(
+        w.fake.st().filesystems[&env.layout.image("pvc-4")].1,
+        64 * MIB
+    );
+    let again = node::expand_volume(
+        &env,
+        node_expand_req("pvc-4", &staging, 64 * MIB, Some(mount_cap(""))),
+    );
+    assert_eq!(again.unwrap(), 64 * MIB);
+}
+
+#[test]
+fn subvolume_volumes() {
+    let w = World::new("sub", "btrfs");
+    w.set("mode", "subvolume");
+    let env = w.env();
+    let (staging, target) = (w.path("stage"), w.path("target"));
+    assert_eq!(
+        code(create(&env, "pvc-v", MIB, block_cap())),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        create(&env, "pvc-v", 5 * MIB - 1, mount_cap("")).unwrap(),
+        5 * MIB
+    );
+    let data = env.layout.data("pvc-v");
+    assert_eq!(w.fake.st().limits[&data], 5 * MIB);
+    node::stage_volume(&env, stage_req("pvc-v", &staging, mount_cap(""))).unwrap();
+    node::stage_volume(&env, stage_req("pvc-v", &staging, mount_cap(""))).unwrap();
+    node::publish_volume(
+        &env,
+        publish_req("pvc-v", &staging, &target, mount_cap(""), true),
+    )
+    .unwrap();
+    w.fake.st().used.insert(data.clone(), MIB);
+    let stats = node::get_volume_stats(&env, "pvc-v".into(), target.clone()).unwrap();
+    assert_eq!(
+        (
+            stats.total_bytes,
+            stats.used_bytes,
+            stats.available_bytes,
+            stats.total_inodes
+        ),
+        (5 * MIB, MIB, 4 * MIB, 1000)
+    );
+    let grown =
+        node::expand_volume(&env, node_expand_req("pvc-v", &target, 8 * MIB, None)).unwrap();
+    assert_eq!(grown, 8 * MIB);
+    assert_eq!(w.fake.st().limits[&data], 8 * MIB);
+    assert_eq!(w.meta("pvc-v").unwrap().capacity_bytes, 8 * MIB);
+    node::unpublish_volume(&env, "pvc-v".into(), target).unwrap();
+    node::unstage_volume(&env, "pvc-v".into(), staging).unwrap();
+    controller::delete_volume(&env, "pvc-v".into()).unwrap();
+    assert!(w.fake.st().subvolumes.is_empty() && w.volume_dirs().is_empty());
+}
+
+#[test]
+fn subvolume_needs_btrfs() {
+    let w = World::new("nobtrfs", "xfs");
+    let env = w.env();
+    let mut r = create_req("pvc-n", MIB, mount_cap(""));
+    r.parameters = vec![("mode".into(), "subvolume".into())];
+    assert_eq!(
+        code(controller::create_volume(&env, r)),
+        ErrorCode::InvalidArgument
+    );
+    w.set("mode", "subvolume");
+    let e = create(&env, "pvc-n", MIB, mount_cap("")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::FailedPrecondition);
+    assert!(e.message.contains("btrfs"), "{}", e.message);
+    assert!(w.volume_dirs().is_empty());
+}
+
+#[test]
+fn list_pages_and_capacity() {
+    let w = World::new("list", "xfs");
+    let env = w.env();
+    for name in ["pvc-c", "pvc-a", "pvc-b"] {
+        create(&env, name, MIB, block_cap()).unwrap();
+    }
+    let all = controller::list_volumes(&env, String::new(), 0).unwrap();
+    let ids: Vec<_> = all.volumes.iter().map(|v| v.volume_id.as_str()).collect();
+    assert_eq!(
+        (ids, all.next_token.as_str()),
+        (vec!["pvc-a", "pvc-b", "pvc-c"], "")
+    );
+    let p1 = controller::list_volumes(&env, String::new(), 2).unwrap();
+    assert_eq!((p1.volumes.len(), p1.next_token.as_str()), (2, "pvc-b"));
+    let p2 = controller::list_volumes(&env, p1.next_token, 2).unwrap();
+    assert_eq!(
+        (p2.volumes[0].volume_id.as_str(), p2.next_token.as_str()),
+        ("pvc-c", "")
+    );
+    assert_eq!(
+        code(controller::list_volumes(&env, "pvc-zz".into(), 2)),
+        ErrorCode::Aborted
+    );
+
+    assert_eq!(
+        controller::get_capacity(&env, vec![]).unwrap(),
+        (1 << 39) - 1
+    );
+    let bad = vec![("colour".into(), "red".into())];
+    assert_eq!(
+        code(controller::get_capacity(&env, bad)),
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn controller_expand_without_local_meta_only_rounds() {
+    let w = World::new("cexp", "xfs");
+    let env = w.env();
+    let req = |bytes, limit| ExpandRequest {
+        volume_id: "pvc-elsewhere".into(),
+        capacity: CapacityRange {
+            required_bytes: Some(bytes),
+            limit_bytes: limit,
+        },
+        capability: None,
+        secrets: vec![],
+    };
+    let out = controller::expand_volume(&env, req(5 * MIB + 1, None)).unwrap();
+    assert_eq!(
+        (out.capacity_bytes, out.node_expansion_required),
+        (6 * MIB, true)
+    );
+    assert_eq!(
+        code(controller::expand_volume(
+            &env,
+            req(5 * MIB + 1, Some(5 * MIB + 1))
+        )),
+        ErrorCode::OutOfRange
+    );
+}

@@ -1,0 +1,114 @@
+//! The host's capabilities behind one trait, so the volume logic can run
+//! natively against a fake host in tests (crashes and failures injected
+//! between any two calls). `Wasm` forwards to the real imports.
+
+use crate::error::Result;
+use crate::wasmcsi::plugin::fs::FsStats;
+use crate::wasmcsi::plugin::log::Level;
+use crate::wasmcsi::plugin::mount::MountEntry;
+use crate::wasmcsi::plugin::quota::{QuotaKind, Usage};
+use crate::wasmcsi::plugin::{environment, fs, log, mount, quota};
+
+/// One method per WIT import, same names and meaning (see plugin.wit).
+pub trait Host {
+    fn settings(&self) -> Vec<(String, String)>;
+    fn node_id(&self) -> String;
+    fn root(&self) -> Option<String>;
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]);
+
+    fn statfs(&self, path: &str) -> Result<FsStats>;
+    fn filesystem_type(&self, path: &str) -> Result<String>;
+    fn make_filesystem(&self, image: &str, fs_type: &str) -> Result<()>;
+    fn probe_filesystem(&self, image: &str) -> Result<Option<String>>;
+    fn check_filesystem(&self, image: &str, fs_type: &str) -> Result<()>;
+    fn grow_filesystem(&self, device: &str, mount_path: &str, fs_type: &str) -> Result<()>;
+    fn attach_loop(&self, image: &str) -> Result<String>;
+    fn find_loop(&self, image: &str) -> Result<Option<String>>;
+    fn refresh_loop(&self, device: &str) -> Result<()>;
+    fn detach_loop(&self, device: &str) -> Result<()>;
+    fn create_subvolume(&self, path: &str) -> Result<()>;
+    fn delete_subvolume(&self, path: &str) -> Result<()>;
+
+    fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()>;
+    fn get_usage(&self, kind: QuotaKind, path: &str) -> Result<Usage>;
+
+    fn mount(&self, source: &str, target: &str, fs_type: &str, options: &[String]) -> Result<()>;
+    fn bind(&self, source: &str, target: &str, read_only: bool) -> Result<()>;
+    fn unmount(&self, target: &str, remove_target: bool) -> Result<()>;
+    fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>>;
+}
+
+/// The real host, through the component's imports.
+pub struct Wasm;
+
+impl Host for Wasm {
+    fn settings(&self) -> Vec<(String, String)> {
+        environment::settings()
+    }
+    fn node_id(&self) -> String {
+        environment::node_id()
+    }
+    fn root(&self) -> Option<String> {
+        environment::root()
+    }
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        log::log(level, message, fields)
+    }
+
+    fn statfs(&self, path: &str) -> Result<FsStats> {
+        fs::statfs(path)
+    }
+    fn filesystem_type(&self, path: &str) -> Result<String> {
+        fs::filesystem_type(path)
+    }
+    fn make_filesystem(&self, image: &str, fs_type: &str) -> Result<()> {
+        fs::make_filesystem(image, fs_type)
+    }
+    fn probe_filesystem(&self, image: &str) -> Result<Option<String>> {
+        fs::probe_filesystem(image)
+    }
+    fn check_filesystem(&self, image: &str, fs_type: &str) -> Result<()> {
+        fs::check_filesystem(image, fs_type)
+    }
+    fn grow_filesystem(&self, device: &str, mount_path: &str, fs_type: &str) -> Result<()> {
+        fs::grow_filesystem(device, mount_path, fs_type)
+    }
+    fn attach_loop(&self, image: &str) -> Result<String> {
+        fs::attach_loop(image)
+    }
+    fn find_loop(&self, image: &str) -> Result<Option<String>> {
+        fs::find_loop(image)
+    }
+    fn refresh_loop(&self, device: &str) -> Result<()> {
+        fs::refresh_loop(device)
+    }
+    fn detach_loop(&self, device: &str) -> Result<()> {
+        fs::detach_loop(device)
+    }
+    fn create_subvolume(&self, path: &str) -> Result<()> {
+        fs::create_subvolume(path)
+    }
+    fn delete_subvolume(&self, path: &str) -> Result<()> {
+        fs::delete_subvolume(path)
+    }
+
+    fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()> {
+        quota::set_limit(kind, path, bytes)
+    }
+    fn get_usage(&self, kind: QuotaKind, path: &str) -> Result<Usage> {
+        quota::get_usage(kind, path)
+    }
+
+    fn mount(&self, source: &str, target: &str, fs_type: &str, options: &[String]) -> Result<()> {
+        mount::mount(source, target, fs_type, options)
+    }
+    fn bind(&self, source: &str, target: &str, read_only: bool) -> Result<()> {
+        mount::bind(source, target, read_only)
+    }
+    fn unmount(&self, target: &str, remove_target: bool) -> Result<()> {
+        mount::unmount(target, remove_target)
+    }
+    fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>> {
+        mount::mounted_at(target)
+    }
+}

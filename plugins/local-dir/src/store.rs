@@ -1,0 +1,262 @@
+//! The on-disk layout under the plugin root, and meta.json I/O through WASI:
+//!
+//! ```text
+//! <root>/volumes/<local-id>/meta.json   what the volume is (see `meta`)
+//! <root>/volumes/<local-id>/disk.img    image mode: sparse image file
+//! <root>/volumes/<local-id>/data        subvolume mode: btrfs subvolume
+//! ```
+
+use std::fs;
+use std::io::{self, Write};
+
+use crate::error::{self, internal, not_found, precondition, Result};
+use crate::id;
+use crate::meta::{Meta, State};
+
+#[derive(Clone, Debug)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    pub fn new(root: &str) -> Layout {
+        let trimmed = root.trim_end_matches('/');
+        Layout {
+            root: if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            },
+        }
+    }
+
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn volumes(&self) -> String {
+        format!("{}/volumes", self.root.trim_end_matches('/'))
+    }
+
+    pub fn dir(&self, id: &str) -> String {
+        format!("{}/{id}", self.volumes())
+    }
+
+    pub fn meta(&self, id: &str) -> String {
+        format!("{}/meta.json", self.dir(id))
+    }
+
+    pub fn image(&self, id: &str) -> String {
+        format!("{}/disk.img", self.dir(id))
+    }
+
+    pub fn data(&self, id: &str) -> String {
+        format!("{}/data", self.dir(id))
+    }
+
+    fn meta_tmp(&self, id: &str) -> String {
+        format!("{}/.meta.json.tmp", self.dir(id))
+    }
+}
+
+/// Whether a path exists (without following a final symlink).
+pub fn exists(path: &str) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(error::io(format_args!("looking at {path}"), e)),
+    }
+}
+
+/// The volume's meta, or None when it has none (never made, or gone).
+pub fn read_meta(layout: &Layout, id: &str) -> Result<Option<Meta>> {
+    let path = layout.meta(id);
+    match fs::read(&path) {
+        Ok(bytes) => Meta::from_json(&bytes)
+            .map(Some)
+            .map_err(|e| internal(format!("reading {path}: {e}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error::io(format_args!("reading {path}"), e)),
+    }
+}
+
+/// The meta of a volume that exists and is usable; NOT_FOUND otherwise
+/// (half-created and half-deleted volumes do not exist for the CO).
+pub fn ready_meta(layout: &Layout, id: &str) -> Result<Meta> {
+    match read_meta(layout, id)? {
+        Some(meta) if meta.state == State::Ready => Ok(meta),
+        Some(meta) => Err(not_found(format!(
+            "volume {id} is not ready on this node (it is {})",
+            match meta.state {
+                State::Creating => "being created",
+                _ => "being deleted",
+            }
+        ))),
+        None => Err(not_found(format!(
+            "volume {id} does not exist on this node"
+        ))),
+    }
+}
+
+/// Replaces meta.json atomically (temp file, fsync, rename) so that a
+/// crash leaves the old or the new record, never a torn one.
+pub fn write_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
+    let (tmp, path) = (layout.meta_tmp(id), layout.meta(id));
+    let bytes = meta
+        .to_json()
+        .map_err(|e| internal(format!("encoding {path}: {e}")))?;
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| error::io(format_args!("writing {tmp}"), e))?;
+    fs::rename(&tmp, &path).map_err(|e| error::io(format_args!("renaming {tmp} to {path}"), e))
+}
+
+/// Ids of all volume directories, sorted; stray entries are skipped.
+pub fn list_ids(layout: &Layout) -> Result<Vec<String>> {
+    let dir = layout.volumes();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(error::io(format_args!("listing {dir}"), e)),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| error::io(format_args!("listing {dir}"), e))?;
+        if let Some(name) = entry.file_name().to_str().filter(|n| id::is_valid(n)) {
+            ids.push(name.to_string());
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// Makes the volume's directory (and `volumes/` on first use).
+pub fn make_dir(layout: &Layout, id: &str) -> Result<()> {
+    let dir = layout.dir(id);
+    fs::create_dir_all(&dir).map_err(|e| error::io(format_args!("creating {dir}"), e))
+}
+
+/// Removes what is left of the volume's directory once its storage is gone.
+pub fn remove_dir(layout: &Layout, id: &str) -> Result<()> {
+    let dir = layout.dir(id);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(error::io(format_args!("removing {dir}"), e)),
+    }
+}
+
+/// Removes a file; already gone is fine.
+pub fn remove_file(path: &str) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(error::io(format_args!("removing {path}"), e)),
+    }
+}
+
+/// The root must be visible through WASI; a clear error if the host's
+/// preopen and `environment.root()` disagree.
+pub fn check_root(layout: &Layout) -> Result<()> {
+    match fs::metadata(layout.root()) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(precondition(format!(
+            "local-dir root {} is not a directory",
+            layout.root()
+        ))),
+        Err(e) => Err(precondition(format!(
+            "local-dir root {} is not reachable from the plugin (is it the fs capability's \
+             preopen?): {e}",
+            layout.root()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FsType, Mode, Wanted};
+    use crate::error::ErrorCode;
+
+    struct TempRoot(String);
+
+    impl TempRoot {
+        fn new(tag: &str) -> TempRoot {
+            let dir = std::env::temp_dir().join(format!("local-dir-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempRoot(dir.to_str().unwrap().to_string())
+        }
+    }
+
+    impl Drop for TempRoot {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn meta() -> Meta {
+        let w = Wanted {
+            mode: Mode::Image,
+            mode_from_parameters: false,
+            fs_type: Some(FsType::Ext4),
+        };
+        Meta::new("pvc-a", &w, 1 << 25)
+    }
+
+    #[test]
+    fn layout_paths() {
+        let l = Layout::new("/var/lib/wasmcsi/local/");
+        assert_eq!(l.root(), "/var/lib/wasmcsi/local");
+        assert_eq!(l.image("v1"), "/var/lib/wasmcsi/local/volumes/v1/disk.img");
+        assert_eq!(l.data("v1"), "/var/lib/wasmcsi/local/volumes/v1/data");
+        assert_eq!(Layout::new("/").meta("v"), "/volumes/v/meta.json");
+    }
+
+    #[test]
+    fn meta_write_read_replace() {
+        let t = TempRoot::new("meta");
+        let l = Layout::new(&t.0);
+        check_root(&l).unwrap();
+        assert_eq!(read_meta(&l, "v1").unwrap(), None);
+        assert_eq!(ready_meta(&l, "v1").unwrap_err().code, ErrorCode::NotFound);
+        make_dir(&l, "v1").unwrap();
+        let mut m = meta();
+        write_meta(&l, "v1", &m).unwrap();
+        assert_eq!(read_meta(&l, "v1").unwrap(), Some(m.clone()));
+        assert_eq!(ready_meta(&l, "v1").unwrap_err().code, ErrorCode::NotFound);
+        m.state = State::Ready;
+        write_meta(&l, "v1", &m).unwrap();
+        assert_eq!(ready_meta(&l, "v1").unwrap(), m);
+        assert!(!exists(&l.meta_tmp("v1")).unwrap());
+    }
+
+    #[test]
+    fn torn_meta_is_internal() {
+        let t = TempRoot::new("torn");
+        let l = Layout::new(&t.0);
+        make_dir(&l, "v1").unwrap();
+        fs::write(l.meta("v1"), b"{\"version\":").unwrap();
+        let e = read_meta(&l, "v1").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(e.message.contains("meta.json"));
+    }
+
+    #[test]
+    fn list_sorted_valid_ids_and_remove() {
+        let t = TempRoot::new("list");
+        let l = Layout::new(&t.0);
+        assert!(list_ids(&l).unwrap().is_empty());
+        for id in ["b", "a", ".tmp", "C"] {
+            fs::create_dir_all(l.dir(id)).unwrap();
+        }
+        assert_eq!(list_ids(&l).unwrap(), ["a", "b"]);
+        remove_dir(&l, "a").unwrap();
+        remove_dir(&l, "a").unwrap();
+        remove_file(&l.image("b")).unwrap();
+        assert_eq!(list_ids(&l).unwrap(), ["b"]);
+    }
+}
