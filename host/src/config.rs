@@ -137,6 +137,10 @@ pub struct MountGrant {
     pub types: Vec<String>,
     /// Mount targets must resolve under one of these directories.
     pub target_prefixes: Vec<PathBuf>,
+    /// Test aid for nodes without an NFS client: network mounts are
+    /// appended to this file (one JSON line each) instead of performed.
+    #[serde(default)]
+    pub record_network_mounts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,6 +24,7 @@ pub struct MountCap {
     /// Canonical directories mount targets must lie under.
     pub target_prefixes: Vec<PathBuf>,
     fs: Option<Arc<FsCap>>,
+    record_network_mounts: Option<PathBuf>,
 }
 
 impl MountCap {
@@ -36,6 +37,7 @@ impl MountCap {
                 .map(|p| paths::granted_dir(p))
                 .collect::<Result<_>>()?,
             fs,
+            record_network_mounts: grant.record_network_mounts.clone(),
         })
     }
 
@@ -118,6 +120,9 @@ impl MountCap {
         }
         std::fs::create_dir_all(&target)
             .map_err(|e| CapError::internal(format!("creating {}: {e}", target.display())))?;
+        if let (Some(log), true) = (&self.record_network_mounts, NETWORK_TYPES.contains(&fs_type)) {
+            return record_mount(log, source, &target, fs_type, options);
+        }
         let target_s = target.to_string_lossy();
         let mut args = vec!["-t", fs_type];
         let joined = options.join(",");
@@ -196,6 +201,23 @@ impl MountCap {
         }
         Ok(())
     }
+}
+
+/// Appends the mount that would have run to the record file.
+fn record_mount(log: &Path, source: &str, target: &Path, fs_type: &str, options: &[String]) -> Result<(), CapError> {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "source": source,
+        "target": target,
+        "fsType": fs_type,
+        "options": options,
+    });
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .map_err(|e| CapError::internal(format!("recording the mount in {}: {e}", log.display())))
 }
 
 /// `host:/path` (or `//host/share` for cifs); never an option in disguise.
