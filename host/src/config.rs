@@ -177,7 +177,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         overrides: &Overrides,
     ) -> Result<Config> {
-        let expanded = expand_env(text, env)?;
+        let expanded = expand_env_outside_comments(text, env)?;
         let mut config: Config = serde_yaml::from_str(&expanded).map_err(|e| {
             let at = e
                 .location()
@@ -373,6 +373,36 @@ fn split_list(items: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Expands variables in every line's YAML content, leaving comments (which
+/// may well mention `${NAME}` to document the syntax) as they are.
+fn expand_env_outside_comments(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let (content, comment) = line.split_at(comment_start(line));
+        let expanded = expand_env(content, env).with_context(|| format!("line {}", number + 1))?;
+        out.push_str(&expanded);
+        out.push_str(comment);
+    }
+    Ok(out)
+}
+
+/// Byte offset of a YAML comment (`#` at the start or after white space,
+/// outside quotes), or the line's length.
+fn comment_start(line: &str) -> usize {
+    let (mut single, mut double) = (false, false);
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && previous != '\\' => double = !double,
+            '#' if !single && !double && previous.is_whitespace() => return i,
+            _ => {}
+        }
+        previous = c;
+    }
+    line.len()
+}
+
 /// Replaces `${NAME}` and `${NAME:-default}`; an unset variable without a
 /// default is an error naming it. `$$` stands for a literal `$`.
 pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
@@ -446,6 +476,15 @@ plugins:
         assert_eq!(
             expand_env(text, &env).unwrap(),
             "a=/srv/vols b=dflt c=x d=$HOME e=$x"
+        );
+    }
+
+    #[test]
+    fn comments_are_not_expanded() {
+        let text = "# use ${NAME} here\nroot: ${ROOT} # or ${OTHER}\nq: \"a # ${ROOT}\"\n";
+        assert_eq!(
+            expand_env_outside_comments(text, &env).unwrap(),
+            "# use ${NAME} here\nroot: /srv/vols # or ${OTHER}\nq: \"a # /srv/vols\"\n"
         );
     }
 

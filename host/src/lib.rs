@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod locks;
 pub mod runtime;
 pub mod server;
+pub mod testkit;
 
 /// The CSI v1.12 protocol, generated from `proto/csi.proto`.
 pub mod proto {

@@ -120,7 +120,10 @@ impl MountCap {
         }
         std::fs::create_dir_all(&target)
             .map_err(|e| CapError::internal(format!("creating {}: {e}", target.display())))?;
-        if let (Some(log), true) = (&self.record_network_mounts, NETWORK_TYPES.contains(&fs_type)) {
+        if let (Some(log), true) = (
+            &self.record_network_mounts,
+            NETWORK_TYPES.contains(&fs_type),
+        ) {
             return record_mount(log, source, &target, fs_type, options);
         }
         let target_s = target.to_string_lossy();
@@ -204,7 +207,13 @@ impl MountCap {
 }
 
 /// Appends the mount that would have run to the record file.
-fn record_mount(log: &Path, source: &str, target: &Path, fs_type: &str, options: &[String]) -> Result<(), CapError> {
+fn record_mount(
+    log: &Path,
+    source: &str,
+    target: &Path,
+    fs_type: &str,
+    options: &[String],
+) -> Result<(), CapError> {
     use std::io::Write;
     let line = serde_json::json!({
         "source": source,

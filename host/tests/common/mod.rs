@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,8 +16,8 @@ use wasmcsi::proto::volume_capability::{
 };
 use wasmcsi::proto::*;
 
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
+#[allow(unused_imports)]
+pub use wasmcsi::testkit::{fill, loops_under, mounted, GIB, MIB};
 
 /// Where the plugins were built (`make plugins`).
 pub fn plugin_path(name: &str) -> PathBuf {
@@ -65,7 +64,6 @@ pub struct TestDriver {
     pub log: PathBuf,
     pub client: CsiClient,
     child: Option<Child>,
-    btrfs_image: Option<PathBuf>,
 }
 
 impl TestDriver {
@@ -78,11 +76,10 @@ impl TestDriver {
         let kubelet = base.path().join("kubelet");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&kubelet).unwrap();
-        let btrfs_image = options.btrfs_root.then(|| {
+        if options.btrfs_root {
             let image = base.path().join("btrfs.img");
-            make_btrfs(&image, &root);
-            image
-        });
+            wasmcsi::testkit::mount_btrfs(&image, &root, 2 * GIB).expect("btrfs root");
+        }
         let endpoint = format!("unix://{}/csi.sock", base.path().display());
         let config = base.path().join("config.yaml");
         let log = base.path().join("driver.log");
@@ -122,7 +119,6 @@ plugins:
             log,
             client,
             child: Some(child),
-            btrfs_image,
         };
         driver.wait_ready().await;
         driver
@@ -202,16 +198,7 @@ plugins:
 impl Drop for TestDriver {
     fn drop(&mut self) {
         self.terminate();
-        cleanup_mounts(self.base.path());
-        if self.btrfs_image.is_some() {
-            let _ = Command::new("umount")
-                .arg(&self.root)
-                .stderr(Stdio::null())
-                .status();
-        }
-        for device in loops_under(self.base.path()) {
-            let _ = Command::new("losetup").args(["-d", &device]).status();
-        }
+        wasmcsi::testkit::teardown(self.base.path());
     }
 }
 
@@ -235,21 +222,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn make_btrfs(image: &Path, mount_point: &Path) {
-    let f = std::fs::File::create(image).unwrap();
-    f.set_len(2 * GIB).unwrap();
-    run("mkfs.btrfs", &["-q", "-f", image.to_str().unwrap()]);
-    run(
-        "mount",
-        &[
-            "-o",
-            "loop",
-            image.to_str().unwrap(),
-            mount_point.to_str().unwrap(),
-        ],
-    );
-}
-
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -261,52 +233,6 @@ pub fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Unmounts everything mounted under `dir`, deepest first.
-pub fn cleanup_mounts(dir: &Path) {
-    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
-    for _ in 0..10 {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(|p| PathBuf::from(p.replace("\\040", " ")))
-            .filter(|p| p.starts_with(&dir))
-            .collect();
-        if points.is_empty() {
-            return;
-        }
-        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in points {
-            let _ = Command::new("umount")
-                .arg(&p)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-pub fn loops_under(dir: &Path) -> Vec<String> {
-    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Ok(backing) = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
-        {
-            if Path::new(backing.trim()).starts_with(&dir) {
-                found.push(format!("/dev/{name}"));
-            }
-        }
-    }
-    found
-}
-
-pub fn mounted(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|p| Path::new(p) == path)
 }
 
 // ---- request builders ----
@@ -377,28 +303,6 @@ pub fn range(required: u64) -> Option<CapacityRange> {
         required_bytes: required as i64,
         limit_bytes: 0,
     })
-}
-
-/// Writes 1 MiB chunks into `dir/name` until `max` bytes or an error;
-/// returns the bytes the kernel accepted and the error that stopped it.
-pub fn fill(dir: &Path, name: &str, max: u64) -> (u64, Option<std::io::Error>) {
-    let chunk = vec![0xa5u8; MIB as usize];
-    let mut file = match std::fs::File::create(dir.join(name)) {
-        Ok(f) => f,
-        Err(e) => return (0, Some(e)),
-    };
-    let mut written = 0;
-    while written < max {
-        match file.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) => return (written, Some(e)),
-        }
-    }
-    match file.sync_all() {
-        Ok(()) => (written, None),
-        Err(e) => (written, Some(e)),
-    }
 }
 
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
