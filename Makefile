@@ -1,0 +1,37 @@
+# wasmcsi — one build profile (dev) for the host everywhere: tests, demo and
+# bench share target/debug. Plugins are always release wasm (small, fast).
+
+CARGO ?= cargo
+WASM_DIR := target/wasm32-wasip2/release
+PLUGINS := local-dir
+
+.PHONY: setup plugins host demo test test-deploy release clean
+
+setup:
+	scripts/setup.sh
+
+plugins: setup
+	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+
+host:
+	$(CARGO) build -p wasmcsi
+
+# Builds everything and walks a volume through create → publish → fill →
+# expand → fill → stats → delete, in image and in btrfs subvolume mode.
+demo: plugins host
+	target/debug/wasmcsi-demo
+
+test-deploy: host
+	WASMCSI_BIN=target/debug/wasmcsi deploy/check.sh
+
+# All the tests: the Kubernetes manifests, then every crate's unit tests and
+# the end-to-end tests against the real binary (last, so its summary closes).
+test: plugins test-deploy
+	$(CARGO) test --workspace
+
+release: setup
+	$(CARGO) build --release -p wasmcsi
+	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+
+clean:
+	$(CARGO) clean

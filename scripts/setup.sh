@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing wasmcsi needs on a fresh Debian machine
+# with rustup: the wasm target, the node storage tools the driver runs, and
+# the Kubernetes schema validator. Safe to run again; skips what is there.
+set -euo pipefail
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: run as root (the driver and its tests mount filesystems)" >&2
+        exit 1
+    fi
+}
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    rustup target add wasm32-wasip2
+fi
+
+missing=()
+for tool in mkfs.xfs:xfsprogs xfs_growfs:xfsprogs mkfs.ext4:e2fsprogs resize2fs:e2fsprogs \
+            mkfs.btrfs:btrfs-progs losetup:mount blkid:util-linux; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    need_root
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+echo "setup: ready"
