@@ -61,9 +61,10 @@ async fn identity_and_capabilities() {
     let rpcs: Vec<i32> = ctl
         .capabilities
         .iter()
-        .filter_map(|c| match &c.r#type {
-            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     use controller_service_capability::rpc::Type as C;
@@ -106,9 +107,10 @@ async fn identity_and_capabilities() {
     let nrpcs: Vec<i32> = ncaps
         .capabilities
         .iter()
-        .filter_map(|c| match &c.r#type {
-            Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|node_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     use node_service_capability::rpc::Type as N;
@@ -554,23 +556,9 @@ async fn node_calls_are_idempotent_and_survive_restarts_and_reboots() {
         .into_inner();
     assert!(stats.usage[0].total > 0);
     for t in [&target, &ro_target] {
-        d.client
-            .node
-            .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: id.clone(),
-                target_path: t.display().to_string(),
-            })
-            .await
-            .expect("unpublish");
+        d.unpublish(&id, t).await.expect("unpublish");
     }
-    d.client
-        .node
-        .node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .expect("unstage");
+    d.unstage(&id, &staging).await.expect("unstage");
     assert!(d.loop_devices().is_empty(), "unstage leaves no loop device");
 
     // A node reboot: loop devices are gone; staging re-attaches the image
@@ -610,31 +598,10 @@ async fn node_calls_are_idempotent_and_survive_restarts_and_reboots() {
 
     // Unpublish/unstage twice are fine.
     for _ in 0..2 {
-        d.client
-            .node
-            .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: id.clone(),
-                target_path: target.display().to_string(),
-            })
-            .await
-            .expect("unpublish twice");
-        d.client
-            .node
-            .node_unstage_volume(NodeUnstageVolumeRequest {
-                volume_id: id.clone(),
-                staging_target_path: staging.display().to_string(),
-            })
-            .await
-            .expect("unstage twice");
+        d.unpublish(&id, &target).await.expect("unpublish twice");
+        d.unstage(&id, &staging).await.expect("unstage twice");
     }
-    d.client
-        .controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    d.delete(&id).await.expect("delete");
     assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
     // SIGTERM ends the driver cleanly and removes its socket.
     let status = d.terminate().expect("driver was running");

@@ -147,32 +147,11 @@ async fn lifecycle(
     assert!(!stats.volume_condition.unwrap().abnormal);
 
     // Tear down; nothing may be left behind.
-    d.client
-        .node
-        .node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: id.clone(),
-            target_path: target.display().to_string(),
-        })
-        .await
-        .expect("unpublish");
+    d.unpublish(&id, &target).await.expect("unpublish");
     assert!(!mounted(&target));
-    d.client
-        .node
-        .node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .expect("unstage");
+    d.unstage(&id, &staging).await.expect("unstage");
     assert!(!mounted(&staging));
-    d.client
-        .controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("delete");
+    d.delete(&id).await.expect("delete");
     assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
     (before, after)
 }
@@ -183,22 +162,8 @@ async fn restage(
     staging: &std::path::Path,
     target: &std::path::Path,
 ) {
-    d.client
-        .node
-        .node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: id.into(),
-            target_path: target.display().to_string(),
-        })
-        .await
-        .expect("unpublish");
-    d.client
-        .node
-        .node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: staging.display().to_string(),
-        })
-        .await
-        .expect("unstage");
+    d.unpublish(id, target).await.expect("unpublish");
+    d.unstage(id, staging).await.expect("unstage");
     d.client
         .node
         .node_stage_volume(stage_req(id, staging))
@@ -241,4 +206,54 @@ async fn btrfs_subvolume_qgroup_enforced_and_raised() {
     })
     .await;
     lifecycle(&mut d, &[("mode", "subvolume")], 64 * MIB, 128 * MIB).await;
+}
+
+#[tokio::test]
+async fn image_block_volume_is_the_loop_device() {
+    use std::os::unix::fs::FileTypeExt;
+    let mut d = TestDriver::start(Options::default()).await;
+    let mut req = create_req("pvc-block", 64 * MIB, &[]);
+    req.volume_capabilities = vec![block_cap()];
+    let vol = d
+        .client
+        .controller
+        .create_volume(req)
+        .await
+        .expect("create block")
+        .into_inner()
+        .volume
+        .unwrap();
+    let id = vol.volume_id;
+    let (staging, target) = (d.staging("blk"), d.kubelet.join("pods/blk/dev"));
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut stage = stage_req(&id, &staging);
+    stage.volume_capability = Some(block_cap());
+    d.client
+        .node
+        .node_stage_volume(stage)
+        .await
+        .expect("stage block");
+    let mut publish = publish_req(&id, &staging, &target, false);
+    publish.volume_capability = Some(block_cap());
+    d.client
+        .node
+        .node_publish_volume(publish)
+        .await
+        .expect("publish block");
+    let meta = std::fs::metadata(&target).unwrap();
+    assert!(
+        meta.file_type().is_block_device(),
+        "{} is not a block device",
+        target.display()
+    );
+    // The device is exactly the volume's size.
+    let size = run("blockdev", &["--getsize64", target.to_str().unwrap()]);
+    assert_eq!(size.trim().parse::<i64>().unwrap(), vol.capacity_bytes);
+
+    d.unpublish(&id, &target).await.expect("unpublish block");
+    assert!(!target.exists(), "the target file is removed");
+    d.unstage(&id, &staging).await.expect("unstage block");
+    d.delete(&id).await.expect("delete block");
+    assert!(d.loop_devices().is_empty());
+    assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
 }

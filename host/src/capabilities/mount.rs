@@ -271,23 +271,21 @@ pub fn mounted_at(target: &Path) -> Result<Option<MountEntry>, CapError> {
 }
 
 fn parse_mountinfo(info: &str, target: &Path) -> Option<MountEntry> {
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let left: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            let mount_point = unescape(left.get(4)?);
-            if Path::new(&mount_point) != target {
-                return None;
-            }
-            let options = left.get(5)?;
-            Some(MountEntry {
-                source: unescape(right.get(1)?),
-                fs_type: right.first()?.to_string(),
-                read_only: options.split(',').any(|o| o == "ro"),
-            })
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        let mount_point = unescape(left.get(4)?);
+        if Path::new(&mount_point) != target {
+            return None;
+        }
+        let options = left.get(5)?;
+        Some(MountEntry {
+            source: unescape(right.get(1)?),
+            fs_type: right.first()?.to_string(),
+            read_only: options.split(',').any(|o| o == "ro"),
         })
-        .last()
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.

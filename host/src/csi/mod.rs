@@ -61,22 +61,6 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout("10X"), None);
-    }
-}
-
-/// Runs one RPC inside a span naming it and its volume, and logs how it
-/// ended: one line per call, at info, with the gRPC code and duration.
 /// RPCs being served right now; shutdown waits for them.
 static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -100,6 +84,8 @@ impl Drop for InFlight {
     }
 }
 
+/// Runs one RPC inside a span naming it and its volume, and logs how it
+/// ended: one line per call, at info, with the gRPC code and duration.
 pub async fn traced<T>(
     method: &'static str,
     subject: &str,
@@ -125,4 +111,18 @@ pub async fn traced<T>(
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10X"), None);
+    }
 }

@@ -166,6 +166,30 @@ plugins:
         child.wait().ok()
     }
 
+    pub async fn unpublish(&mut self, id: &str, target: &Path) -> Result<(), tonic::Status> {
+        let req = NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.display().to_string(),
+        };
+        self.client.node.node_unpublish_volume(req).await.map(drop)
+    }
+
+    pub async fn unstage(&mut self, id: &str, staging: &Path) -> Result<(), tonic::Status> {
+        let req = NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+        };
+        self.client.node.node_unstage_volume(req).await.map(drop)
+    }
+
+    pub async fn delete(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let req = DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        };
+        self.client.controller.delete_volume(req).await.map(drop)
+    }
+
     pub fn logs(&self) -> String {
         read(&self.log)
     }
