@@ -635,3 +635,27 @@ async fn bad_config_fails_with_the_field_named() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    let mut d = TestDriver::start(Options::default()).await;
+    let mut req = create_req("pvc-secret", 400 * MIB, &[]);
+    req.secrets = [("password".to_string(), "S3cr3t-in-secrets".to_string())].into();
+    let id = d.client.controller.create_volume(req).await.unwrap().into_inner().volume.unwrap().volume_id;
+    // A refused request with a secret-looking parameter: the error is
+    // logged, the value must not be.
+    let refused = create_req("pvc-secret-2", 400 * MIB, &[("password", "S3cr3t-in-params")]);
+    assert_eq!(code(d.client.controller.create_volume(refused).await), Code::InvalidArgument);
+    d.client
+        .controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: id,
+            secrets: [("password".to_string(), "S3cr3t-on-delete".to_string())].into(),
+        })
+        .await
+        .unwrap();
+    d.terminate();
+    let log = d.logs();
+    assert!(log.contains("CreateVolume"), "the log has the calls: {log}");
+    assert!(!log.contains("S3cr3t"), "a secret reached the log:\n{log}");
+}
