@@ -9,6 +9,7 @@ pub mod config;
 pub mod csi;
 pub mod dispatch;
 pub mod locks;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod testkit;

@@ -31,6 +31,9 @@ enum Command {
         services: Option<Vec<Service>>,
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Serve Prometheus /metrics and /healthz on this address (off when unset).
+        #[arg(long)]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Check a config file and the plugins it names, then exit.
     ValidateConfig {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             node_id,
             services,
             log_format,
+            metrics_address,
         } => {
             init_logging(log_format);
             let overrides = Overrides {
@@ -89,8 +93,15 @@ fn main() -> ExitCode {
                 node_id,
                 services,
             };
-            Config::load(&config, &overrides)
-                .and_then(|c| runtime()?.block_on(wasmcsi::server::serve(c)))
+            Config::load(&config, &overrides).and_then(|c| {
+                runtime()?.block_on(async move {
+                    if let Some(address) = metrics_address {
+                        let listener = wasmcsi::metrics::bind(address).await?;
+                        tokio::spawn(wasmcsi::metrics::serve(listener));
+                    }
+                    wasmcsi::server::serve(c).await
+                })
+            })
         }
     };
     match result {

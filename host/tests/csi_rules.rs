@@ -641,11 +641,27 @@ async fn secrets_never_reach_the_log() {
     let mut d = TestDriver::start(Options::default()).await;
     let mut req = create_req("pvc-secret", 400 * MIB, &[]);
     req.secrets = [("password".to_string(), "S3cr3t-in-secrets".to_string())].into();
-    let id = d.client.controller.create_volume(req).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let id = d
+        .client
+        .controller
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
     // A refused request with a secret-looking parameter: the error is
     // logged, the value must not be.
-    let refused = create_req("pvc-secret-2", 400 * MIB, &[("password", "S3cr3t-in-params")]);
-    assert_eq!(code(d.client.controller.create_volume(refused).await), Code::InvalidArgument);
+    let refused = create_req(
+        "pvc-secret-2",
+        400 * MIB,
+        &[("password", "S3cr3t-in-params")],
+    );
+    assert_eq!(
+        code(d.client.controller.create_volume(refused).await),
+        Code::InvalidArgument
+    );
     d.client
         .controller
         .delete_volume(DeleteVolumeRequest {
@@ -658,4 +674,62 @@ async fn secrets_never_reach_the_log() {
     let log = d.logs();
     assert!(log.contains("CreateVolume"), "the log has the calls: {log}");
     assert!(!log.contains("S3cr3t"), "a secret reached the log:\n{log}");
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut d = TestDriver::start(Options {
+        args: vec!["--metrics-address".into(), address.clone()],
+        ..Default::default()
+    })
+    .await;
+    let id = d
+        .client
+        .controller
+        .create_volume(create_req("pvc-metrics", 400 * MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    assert_eq!(
+        code(
+            d.client
+                .controller
+                .create_volume(create_req("", GIB, &[]))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    d.delete(&id).await.unwrap();
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&address).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    let m = get("/metrics");
+    assert!(
+        m.contains(r#"wasmcsi_csi_requests_total{method="CreateVolume",code="OK"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"wasmcsi_csi_requests_total{method="CreateVolume",code="InvalidArgument"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"wasmcsi_csi_request_duration_seconds_count{method="DeleteVolume"} 1"#),
+        "{m}"
+    );
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
 }

@@ -152,7 +152,17 @@ impl Host for CallState {
             .http
             .as_ref()
             .ok_or_else(|| CapError::not_granted("http", &self.grants.plugin))?;
-        Ok(http.send(req).await?)
+        let result = http.send(req).await;
+        let status = match &result {
+            Ok(r) => r.status.to_string(),
+            Err(e) => format!("{:?}", e.code).to_lowercase(),
+        };
+        crate::metrics::inc(
+            "wasmcsi_http_requests_total",
+            "Outbound HTTP requests of plugins, by plugin and status (or failure).",
+            &[("plugin", &self.grants.plugin), ("status", &status)],
+        );
+        Ok(result?)
     }
 }
 

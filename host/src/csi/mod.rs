@@ -98,6 +98,21 @@ pub async fn traced<T>(
         let started = std::time::Instant::now();
         let result = work.await;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let code = match &result {
+            Ok(_) => "OK".to_string(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        crate::metrics::inc(
+            "wasmcsi_csi_requests_total",
+            "CSI calls served, by method and gRPC code.",
+            &[("method", method), ("code", &code)],
+        );
+        crate::metrics::observe(
+            "wasmcsi_csi_request_duration_seconds",
+            "Time to answer a CSI call, by method.",
+            &[("method", method)],
+            started.elapsed(),
+        );
         match &result {
             Ok(_) => tracing::info!(code = "OK", elapsed_ms, "done"),
             Err(status) => tracing::warn!(

@@ -42,6 +42,8 @@ pub struct Options {
     pub fs_type: &'static str,
     /// Extra YAML under the plugin entry (limits, extra capabilities...).
     pub plugin_extra: String,
+    /// Extra `wasmcsi serve` flags.
+    pub args: Vec<String>,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             mode: "image",
             fs_type: "xfs",
             plugin_extra: String::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -62,6 +65,7 @@ pub struct TestDriver {
     pub endpoint: String,
     pub config: PathBuf,
     pub log: PathBuf,
+    pub args: Vec<String>,
     pub client: CsiClient,
     child: Option<Child>,
 }
@@ -106,7 +110,7 @@ plugins:
             extra = options.plugin_extra,
         );
         std::fs::write(&config, yaml).unwrap();
-        let child = spawn(&config, &log);
+        let child = spawn(&config, &log, &options.args);
         let client = CsiClient::wait_for(&endpoint, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("{e:#}\n--- driver log ---\n{}", read(&log)));
@@ -117,6 +121,7 @@ plugins:
             endpoint,
             config,
             log,
+            args: options.args,
             client,
             child: Some(child),
         };
@@ -142,7 +147,7 @@ plugins:
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.child = Some(spawn(&self.config, &self.log));
+        self.child = Some(spawn(&self.config, &self.log, &self.args));
         self.client = CsiClient::wait_for(&self.endpoint, Duration::from_secs(60))
             .await
             .expect("driver came back");
@@ -226,7 +231,7 @@ impl Drop for TestDriver {
     }
 }
 
-fn spawn(config: &Path, log: &Path) -> Child {
+fn spawn(config: &Path, log: &Path, args: &[String]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -235,6 +240,7 @@ fn spawn(config: &Path, log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_wasmcsi"))
         .args(["serve", "--config"])
         .arg(config)
+        .args(args)
         .env("RUST_LOG", "info,wasmcsi=debug")
         .stdout(Stdio::null())
         .stderr(log_file)
