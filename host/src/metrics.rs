@@ -19,12 +19,15 @@ struct Histogram {
     count: u64,
 }
 
+type Labels = Vec<(&'static str, String)>;
+/// name → (label values → value)
+type Family<T> = BTreeMap<&'static str, BTreeMap<Labels, T>>;
+
 #[derive(Default)]
 struct Registry {
-    /// name → (labels → value)
-    counters: BTreeMap<&'static str, BTreeMap<Vec<(&'static str, String)>, f64>>,
-    gauges: BTreeMap<&'static str, BTreeMap<Vec<(&'static str, String)>, f64>>,
-    histograms: BTreeMap<&'static str, BTreeMap<Vec<(&'static str, String)>, Histogram>>,
+    counters: Family<f64>,
+    gauges: Family<f64>,
+    histograms: Family<Histogram>,
     help: BTreeMap<&'static str, &'static str>,
 }
 
@@ -33,7 +36,7 @@ fn registry() -> &'static Mutex<Registry> {
     REGISTRY.get_or_init(Default::default)
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
