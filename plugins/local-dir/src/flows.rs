@@ -706,7 +706,7 @@ fn list_pages_and_capacity() {
         ("pvc-c", "")
     );
     assert_eq!(
-        code(controller::list_volumes(&env, "pvc-zz".into(), 2)),
+        code(controller::list_volumes(&env, "Not-An-Id!".into(), 2)),
         ErrorCode::Aborted
     );
 
