@@ -12,12 +12,11 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
 use super::bindings::wasmcsi::plugin::types::Error as PluginError;
 use super::bindings::{Plugin as PluginWorld, PluginPre};
-use super::engine::EPOCH_TICK;
 use super::state::CallState;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
@@ -163,8 +162,17 @@ impl Plugin {
                 })?;
             let mut store = Store::new(self.pre.engine(), state);
             store.limiter(|s| &mut s.limiter);
-            store.set_epoch_deadline(ticks(timeout));
-            store.epoch_deadline_trap();
+            // Every epoch tick the guest yields to the executor, so a busy
+            // plugin never holds a runtime thread; past the deadline it traps.
+            let ends = Instant::now() + timeout;
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                Ok(if Instant::now() >= ends {
+                    UpdateDeadline::Interrupt
+                } else {
+                    UpdateDeadline::Yield(1)
+                })
+            });
             let instance = match self.pre.instantiate_async(&mut store).await {
                 Ok(instance) => instance,
                 Err(e) => return Err(self.classify(op, e, &store, timeout)),
@@ -207,7 +215,7 @@ impl Plugin {
         let stderr = store.data().stderr_text();
         let mut detail = format!("{error:#}");
         // The trap says where; stderr (a Rust panic message) says why.
-        if let Some(line) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        if let Some(line) = panic_reason(&stderr) {
             detail = format!("{line} ({})", detail.lines().next().unwrap_or_default());
         }
         tracing::warn!(plugin = %plugin, op, %detail, "plugin call failed");
@@ -215,8 +223,14 @@ impl Plugin {
     }
 }
 
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+/// The last meaningful line a plugin wrote to stderr: for a Rust panic,
+/// its message (std's hint about RUST_BACKTRACE says nothing about why).
+fn panic_reason(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
 }
 
 fn read_verified(path: &Path, sha256: Option<&str>) -> Result<Vec<u8>> {
