@@ -89,8 +89,7 @@ fn main() -> ExitCode {
                 node_id,
                 services,
             };
-            Config::load(&config, &overrides)
-                .and_then(|c| runtime()?.block_on(wasmcsi::server::serve(c)))
+            runtime().and_then(|rt| rt.block_on(wasmcsi::server::serve_watching(config, overrides)))
         }
     };
     match result {

@@ -3,16 +3,14 @@
 //! and concurrency. A failing call (trap, deadline, memory) costs that call.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
 use super::bindings::wasmcsi::plugin::types::Error as PluginError;
@@ -63,24 +61,15 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// Reads, verifies, compiles and links a plugin, then asks who it is.
-    pub async fn load(
-        engine: &Engine,
+    /// Links a compiled plugin, then asks who it is.
+    pub async fn new(
         linker: &Linker<CallState>,
+        component: &Component,
         config: &PluginConfig,
         node_id: &str,
     ) -> Result<Plugin> {
-        let started = Instant::now();
-        let bytes = read_verified(&config.path, config.sha256.as_deref())?;
-        let component = {
-            let engine = engine.clone();
-            tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-                .await?
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("compiling {}", config.path.display()))?
-        };
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!(
@@ -114,14 +103,6 @@ impl Plugin {
             })
             .await
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
-        tracing::info!(
-            plugin = %plugin.name,
-            reports = %plugin.info.name,
-            version = %plugin.info.version,
-            features = ?plugin.info.features,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "plugin loaded"
-        );
         Ok(plugin)
     }
 
@@ -231,19 +212,4 @@ fn panic_reason(stderr: &str) -> Option<&str> {
         .map(str::trim)
         .rev()
         .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-}
-
-fn read_verified(path: &Path, sha256: Option<&str>) -> Result<Vec<u8>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-    if let Some(want) = sha256.filter(|s| !s.is_empty()) {
-        let got = hex::encode(Sha256::digest(&bytes));
-        if !got.eq_ignore_ascii_case(want) {
-            bail!(
-                "{} has sha256 {got}, but the config pins {want}",
-                path.display()
-            );
-        }
-    }
-    Ok(bytes)
 }

@@ -107,19 +107,27 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
                 format!("reading /etc/passwd: {e}"),
             )),
         },
-        "settings" => Ok(volume(
-            "settings",
-            environment::settings()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        )),
+        // Sleeps, then answers with the settings it sees: a reload in the
+        // meantime must not change what this call sees.
+        "slow" | "settings" => {
+            if req.name == "slow" {
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+            Ok(volume(&req.name, settings_text()))
+        }
         other => Err(error(
             ErrorCode::InvalidArgument,
             format!("no misdeed called {other:?}"),
         )),
     }
+}
+
+fn settings_text() -> String {
+    environment::settings()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Identity for Hostile {
