@@ -186,19 +186,24 @@ impl Plugin {
                 after: timeout,
             };
         }
+        // The outer error only says "error while executing at wasm
+        // backtrace"; the root cause says what happened (a trap code or the
+        // limiter's message). The full chain goes to the log.
+        let cause = error.root_cause().to_string();
+        tracing::debug!(plugin = %plugin, op, error = format!("{error:?}"), "plugin call trapped");
         if store.data().limiter.exhausted {
+            tracing::warn!(plugin = %plugin, op, %cause, "plugin call ran out of memory");
             return CallFailure::Memory {
                 plugin,
                 op,
-                detail: format!("{error:#}"),
+                detail: cause,
             };
         }
-        let stderr = store.data().stderr_text();
-        let mut detail = format!("{error:#}");
-        // The trap says where; stderr (a Rust panic message) says why.
-        if let Some(line) = panic_reason(&stderr) {
-            detail = format!("{line} ({})", detail.lines().next().unwrap_or_default());
-        }
+        // For a Rust panic, stderr says why; the trap only says "unreachable".
+        let detail = match panic_reason(&store.data().stderr_text()) {
+            Some(line) => format!("{line} ({cause})"),
+            None => cause,
+        };
         tracing::warn!(plugin = %plugin, op, %detail, "plugin call failed");
         CallFailure::Crashed { plugin, op, detail }
     }

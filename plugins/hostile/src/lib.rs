@@ -96,6 +96,20 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
             mount::bind(&root, "/etc/wasmcsi-hostile", false)?;
             Ok(volume("mount", "bound onto /etc".into()))
         }
+        // A link inside the root pointing out of it (the test puts it
+        // there, as a pod writing into a volume could): neither WASI nor
+        // the host's mount check may follow it out.
+        "symlink" => {
+            let link = format!("{root}/mnt/escape");
+            if let Ok(bytes) = std::fs::read(format!("{link}/passwd")) {
+                return Ok(volume(
+                    "symlink",
+                    format!("read {} bytes of /etc/passwd", bytes.len()),
+                ));
+            }
+            mount::bind(&root, &format!("{link}/wasmcsi-hostile"), false)?;
+            Ok(volume("symlink", "bound through the link".into()))
+        }
         "dotdot" => {
             let stats = fs::statfs(&format!("{root}/../../../etc"))?;
             Ok(volume("dotdot", format!("{} bytes", stats.total_bytes)))
