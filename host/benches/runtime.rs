@@ -21,7 +21,11 @@ fn wasm(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} missing: build the plugins first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: build the plugins first",
+        path.display()
+    );
     path
 }
 
@@ -29,7 +33,12 @@ fn config_text(dir: &Path, cache: Option<&Path>) -> String {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     let cache = cache
-        .map(|c| format!("runtime: {{ cacheDir: \"{}\", watchIntervalMs: 0 }}\n", c.display()))
+        .map(|c| {
+            format!(
+                "runtime: {{ cacheDir: \"{}\", watchIntervalMs: 0 }}\n",
+                c.display()
+            )
+        })
         .unwrap_or_default();
     format!(
         r#"driver: {{ name: bench.wasmcsi.io, nodeId: n1, endpoint: "unix://{sock}" }}
@@ -119,20 +128,26 @@ async fn calls(dir: &Path) {
                 .unwrap();
         })
         .await;
-        println!("instantiate only        p50 {:>10}  p99 {:>10}", us(p50), us(p99));
+        println!(
+            "instantiate only        p50 {:>10}  p99 {:>10}",
+            us(p50),
+            us(p99)
+        );
         // The same plus one export call returning a record: identity.info.
         let (p50, p99) = percentiles(CALLS, || async {
             plugin
                 .call("info", None, |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_identity().call_info(s).await.map(Ok)
-                    })
+                    Box::pin(async move { p.wasmcsi_plugin_identity().call_info(s).await.map(Ok) })
                 })
                 .await
                 .unwrap();
         })
         .await;
-        println!("null call (info)        p50 {:>10}  p99 {:>10}", us(p50), us(p99));
+        println!(
+            "null call (info)        p50 {:>10}  p99 {:>10}",
+            us(p50),
+            us(p99)
+        );
     }
 }
 
@@ -172,7 +187,11 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!(
         "wasmcsi runtime figures ({} host build)",
-        if cfg!(debug_assertions) { "debug" } else { "optimised" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "optimised"
+        }
     );
     compile_vs_cache(dir.path()).await;
     calls(dir.path()).await;

@@ -107,11 +107,23 @@ async fn a_settings_change_reaches_new_calls_not_calls_in_flight() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Turned into a ConfigMap volume's layout: config.yaml -> ..data/config.yaml,
+    // ..data -> a timestamped directory.
     let text = std::fs::read_to_string(&s.d.config).unwrap();
-    replace_file(
-        &s.d.config,
-        text.replace("flavor: a", "flavor: b").as_bytes(),
-    );
+    let base = s.d.config.parent().unwrap().to_path_buf();
+    let configmap_version = |name: &str, contents: String| {
+        let dir = base.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), contents).unwrap();
+        // The kubelet's atomic writer: a new ..data link renamed over the old.
+        let tmp = base.join("..data_tmp");
+        std::os::unix::fs::symlink(name, &tmp).unwrap();
+        std::fs::rename(&tmp, base.join("..data")).unwrap();
+    };
+    configmap_version("..2026_v1", text.replace("flavor: a", "flavor: b"));
+    let link = base.join("config.yaml.link");
+    std::os::unix::fs::symlink("..data/config.yaml", &link).unwrap();
+    std::fs::rename(&link, &s.d.config).unwrap();
     eventually("the new settings", &s.d, || async {
         settings_seen(&s.d, "settings").await.ok().as_deref() == Some("flavor=b")
     })
@@ -123,6 +135,20 @@ async fn a_settings_change_reaches_new_calls_not_calls_in_flight() {
         "the call in flight must finish on the version it started on"
     );
     assert!(s.d.logs().contains("plugin reloaded"), "{}", s.d.logs());
+
+    // The next ConfigMap update only swaps the ..data link.
+    configmap_version("..2026_v2", text.replace("flavor: a", "flavor: c"));
+    eventually("the settings of the swapped ..data", &s.d, || async {
+        settings_seen(&s.d, "settings").await.ok().as_deref() == Some("flavor=c")
+    })
+    .await;
+    // A broken update is refused while version c keeps serving.
+    configmap_version("..2026_v3", "driver: [not a config".into());
+    eventually("the broken config's rejection", &s.d, || async {
+        s.d.logs().contains("changed config rejected")
+    })
+    .await;
+    assert_eq!(settings_seen(&s.d, "settings").await.unwrap(), "flavor=c");
 }
 
 #[tokio::test(flavor = "multi_thread")]
