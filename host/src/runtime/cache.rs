@@ -66,10 +66,6 @@ impl ComponentCache {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The entry file for a wasm with this sha256 (hex) on this engine.
     pub fn entry(&self, engine: &Engine, wasm_sha256: &str) -> PathBuf {
         let mut h = DefaultHasher::new();

@@ -74,10 +74,6 @@ impl Loader {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Whether a new config's limits fit the running engine; a reload that
     /// needs a bigger one is refused (it takes a restart).
     pub fn check_fits(&self, config: &Config) -> Result<()> {

@@ -218,3 +218,15 @@ fn panic_reason(stderr: &str) -> Option<&str> {
         .rev()
         .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::panic_reason;
+
+    #[test]
+    fn the_panic_message_is_the_reason_not_the_backtrace_hint() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(panic_reason(stderr), Some("boom"));
+        assert_eq!(panic_reason("  \n"), None);
+    }
+}
