@@ -8,14 +8,43 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
     pub driver: DriverConfig,
     pub plugins: Vec<PluginConfig>,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// How plugins are compiled and kept current.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// Directory of precompiled plugins, owned by the driver; unset: every
+    /// start compiles from scratch.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// How often the config file and the `.wasm` files are checked for
+    /// changes (hot reload); 0 turns watching off.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval_ms: u64,
+}
+
+fn default_watch_interval() -> u64 {
+    2000
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            watch_interval_ms: default_watch_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DriverConfig {
     /// CSI driver name, e.g. `local.wasmcsi.io`.
@@ -56,7 +85,7 @@ fn default_topology_key() -> String {
     "topology.wasmcsi.io/node".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PluginConfig {
     pub name: String,
@@ -73,7 +102,7 @@ pub struct PluginConfig {
     pub capabilities: Capabilities,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
     /// Cap on the plugin's linear memory per call.
@@ -108,7 +137,7 @@ impl Default for Limits {
 }
 
 /// The capabilities granted to one plugin; an absent one is refused.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Capabilities {
     pub fs: Option<FsGrant>,
@@ -118,18 +147,18 @@ pub struct Capabilities {
     pub log: Option<LogGrant>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FsGrant {
     /// The plugin's root: its WASI preopen and the bound of every fs call.
     pub root: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct QuotaGrant {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MountGrant {
     /// Filesystem types the plugin may mount (`xfs`, `ext4`, `nfs`, ...).
@@ -143,7 +172,7 @@ pub struct MountGrant {
     pub record_network_mounts: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpGrant {
     /// Allowed origins (`scheme://host[:port]`); an entry may hold several
@@ -151,7 +180,7 @@ pub struct HttpGrant {
     pub origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LogGrant {}
 
@@ -231,6 +260,11 @@ impl Config {
                 "driver.topologyKey {:?} must be a qualified key such as topology.wasmcsi.io/node",
                 d.topology_key
             );
+        }
+        if let Some(dir) = &self.runtime.cache_dir {
+            if !dir.is_absolute() {
+                bail!("runtime.cacheDir {dir:?} must be an absolute path");
+            }
         }
         if self.plugins.is_empty() {
             bail!("plugins must list at least one plugin");

@@ -2,7 +2,7 @@
 //! volume ids carry the plugin name, and the per-volume locks.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::Status;
@@ -19,37 +19,70 @@ const ID_SEPARATOR: char = ':';
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Dispatcher {
-    plugins: Vec<Arc<Plugin>>,
-    by_name: HashMap<String, Arc<Plugin>>,
+    /// Swapped whole on reload; a call keeps the plugin it picked, so calls
+    /// in flight finish on the version they started on.
+    set: RwLock<Arc<PluginSet>>,
     locks: KeyedLocks,
 }
 
-impl Dispatcher {
-    pub fn new(plugins: Vec<Arc<Plugin>>) -> Dispatcher {
+struct PluginSet {
+    plugins: Arc<Vec<Arc<Plugin>>>,
+    by_name: HashMap<String, Arc<Plugin>>,
+}
+
+impl PluginSet {
+    fn names(&self) -> String {
+        self.plugins
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn new(plugins: Vec<Arc<Plugin>>) -> PluginSet {
         let by_name = plugins
             .iter()
             .map(|p| (p.name.clone(), p.clone()))
             .collect();
-        Dispatcher {
-            plugins,
+        PluginSet {
+            plugins: Arc::new(plugins),
             by_name,
+        }
+    }
+}
+
+impl Dispatcher {
+    pub fn new(plugins: Vec<Arc<Plugin>>) -> Dispatcher {
+        Dispatcher {
+            set: RwLock::new(Arc::new(PluginSet::new(plugins))),
             locks: KeyedLocks::default(),
         }
     }
 
-    pub fn plugins(&self) -> &[Arc<Plugin>] {
-        &self.plugins
+    /// Puts a new plugin set in place at once (hot reload).
+    pub fn replace(&self, plugins: Vec<Arc<Plugin>>) {
+        let set = Arc::new(PluginSet::new(plugins));
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    fn current(&self) -> Arc<PluginSet> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The plugins loaded now, in config order.
+    pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
+        self.current().plugins.clone()
     }
 
     pub fn any_has(&self, feature: Features) -> bool {
-        self.plugins.iter().any(|p| p.has(feature))
+        self.plugins().iter().any(|p| p.has(feature))
     }
 
     /// Whether any plugin offers the SINGLE_NODE_{SINGLE,MULTI}_WRITER modes,
     /// which CSI gates behind a capability of their own.
     pub fn offers_single_node_writer_modes(&self) -> bool {
         use crate::runtime::bindings::wasmcsi::plugin::types::AccessMode;
-        self.plugins.iter().any(|p| {
+        self.plugins().iter().any(|p| {
             p.info
                 .access_modes
                 .contains(&AccessMode::SingleNodeMultiWriter)
@@ -64,17 +97,18 @@ impl Dispatcher {
         &self,
         parameters: &HashMap<String, String>,
     ) -> Result<Arc<Plugin>, Status> {
+        let set = self.current();
         match parameters.get(PLUGIN_PARAMETER) {
-            Some(name) => self.by_name.get(name).cloned().ok_or_else(|| {
+            Some(name) => set.by_name.get(name).cloned().ok_or_else(|| {
                 Status::invalid_argument(format!(
                     "parameter {PLUGIN_PARAMETER}={name:?} names no loaded plugin (loaded: {})",
-                    self.names()
+                    set.names()
                 ))
             }),
-            None if self.plugins.len() == 1 => Ok(self.plugins[0].clone()),
+            None if set.plugins.len() == 1 => Ok(set.plugins[0].clone()),
             None => Err(Status::invalid_argument(format!(
                 "several plugins are loaded ({}): set the StorageClass parameter {PLUGIN_PARAMETER}",
-                self.names()
+                set.names()
             ))),
         }
     }
@@ -83,8 +117,8 @@ impl Dispatcher {
     /// own id; `None` when no loaded plugin made it.
     pub fn for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
         let (name, local) = id.split_once(ID_SEPARATOR)?;
-        let plugin = self.by_name.get(name)?;
-        (!local.is_empty()).then(|| (plugin.clone(), local))
+        let plugin = self.current().by_name.get(name)?.clone();
+        (!local.is_empty()).then_some((plugin, local))
     }
 
     /// Serialises operations on one key (a volume id, or a name being created).
@@ -98,14 +132,6 @@ impl Dispatcher {
             .lock(key, wait)
             .await
             .ok_or_else(|| Status::aborted(format!("an operation on {key} is already in progress")))
-    }
-
-    fn names(&self) -> String {
-        self.plugins
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 

@@ -93,13 +93,13 @@ fn main() -> ExitCode {
                 node_id,
                 services,
             };
-            Config::load(&config, &overrides).and_then(|c| {
-                runtime()?.block_on(async move {
+runtime().and_then(|rt| {
+                rt.block_on(async move {
                     if let Some(address) = metrics_address {
                         let listener = wasmcsi::metrics::bind(address).await?;
                         tokio::spawn(wasmcsi::metrics::serve(listener));
                     }
-                    wasmcsi::server::serve(c).await
+                    wasmcsi::server::serve_watching(config, overrides).await
                 })
             })
         }

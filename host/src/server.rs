@@ -2,14 +2,14 @@
 //! services on the unix socket until SIGTERM or SIGINT.
 
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::config::{socket_path, Config, Service};
+use crate::config::{socket_path, Config, Overrides, Service};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
@@ -18,41 +18,52 @@ use crate::dispatch::Dispatcher;
 use crate::proto::controller_server::ControllerServer;
 use crate::proto::identity_server::IdentityServer;
 use crate::proto::node_server::NodeServer;
-use crate::runtime::engine::{self, EngineSizing};
-use crate::runtime::Plugin;
+use crate::runtime::reload::Watcher;
+use crate::runtime::{Loader, Plugin};
 
 /// Loads the plugins a config names, on one engine.
 pub async fn load_plugins(config: &Config) -> Result<Vec<Arc<Plugin>>> {
-    let sizing = EngineSizing {
-        instances: config
-            .plugins
-            .iter()
-            .map(|p| p.limits.max_concurrent_calls + 1)
-            .sum(),
-        max_memory_bytes: config
-            .plugins
-            .iter()
-            .map(|p| p.limits.memory_bytes)
-            .max()
-            .unwrap_or(0),
-    };
-    let engine = engine::build(sizing)?;
-    let linker = engine::linker(&engine)?;
-    let mut plugins = Vec::new();
-    for p in &config.plugins {
-        let plugin = Plugin::load(&engine, &linker, p, &config.driver.node_id)
-            .await
-            .with_context(|| format!("loading plugin {} from {}", p.name, p.path.display()))?;
-        plugins.push(Arc::new(plugin));
-    }
-    Ok(plugins)
+    Loader::new(config)?.load_all(config).await
 }
 
+/// Serves a config without watching anything.
 pub async fn serve(config: Config) -> Result<()> {
-    let plugins = load_plugins(&config).await?;
+    let loader = Arc::new(Loader::new(&config)?);
+    let plugins = loader.load_all(&config).await?;
+    run(config, plugins, |_| {}).await
+}
+
+/// Serves the config at `path`, reloading plugins when it or their `.wasm`
+/// files change (see `runtime::reload`).
+pub async fn serve_watching(path: PathBuf, overrides: Overrides) -> Result<()> {
+    let config = Config::load(&path, &overrides)?;
+    let loader = Arc::new(Loader::new(&config)?);
+    let plugins = loader.load_all(&config).await?;
+    let interval = config.runtime.watch_interval_ms;
+    let watcher = Watcher::new(loader, path, overrides, config.clone(), &plugins);
+    run(config, plugins, move |driver| {
+        if interval == 0 {
+            return;
+        }
+        let driver = driver.clone();
+        tokio::spawn(
+            watcher.run(std::time::Duration::from_millis(interval), move |plugins| {
+                driver.dispatch.replace(plugins)
+            }),
+        );
+    })
+    .await
+}
+
+async fn run(
+    config: Config,
+    plugins: Vec<Arc<Plugin>>,
+    start_watching: impl FnOnce(&Arc<Driver>),
+) -> Result<()> {
     let socket = socket_path(&config.driver.endpoint)?;
     let listener = bind(&socket)?;
     let driver = Driver::new(config, Dispatcher::new(plugins));
+    start_watching(&driver);
     let services: Vec<&str> = [(Service::Controller, "controller"), (Service::Node, "node")]
         .iter()
         .filter(|(s, _)| driver.runs(*s))

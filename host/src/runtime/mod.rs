@@ -2,9 +2,13 @@
 //! store and instance per call.
 
 pub mod bindings;
+pub mod cache;
 pub mod engine;
 pub mod limits;
+pub mod loader;
 pub mod plugin;
+pub mod reload;
 pub mod state;
 
+pub use loader::Loader;
 pub use plugin::{CallFailure, Plugin};

@@ -3,21 +3,18 @@
 //! and concurrency. A failing call (trap, deadline, memory) costs that call.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
 use super::bindings::wasmcsi::plugin::types::Error as PluginError;
 use super::bindings::{Plugin as PluginWorld, PluginPre};
-use super::engine::EPOCH_TICK;
 use super::state::CallState;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
@@ -64,24 +61,15 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// Reads, verifies, compiles and links a plugin, then asks who it is.
-    pub async fn load(
-        engine: &Engine,
+    /// Links a compiled plugin, then asks who it is.
+    pub async fn new(
         linker: &Linker<CallState>,
+        component: &Component,
         config: &PluginConfig,
         node_id: &str,
     ) -> Result<Plugin> {
-        let started = Instant::now();
-        let bytes = read_verified(&config.path, config.sha256.as_deref())?;
-        let component = {
-            let engine = engine.clone();
-            tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-                .await?
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("compiling {}", config.path.display()))?
-        };
         let instance_pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!(
@@ -115,14 +103,6 @@ impl Plugin {
             })
             .await
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
-        tracing::info!(
-            plugin = %plugin.name,
-            reports = %plugin.info.name,
-            version = %plugin.info.version,
-            features = ?plugin.info.features,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "plugin loaded"
-        );
         Ok(plugin)
     }
 
@@ -163,8 +143,17 @@ impl Plugin {
                 })?;
             let mut store = Store::new(self.pre.engine(), state);
             store.limiter(|s| &mut s.limiter);
-            store.set_epoch_deadline(ticks(timeout));
-            store.epoch_deadline_trap();
+            // Every epoch tick the guest yields to the executor, so a busy
+            // plugin never holds a runtime thread; past the deadline it traps.
+            let ends = Instant::now() + timeout;
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                Ok(if Instant::now() >= ends {
+                    UpdateDeadline::Interrupt
+                } else {
+                    UpdateDeadline::Yield(1)
+                })
+            });
             let instance = match self.pre.instantiate_async(&mut store).await {
                 Ok(instance) => instance,
                 Err(e) => return Err(self.classify(op, e, &store, timeout)),
@@ -197,39 +186,47 @@ impl Plugin {
                 after: timeout,
             };
         }
+        // The outer error only says "error while executing at wasm
+        // backtrace"; the root cause says what happened (a trap code or the
+        // limiter's message). The full chain goes to the log.
+        let cause = error.root_cause().to_string();
+        tracing::debug!(plugin = %plugin, op, error = format!("{error:?}"), "plugin call trapped");
         if store.data().limiter.exhausted {
+            tracing::warn!(plugin = %plugin, op, %cause, "plugin call ran out of memory");
             return CallFailure::Memory {
                 plugin,
                 op,
-                detail: format!("{error:#}"),
+                detail: cause,
             };
         }
-        let stderr = store.data().stderr_text();
-        let mut detail = format!("{error:#}");
-        // The trap says where; stderr (a Rust panic message) says why.
-        if let Some(line) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-            detail = format!("{line} ({})", detail.lines().next().unwrap_or_default());
-        }
+        // For a Rust panic, stderr says why; the trap only says "unreachable".
+        let detail = match panic_reason(&store.data().stderr_text()) {
+            Some(line) => format!("{line} ({cause})"),
+            None => cause,
+        };
         tracing::warn!(plugin = %plugin, op, %detail, "plugin call failed");
         CallFailure::Crashed { plugin, op, detail }
     }
 }
 
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+/// The last meaningful line a plugin wrote to stderr: for a Rust panic,
+/// its message (std's hint about RUST_BACKTRACE says nothing about why).
+fn panic_reason(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .map(str::trim)
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
 }
 
-fn read_verified(path: &Path, sha256: Option<&str>) -> Result<Vec<u8>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-    if let Some(want) = sha256.filter(|s| !s.is_empty()) {
-        let got = hex::encode(Sha256::digest(&bytes));
-        if !got.eq_ignore_ascii_case(want) {
-            bail!(
-                "{} has sha256 {got}, but the config pins {want}",
-                path.display()
-            );
-        }
+#[cfg(test)]
+mod tests {
+    use super::panic_reason;
+
+    #[test]
+    fn the_panic_message_is_the_reason_not_the_backtrace_hint() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(panic_reason(stderr), Some("boom"));
+        assert_eq!(panic_reason("  \n"), None);
     }
-    Ok(bytes)
 }

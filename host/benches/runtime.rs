@@ -1,0 +1,204 @@
+//! Figures for the plugin runtime (a benchmark, not a test): prints
+//! per-call instantiation, a null call's round trip through the wasm
+//! boundary, compile from scratch vs load from cache, and the real binary's
+//! start-to-ready with a cold and a warm cache.
+//!
+//! Needs the plugins built (`cargo build --release --target wasm32-wasip2
+//! -p local-dir -p hostile`). Run: `cargo bench -p wasmcsi --bench runtime`
+//! (add `--profile dev` for a quick, unoptimised host).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmcsi::config::{Config, Overrides};
+use wasmcsi::runtime::cache::Origin;
+use wasmcsi::runtime::Loader;
+
+const CALLS: usize = 2000;
+
+fn wasm(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} missing: build the plugins first",
+        path.display()
+    );
+    path
+}
+
+fn config_text(dir: &Path, cache: Option<&Path>) -> String {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let cache = cache
+        .map(|c| {
+            format!(
+                "runtime: {{ cacheDir: \"{}\", watchIntervalMs: 0 }}\n",
+                c.display()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"driver: {{ name: bench.wasmcsi.io, nodeId: n1, endpoint: "unix://{sock}" }}
+plugins:
+  - name: local-dir
+    path: {local}
+    settings: {{ mode: image }}
+    capabilities: {{ fs: {{ root: "{root}" }} }}
+  - name: hostile
+    path: {hostile}
+    capabilities: {{ fs: {{ root: "{root}" }} }}
+{cache}"#,
+        sock = dir.join("csi.sock").display(),
+        local = wasm("local_dir").display(),
+        hostile = wasm("hostile").display(),
+        root = root.display(),
+    )
+}
+
+fn config(dir: &Path, cache: Option<&Path>) -> Config {
+    Config::parse(&config_text(dir, cache), &|_| None, &Overrides::default()).unwrap()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// p50 and p99 of `n` runs of `f`.
+async fn percentiles<F, Fut>(n: usize, mut f: F) -> (Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (times[n / 2], times[n * 99 / 100])
+}
+
+async fn compile_vs_cache(dir: &Path) {
+    println!("\n== compile from scratch vs load from the cache (per plugin) ==");
+    let cache_dir = dir.join("cache-a");
+    let plain = Loader::new(&config(dir, None)).unwrap();
+    let cached_cfg = config(dir, Some(&cache_dir));
+    let cached = Loader::new(&cached_cfg).unwrap();
+    for p in &cached_cfg.plugins {
+        let size = std::fs::metadata(&p.path).unwrap().len();
+        let t = Instant::now();
+        plain.component(p).await.unwrap();
+        let scratch = t.elapsed();
+        let (_, first) = cached.component(p).await.unwrap();
+        assert_eq!(first, Origin::Compiled);
+        let t = Instant::now();
+        let (_, second) = cached.component(p).await.unwrap();
+        let from_cache = t.elapsed();
+        assert_eq!(second, Origin::Cache);
+        println!(
+            "{:<10} {:>5} KiB wasm: compile {:>12}   cache {:>12}   ({:.0}x)",
+            p.name,
+            size >> 10,
+            ms(scratch),
+            ms(from_cache),
+            scratch.as_secs_f64() / from_cache.as_secs_f64()
+        );
+    }
+}
+
+async fn calls(dir: &Path) {
+    let cfg = config(dir, None);
+    let loader = Loader::new(&cfg).unwrap();
+    for p in &cfg.plugins {
+        let plugin = loader.load(p).await.unwrap();
+        println!("\n== {} : {CALLS} calls each ==", p.name);
+        // Fresh store + instance from the InstancePre, no export called.
+        let (p50, p99) = percentiles(CALLS, || async {
+            plugin
+                .call("instantiate", None, |_, _| Box::pin(async { Ok(Ok(())) }))
+                .await
+                .unwrap();
+        })
+        .await;
+        println!(
+            "instantiate only        p50 {:>10}  p99 {:>10}",
+            us(p50),
+            us(p99)
+        );
+        // The same plus one export call returning a record: identity.info.
+        let (p50, p99) = percentiles(CALLS, || async {
+            plugin
+                .call("info", None, |p, s| {
+                    Box::pin(async move { p.wasmcsi_plugin_identity().call_info(s).await.map(Ok) })
+                })
+                .await
+                .unwrap();
+        })
+        .await;
+        println!(
+            "null call (info)        p50 {:>10}  p99 {:>10}",
+            us(p50),
+            us(p99)
+        );
+    }
+}
+
+/// Starts the real binary and waits for Probe to say ready.
+async fn start_to_ready(dir: &Path, label: &str, cache: Option<&Path>) {
+    let file = dir.join(format!("config-{label}.yaml"));
+    std::fs::write(&file, config_text(dir, cache)).unwrap();
+    let endpoint = format!("unix://{}", dir.join("csi.sock").display());
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcsi"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = loop {
+        if let Ok(mut c) = wasmcsi::client::CsiClient::connect(&endpoint).await {
+            if let Ok(r) = c.identity.probe(wasmcsi::proto::ProbeRequest {}).await {
+                if r.into_inner().ready == Some(true) {
+                    break t.elapsed();
+                }
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "never ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(dir.join("csi.sock"));
+    println!("{label:<34} {:>12}", ms(ready));
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "wasmcsi runtime figures ({} host build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "optimised"
+        }
+    );
+    compile_vs_cache(dir.path()).await;
+    calls(dir.path()).await;
+    println!("\n== real binary, start to Probe ready (both plugins) ==");
+    let cache = dir.path().join("cache-b");
+    start_to_ready(dir.path(), "no cache", None).await;
+    start_to_ready(dir.path(), "cold cache (compile + write)", Some(&cache)).await;
+    start_to_ready(dir.path(), "warm cache", Some(&cache)).await;
+    start_to_ready(dir.path(), "warm cache again", Some(&cache)).await;
+}

@@ -1,0 +1,301 @@
+//! Loading and swapping plugins, against the real binary: hot reload of
+//! settings and `.wasm` files, the precompiled cache across restarts, and
+//! digest pinning.
+
+mod common;
+mod hostile;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hostile::*;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+use wasmcsi::proto::*;
+
+/// What the hostile plugin's "settings" or "slow" call reports.
+async fn settings_seen(d: &TestDriver, misdeed: &str) -> Result<String, tonic::Status> {
+    let vol = d
+        .client
+        .clone()
+        .controller
+        .create_volume(hostile_req(misdeed, None))
+        .await?
+        .into_inner()
+        .volume
+        .unwrap();
+    Ok(vol
+        .volume_context
+        .get("detail")
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Replaces a file the way a ConfigMap update or an image pull does: a new
+/// file renamed over the old one.
+fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `check` every 100 ms for up to 15 s.
+async fn eventually<F, Fut>(what: &str, d: &TestDriver, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} never happened\n{}", d.logs());
+}
+
+/// Log text without the colour escapes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A copy of hostile.wasm the test may overwrite.
+fn own_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("swap.wasm");
+    std::fs::copy(hostile_wasm(), &path).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settings_change_reaches_new_calls_not_calls_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = own_copy(dir.path());
+    let s = start_with(
+        10,
+        &wasm,
+        "    settings: { flavor: a }\n",
+        "runtime: { watchIntervalMs: 200 }\n",
+    )
+    .await;
+    assert_eq!(settings_seen(&s.d, "settings").await.unwrap(), "flavor=a");
+
+    // A 3 s call starts on version a; the config changes under it.
+    let slow = tokio::spawn({
+        let d_client = s.d.client.clone();
+        async move {
+            let mut c = d_client;
+            c.controller
+                .create_volume(hostile_req("slow", None))
+                .await
+                .map(|r| r.into_inner().volume.unwrap().volume_context["detail"].clone())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Turned into a ConfigMap volume's layout: config.yaml -> ..data/config.yaml,
+    // ..data -> a timestamped directory.
+    let text = std::fs::read_to_string(&s.d.config).unwrap();
+    let base = s.d.config.parent().unwrap().to_path_buf();
+    let configmap_version = |name: &str, contents: String| {
+        let dir = base.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), contents).unwrap();
+        // The kubelet's atomic writer: a new ..data link renamed over the old.
+        let tmp = base.join("..data_tmp");
+        std::os::unix::fs::symlink(name, &tmp).unwrap();
+        std::fs::rename(&tmp, base.join("..data")).unwrap();
+    };
+    configmap_version("..2026_v1", text.replace("flavor: a", "flavor: b"));
+    let link = base.join("config.yaml.link");
+    std::os::unix::fs::symlink("..data/config.yaml", &link).unwrap();
+    std::fs::rename(&link, &s.d.config).unwrap();
+    eventually("the new settings", &s.d, || async {
+        settings_seen(&s.d, "settings").await.ok().as_deref() == Some("flavor=b")
+    })
+    .await;
+    assert!(!slow.is_finished(), "the slow call ended before the reload");
+    assert_eq!(
+        slow.await.unwrap().expect("the call in flight finishes"),
+        "flavor=a",
+        "the call in flight must finish on the version it started on"
+    );
+    assert!(s.d.logs().contains("plugin reloaded"), "{}", s.d.logs());
+
+    // The next ConfigMap update only swaps the ..data link.
+    configmap_version("..2026_v2", text.replace("flavor: a", "flavor: c"));
+    eventually("the settings of the swapped ..data", &s.d, || async {
+        settings_seen(&s.d, "settings").await.ok().as_deref() == Some("flavor=c")
+    })
+    .await;
+    // A broken update is refused while version c keeps serving.
+    configmap_version("..2026_v3", "driver: [not a config".into());
+    eventually("the broken config's rejection", &s.d, || async {
+        s.d.logs().contains("changed config rejected")
+    })
+    .await;
+    assert_eq!(settings_seen(&s.d, "settings").await.unwrap(), "flavor=c");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_wasm_is_rejected_and_a_good_one_swapped_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = own_copy(dir.path());
+    let s = start_with(10, &wasm, "", "runtime: { watchIntervalMs: 200 }\n").await;
+    let null = |d: &TestDriver| {
+        let mut c = d.client.clone();
+        async move {
+            c.controller
+                .create_volume(hostile_req("null", None))
+                .await
+                .map(|r| r.into_inner().volume.unwrap().volume_id)
+        }
+    };
+    assert_eq!(null(&s.d).await.unwrap(), "hostile:null");
+
+    // Garbage: rejected, logged, and the old version keeps answering.
+    replace_file(&wasm, b"\0asm this is not a component");
+    eventually("the broken version's rejection", &s.d, || async {
+        s.d.logs().contains("new plugin version rejected")
+    })
+    .await;
+    assert_eq!(null(&s.d).await.unwrap(), "hostile:null");
+    still_serving(&s.d, "broken-wasm").await;
+
+    // A working but different plugin under the same name: local-dir,
+    // which (unlike hostile) reports capacity.
+    let capacity = |d: &TestDriver| {
+        let mut c = d.client.clone();
+        async move {
+            c.controller
+                .get_capacity(GetCapacityRequest {
+                    parameters: [("plugin".to_string(), "hostile".to_string())].into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().available_capacity)
+        }
+    };
+    assert_eq!(code(capacity(&s.d).await), Code::Unimplemented);
+    replace_file(&wasm, &std::fs::read(plugin_path("local-dir")).unwrap());
+    eventually("local-dir serving as hostile", &s.d, || async {
+        capacity(&s.d).await.is_ok_and(|bytes| bytes > 0)
+    })
+    .await;
+    still_serving(&s.d, "swapped").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarts_start_from_the_cache_and_survive_a_corrupt_one() {
+    let cache = tempfile::tempdir().unwrap();
+    let top = format!("runtime: {{ cacheDir: \"{}\" }}\n", cache.path().display());
+    let mut s = start_with(2, &hostile_wasm(), "", &top).await;
+    let count = |d: &TestDriver, what: &str| plain(&d.logs()).matches(what).count();
+    assert_eq!(count(&s.d, "from=Compiled"), 2, "{}", s.d.logs());
+    let entries = || -> Vec<PathBuf> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    assert_eq!(entries().len(), 2, "one entry per plugin");
+
+    s.d.crash_and_restart().await;
+    assert_eq!(count(&s.d, "from=Cache"), 2, "{}", s.d.logs());
+
+    // Flip a byte in the middle of every entry: recompiled, never a crash.
+    for entry in entries() {
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        std::fs::write(&entry, bytes).unwrap();
+    }
+    s.d.crash_and_restart().await;
+    assert_eq!(count(&s.d, "cache entry unusable"), 2, "{}", s.d.logs());
+    assert_eq!(count(&s.d, "from=Compiled"), 4, "{}", s.d.logs());
+    still_serving(&s.d, "corrupt-cache").await;
+    assert_eq!(
+        code(
+            s.d.client
+                .clone()
+                .controller
+                .create_volume(hostile_req("panic", None))
+                .await
+        ),
+        Code::Internal
+    );
+
+    // The rewritten entries are good again.
+    s.d.crash_and_restart().await;
+    assert_eq!(count(&s.d, "from=Cache"), 4, "{}", s.d.logs());
+}
+
+/// Starts the binary on a one-plugin config pinning `sha256`; returns the
+/// exit status and stderr, or `None` when it came up and served.
+async fn start_pinned(sha256: &str) -> Option<(std::process::ExitStatus, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("unix://{}/csi.sock", dir.path().display());
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "driver: {{ name: pin.wasmcsi.io, nodeId: n1, endpoint: \"{endpoint}\" }}\nplugins:\n  - name: hostile\n    path: {}\n    sha256: \"{sha256}\"\n",
+            hostile_wasm().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcsi"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return Some((status, err));
+        }
+        if wasmcsi::client::CsiClient::connect(&endpoint).await.is_ok() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the driver neither served nor exited");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_digest_mismatch_refuses_the_plugin_at_start() {
+    let right = hex::encode(Sha256::digest(std::fs::read(hostile_wasm()).unwrap()));
+    assert!(start_pinned(&right).await.is_none(), "the right pin serves");
+    let wrong = "0".repeat(64);
+    let (status, stderr) = start_pinned(&wrong)
+        .await
+        .expect("a wrong pin must not serve");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("plugin hostile") && stderr.contains("the config pins"),
+        "{stderr}"
+    );
+}
