@@ -93,7 +93,7 @@ fn main() -> ExitCode {
                 node_id,
                 services,
             };
-runtime().and_then(|rt| {
+            runtime().and_then(|rt| {
                 rt.block_on(async move {
                     if let Some(address) = metrics_address {
                         let listener = wasmcsi::metrics::bind(address).await?;
