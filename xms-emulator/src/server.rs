@@ -24,7 +24,8 @@ use crate::state::{Reply, State};
 pub struct Faults {
     /// Close every `/v1` connection without answering.
     pub down: bool,
-    /// Answer this many next `/v1` requests with 401.
+    /// Answer this many next authenticated `/v1` requests (not the login)
+    /// with 401, as for a revoked token.
     pub unauthorized_next: u32,
     /// Answer this many next `/v1` requests with `fail_status`.
     pub fail_next: u32,
@@ -272,7 +273,8 @@ async fn handle(
     }
     let injected = {
         let mut f = shared.faults.lock().unwrap();
-        if f.unauthorized_next > 0 {
+        let login = method == "POST" && path.trim_end_matches('/') == "/v1/auth/tokens";
+        if f.unauthorized_next > 0 && !login {
             f.unauthorized_next -= 1;
             Some((401, json!({"message": "fault: token expired"})))
         } else if f.fail_next > 0 {

@@ -1,0 +1,348 @@
+//! xsky-nfs end to end: the real host and the real plugin against the XMS
+//! emulator over 127.0.0.1. Every scenario ends with `finish`: no stray
+//! quota tree or share on the array, no credential in the driver log, and
+//! every exchange valid against shared/xms/swagger.yaml.
+
+mod xsky;
+
+use std::time::Duration;
+
+use tonic::Code;
+use wasmcsi::proto::*;
+use xms_emulator::Faults;
+use xsky::*;
+
+fn tree_size(emu: &xms_emulator::Emulator, name: &str) -> Option<u64> {
+    emu.quota_trees()
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_expand_publish_delete() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+
+    let vol = d
+        .create("pvc-life", 5 * GIB, &[("mountOptions", "hard,timeo=600")])
+        .await
+        .expect("create");
+    assert_eq!(vol.capacity_bytes as u64, 5 * GIB);
+    assert!(
+        vol.volume_id.starts_with("xsky-nfs:qt-"),
+        "{}",
+        vol.volume_id
+    );
+    let ctx = &vol.volume_context;
+    assert_eq!(ctx["server"], "127.0.0.1");
+    assert_eq!(ctx["share"], "/sdsfs/csi-fs/pvc-life");
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(5 * GIB));
+
+    // Idempotent: the same request is the same volume; another size is not.
+    let again = d
+        .create("pvc-life", 5 * GIB, &[("mountOptions", "hard,timeo=600")])
+        .await
+        .expect("create again");
+    assert_eq!(again.volume_id, vol.volume_id);
+    let err = d.create("pvc-life", 10 * GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(emu.quota_trees().len(), 1);
+
+    // Expand on the array: 5Gi -> 10Gi, no node step.
+    let grown = d.expand(&vol.volume_id, 10 * GIB).await.expect("expand");
+    assert_eq!(grown.capacity_bytes as u64, 10 * GIB);
+    assert!(!grown.node_expansion_required);
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(10 * GIB));
+    // Smaller or equal targets answer the current size.
+    let same = d
+        .expand(&vol.volume_id, 8 * GIB)
+        .await
+        .expect("expand smaller");
+    assert_eq!(same.capacity_bytes as u64, 10 * GIB);
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(10 * GIB));
+    // Beyond the folder (100 GiB): refused, nothing changed.
+    let err = d.expand(&vol.volume_id, 200 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(10 * GIB));
+
+    // Node: the exact NFS mount, read-only when asked.
+    let target = d.target("life");
+    d.client
+        .node
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rw()),
+            readonly: true,
+            volume_context: vol.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    let mounts = d.recorded_mounts();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0]["source"], "127.0.0.1:/sdsfs/csi-fs/pvc-life");
+    assert_eq!(mounts[0]["fsType"], "nfs");
+    assert_eq!(mounts[0]["target"], target.display().to_string());
+    assert_eq!(
+        mounts[0]["options"],
+        serde_json::json!(["vers=4", "hard", "timeo=600", "ro"])
+    );
+    let stats = d
+        .client
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.usage[0].total > 0, "{stats:?}");
+    for _ in 0..2 {
+        d.client
+            .node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .expect("unpublish (twice)");
+    }
+    assert!(!target.exists());
+
+    // Delete; gone already is success.
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert_eq!(tree_size(&emu, "pvc-life"), None);
+    d.delete(&vol.volume_id).await.expect("delete again");
+    let err = d.expand(&vol.volume_id, 20 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_second_server() {
+    let emu = emulator().await;
+    let (_, second) = emu.add_listener("127.0.0.1:0").await.unwrap();
+    let first = emu.addr();
+    emu.stop_listener(0); // the first XMS node is dead: connection refused
+    let mut d = XskyDriver::start(&[first.to_string(), second.to_string()], "").await;
+    let vol = d
+        .create("pvc-failover", 5 * GIB, &[])
+        .await
+        .expect("create via the second server");
+    assert_eq!(tree_size(&emu, "pvc-failover"), Some(5 * GIB));
+    let grown = d.expand(&vol.volume_id, 10 * GIB).await.expect("expand");
+    assert_eq!(grown.capacity_bytes as u64, 10 * GIB);
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert!(d.logs().contains("trying the next"), "no failover logged");
+    // Both dead: UNAVAILABLE, nothing made.
+    emu.stop_listener(1);
+    let err = d.create("pvc-nowhere", GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_again_when_the_token_expires() {
+    let emu = emulator().await;
+    // Tokens live 1 s, the array takes 2.5 s: the token expires mid-wait.
+    emu.with_state(|s| {
+        s.token_ttl = Duration::from_secs(1);
+        s.settle_after = Duration::from_millis(2500);
+    });
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], ", pollIntervalMs: 300").await;
+    let vol = d
+        .create("pvc-token", 5 * GIB, &[])
+        .await
+        .expect("create across an expiry");
+    let ex = emu.exchanges();
+    let first_401 = ex
+        .iter()
+        .position(|e| e.status == 401)
+        .expect("the token expired during the call");
+    assert!(
+        ex[first_401 + 1..]
+            .iter()
+            .any(|e| e.path == "/v1/auth/tokens" && e.status == 201),
+        "no new login after the 401"
+    );
+    // A 401 out of the blue (a revoked token) is survived too.
+    emu.with_state(|s| s.settle_after = Duration::from_millis(100));
+    emu.set_faults(Faults {
+        unauthorized_next: 1,
+        ..Faults::default()
+    });
+    let logins = |emu: &xms_emulator::Emulator| {
+        emu.exchanges()
+            .iter()
+            .filter(|e| e.path == "/v1/auth/tokens")
+            .count()
+    };
+    let before = logins(&emu);
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert_eq!(emu.faults().unauthorized_next, 0, "the fault was not used");
+    assert_eq!(
+        logins(&emu),
+        before + 2,
+        "expected a login and one re-login"
+    );
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_within_bounds() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    emu.set_faults(Faults {
+        fail_next: 2,
+        fail_status: 503,
+        ..Faults::default()
+    });
+    let vol = d
+        .create("pvc-5xx", 5 * GIB, &[])
+        .await
+        .expect("create despite two 503s");
+    let injected = emu
+        .exchanges()
+        .iter()
+        .filter(|e| e.injected && e.status == 503)
+        .count();
+    assert_eq!(injected, 2);
+    // A server that keeps failing: UNAVAILABLE after the bounded attempts.
+    emu.set_faults(Faults {
+        fail_next: 1000,
+        fail_status: 500,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let err = d.expand(&vol.volume_id, 10 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let attempts = 1000 - emu.faults().fail_next;
+    assert!((2..=8).contains(&attempts), "{attempts} attempts");
+    emu.set_faults(Faults::default());
+    assert_eq!(tree_size(&emu, "pvc-5xx"), Some(5 * GIB));
+    d.delete(&vol.volume_id).await.expect("delete");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_never_settles_ends_in_deadline_exceeded() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], ", callBudgetSeconds: 3").await;
+    emu.set_faults(Faults {
+        never_settle: true,
+        ..Faults::default()
+    });
+
+    // The CO's deadline (2 s) is shorter than the plugin's budget: the
+    // host ends the call at the deadline (tonic's client reports its own
+    // timeout as CANCELLED "Timeout expired", a Go client as DEADLINE_EXCEEDED).
+    let started = std::time::Instant::now();
+    let err = d
+        .client
+        .controller
+        .create_volume(with_timeout(
+            create_req("pvc-stuck", 5 * GIB, &[]),
+            Duration::from_secs(2),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.code() == Code::DeadlineExceeded
+            || (err.code() == Code::Cancelled && err.message().contains("Timeout")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The plugin's budget (3 s) is shorter than the CO's deadline (10 s):
+    // the plugin answers DEADLINE_EXCEEDED itself, in time, and removes
+    // the quota tree it made.
+    let started = std::time::Instant::now();
+    let err = d
+        .client
+        .controller
+        .create_volume(with_timeout(
+            create_req("pvc-budget", 5 * GIB, &[]),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "took {:?}",
+        started.elapsed()
+    );
+    let budget_tree = emu
+        .quota_trees()
+        .into_iter()
+        .find(|t| t.name == "pvc-budget");
+    assert_eq!(
+        budget_tree.map(|t| t.status()),
+        Some("deleting"),
+        "the failed create was not undone"
+    );
+
+    // The array recovers: the CO's retry finds the volume, then deletes it.
+    emu.set_faults(Faults::default());
+    let vol = d
+        .create("pvc-stuck", 5 * GIB, &[])
+        .await
+        .expect("retried create");
+    assert_eq!(tree_size(&emu, "pvc-stuck"), Some(5 * GIB));
+    d.delete(&vol.volume_id).await.expect("delete");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_and_space_accounting() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let params: std::collections::HashMap<String, String> = [
+        ("shares".to_string(), SHARE.to_string()),
+        ("user".to_string(), USER.to_string()),
+        ("password".to_string(), PASSWORD.to_string()),
+    ]
+    .into();
+    let cap = |d: &mut XskyDriver| {
+        let mut c = d.client.controller.clone();
+        let params = params.clone();
+        async move {
+            c.get_capacity(GetCapacityRequest {
+                parameters: params,
+                ..Default::default()
+            })
+            .await
+            .expect("capacity")
+            .into_inner()
+            .available_capacity as u64
+        }
+    };
+    assert_eq!(cap(&mut d).await, 100 * GIB);
+    let vol = d.create("pvc-cap", 30 * GIB, &[]).await.expect("create");
+    assert_eq!(cap(&mut d).await, 70 * GIB);
+    let err = d.create("pvc-too-big", 80 * GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert_eq!(cap(&mut d).await, 100 * GIB);
+    assert!(
+        d.logs().contains("deprecated"),
+        "deprecated parameters not logged"
+    );
+    // Unknown folder behind a share: FAILED_PRECONDITION.
+    let err = d
+        .create("pvc-x", GIB, &[("shares", "127.0.0.1:/sdsfs/nope/")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    finish(&emu, &d);
+}
