@@ -195,7 +195,7 @@ async fn logs_in_again_when_the_token_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_within_bounds() {
     let emu = emulator().await;
-    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], ", requestTimeoutMs: 700").await;
     emu.set_faults(Faults {
         fail_next: 2,
         fail_status: 503,
@@ -223,6 +223,23 @@ async fn server_errors_are_retried_within_bounds() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let attempts = 1000 - emu.faults().fail_next;
     assert!((2..=8).contains(&attempts), "{attempts} attempts");
+    // A server that hangs up, or answers too slowly: UNAVAILABLE, quickly.
+    for fault in [
+        Faults {
+            down: true,
+            ..Faults::default()
+        },
+        Faults {
+            delay_ms: 1500,
+            ..Faults::default()
+        },
+    ] {
+        emu.set_faults(fault.clone());
+        let started = std::time::Instant::now();
+        let err = d.create("pvc-sick", GIB, &[]).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{fault:?}: {err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{fault:?}");
+    }
     emu.set_faults(Faults::default());
     assert_eq!(tree_size(&emu, "pvc-5xx"), Some(5 * GIB));
     d.delete(&vol.volume_id).await.expect("delete");
