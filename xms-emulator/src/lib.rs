@@ -136,6 +136,10 @@ pub fn state_summary(s: &State) -> Value {
         })).collect::<Vec<_>>(),
         "nfs_shares": s.shares.iter().map(|sh| json!({
             "id": sh.id, "fs_folder_id": sh.folder_id, "fs_quota_tree_id": sh.quota_tree_id,
+            "acls": sh.acls,
+        })).collect::<Vec<_>>(),
+        "fs_snapshots": s.snapshots.iter().map(|sn| json!({
+            "id": sn.id, "name": sn.name, "fs_folder_id": sn.folder_id, "size": sn.size,
         })).collect::<Vec<_>>(),
     })
 }

@@ -364,7 +364,42 @@ fn route(
             Some(i) => s.remove_quota_trees(i, body),
             None => (400, json!({"message": "fs_folder_id must be an integer"})),
         },
+        ("POST", ["fs-folders"]) => s.create_folder(body),
+        ("PATCH", ["fs-folders", _]) => match id(1) {
+            Some(i) => s.update_folder(i, body),
+            None => (400, json!({"message": "fs_folder_id must be an integer"})),
+        },
+        ("DELETE", ["fs-folders", _]) => match id(1) {
+            Some(i) => s.delete_folder(i),
+            None => (400, json!({"message": "fs_folder_id must be an integer"})),
+        },
         ("GET", ["fs-nfs-shares"]) => s.list_shares(q),
+        ("POST", ["fs-nfs-shares"]) => s.create_share(body),
+        ("GET", ["fs-nfs-shares", _]) => match id(1) {
+            Some(i) => s.get_share(i),
+            None => (
+                400,
+                json!({"message": "fs_nfs_share_id must be an integer"}),
+            ),
+        },
+        ("DELETE", ["fs-nfs-shares", _]) => match id(1) {
+            Some(i) => s.delete_share(i),
+            None => (
+                400,
+                json!({"message": "fs_nfs_share_id must be an integer"}),
+            ),
+        },
+        ("GET", ["fs-snapshots"]) => s.list_snapshots(q),
+        ("POST", ["fs-snapshots"]) => s.create_snapshot(body),
+        ("GET", ["fs-snapshots", _]) => match id(1) {
+            Some(i) => s.get_snapshot(i),
+            None => (400, json!({"message": "fs_snapshot_id must be an integer"})),
+        },
+        ("DELETE", ["fs-snapshots", _]) => match id(1) {
+            Some(i) => s.delete_snapshot(i),
+            None => (400, json!({"message": "fs_snapshot_id must be an integer"})),
+        },
+        ("GET", ["pools"]) => s.list_pools(q),
         ("GET", ["fs-gateway-groups"]) => s.list_gateway_groups(q),
         ("GET", ["fs-client-groups"]) => s.list_client_groups(q),
         ("GET", ["fs-quota-trees"]) => s.list_quota_trees(q),

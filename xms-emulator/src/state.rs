@@ -33,8 +33,35 @@ pub struct Folder {
     pub name: String,
     pub size: u64,
     pub pool_id: i64,
+    /// 0 until an NFS share exports it.
     pub gateway_group_id: i64,
     pub created: String,
+    pub pending: Work,
+    /// The snapshot it was cloned from.
+    pub snapshot_id: Option<i64>,
+}
+
+/// Background work on an object: what, and when it is done (`None`: never,
+/// while the `never_settle` fault holds).
+pub type Work = Option<(Pending, Option<Instant>)>;
+
+fn status_of(work: &Work) -> &'static str {
+    match work {
+        None => "active",
+        Some((Pending::Create, _)) => "creating",
+        Some((Pending::Resize(_), _)) => "updating",
+        Some((Pending::Delete, _)) => "deleting",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FsSnapshot {
+    pub id: i64,
+    pub name: String,
+    pub folder_id: i64,
+    pub size: u64,
+    pub created: String,
+    pub pending: Work,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,12 +85,7 @@ pub struct QuotaTree {
 
 impl QuotaTree {
     pub fn status(&self) -> &'static str {
-        match &self.pending {
-            None => "active",
-            Some((Pending::Create, _)) => "creating",
-            Some((Pending::Resize(_), _)) => "updating",
-            Some((Pending::Delete, _)) => "deleting",
-        }
+        status_of(&self.pending)
     }
     /// What the tree claims of its folder: the larger of old and new size
     /// while a resize is pending.
@@ -81,6 +103,8 @@ pub struct NfsShare {
     pub folder_id: i64,
     pub gateway_group_id: i64,
     pub quota_tree_id: Option<i64>,
+    pub acls: Vec<Value>,
+    pub pending: Work,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +134,7 @@ pub struct State {
     pub folders: Vec<Folder>,
     pub quota_trees: Vec<QuotaTree>,
     pub shares: Vec<NfsShare>,
+    pub snapshots: Vec<FsSnapshot>,
     pub client_groups: Vec<ClientGroup>,
     tokens: HashMap<String, Token>,
     next_id: i64,
@@ -147,6 +172,8 @@ impl Default for State {
                 pool_id: 1,
                 gateway_group_id: 1,
                 created,
+                pending: None,
+                snapshot_id: None,
             }],
             quota_trees: vec![],
             shares: vec![NfsShare {
@@ -154,7 +181,10 @@ impl Default for State {
                 folder_id: 1,
                 gateway_group_id: 1,
                 quota_tree_id: None,
+                acls: vec![],
+                pending: None,
             }],
+            snapshots: vec![],
             client_groups: vec![ClientGroup {
                 id: 1,
                 name: "k8s-nodes".into(),
@@ -167,6 +197,14 @@ impl Default for State {
             never_settle: false,
         }
     }
+}
+
+/// Absent, not null: the swagger's nested objects are not nullable.
+fn strip_nulls(mut v: Value) -> Value {
+    if let Some(m) = v.as_object_mut() {
+        m.retain(|_, x| !x.is_null());
+    }
+    v
 }
 
 fn q_matches(q: Option<&String>, name: &str) -> bool {
@@ -232,13 +270,50 @@ impl State {
         self.quota_trees.retain(|t| !gone.contains(&t.id));
         self.shares
             .retain(|s| s.quota_tree_id.is_none_or(|id| !gone.contains(&id)));
+        fn due(work: &mut Work, now: Instant) -> Option<Pending> {
+            if matches!(work, Some((_, Some(at))) if *at <= now) {
+                work.take().map(|w| w.0)
+            } else {
+                None
+            }
+        }
+        let mut gone = vec![];
+        for f in &mut self.folders {
+            match due(&mut f.pending, now) {
+                Some(Pending::Resize(n)) => f.size = n,
+                Some(Pending::Delete) => gone.push(f.id),
+                _ => {}
+            }
+        }
+        self.folders.retain(|f| !gone.contains(&f.id));
+        let mut gone = vec![];
+        for sh in &mut self.shares {
+            if let Some(Pending::Delete) = due(&mut sh.pending, now) {
+                gone.push(sh.id);
+            }
+        }
+        self.shares.retain(|sh| !gone.contains(&sh.id));
+        let mut gone = vec![];
+        for sn in &mut self.snapshots {
+            if let Some(Pending::Delete) = due(&mut sn.pending, now) {
+                gone.push(sn.id);
+            }
+        }
+        self.snapshots.retain(|sn| !gone.contains(&sn.id));
     }
 
     /// Lets work accepted while `never_settle` was on finish from now.
     pub fn release_stuck(&mut self) {
         let at = Instant::now() + self.settle_after;
-        for t in &mut self.quota_trees {
-            if let Some((_, when @ None)) = &mut t.pending {
+        let works = self
+            .quota_trees
+            .iter_mut()
+            .map(|t| &mut t.pending)
+            .chain(self.folders.iter_mut().map(|f| &mut f.pending))
+            .chain(self.shares.iter_mut().map(|s| &mut s.pending))
+            .chain(self.snapshots.iter_mut().map(|s| &mut s.pending));
+        for work in works {
+            if let Some((_, when @ None)) = work {
                 *when = Some(at);
             }
         }
@@ -286,18 +361,18 @@ impl State {
             .find(|g| g.id == f.gateway_group_id);
         let trees = self.quota_trees.iter().filter(|t| t.folder_id == f.id);
         let used_kbyte: u64 = 0;
-        json!({
+        strip_nulls(json!({
             "id": f.id,
             "name": f.name,
             "size": f.size,
-            "status": "active",
-            "action_status": "",
+            "status": status_of(&f.pending),
+            "action_status": if f.pending.is_some() { status_of(&f.pending) } else { "" },
             "shared": self.shares.iter().any(|s| s.folder_id == f.id && s.quota_tree_id.is_none()),
             "share_types": ["NFS"],
             "quota_tree_shared": false,
             "quota_tree_share_types": [],
             "fs_quota_tree_num": trees.count(),
-            "fs_snapshot_num": 0,
+            "fs_snapshot_num": self.snapshots.iter().filter(|s| s.folder_id == f.id).count(),
             "flattened": true,
             "formatted": true,
             "progress": 1.0,
@@ -307,7 +382,8 @@ impl State {
             "create": f.created,
             "update": now(),
             "samples": [{ "create": now(), "used_kbyte": used_kbyte as f64 }],
-        })
+            "fs_snapshot": f.snapshot_id.and_then(|id| self.snapshots.iter().find(|s| s.id == id)).map(|s| json!({"id": s.id, "name": s.name})),
+        }))
     }
 
     fn quota_tree_view(&self, t: &QuotaTree) -> Value {
@@ -338,9 +414,9 @@ impl State {
             .and_then(|id| self.quota_trees.iter().find(|t| t.id == id));
         let mut v = json!({
             "id": s.id,
-            "status": "active",
-            "action_status": "",
-            "acl_num": 0,
+            "status": status_of(&s.pending),
+            "action_status": if s.pending.is_some() { status_of(&s.pending) } else { "" },
+            "acl_num": s.acls.len(),
             "mapping_num": 0,
             "fs_folder": folder.map(|f| json!({"id": f.id, "name": f.name})),
             "fs_gateway_group": gw.map(|g| json!({"id": g.id, "name": g.name, "vip": g.vip, "vip_mask": 24})),
@@ -350,7 +426,7 @@ impl State {
         if let Some(t) = tree {
             v["fs_quota_tree"] = json!({"id": t.id, "name": t.name});
         }
-        v
+        strip_nulls(v)
     }
 
     // ---- operations ----
@@ -599,6 +675,302 @@ impl State {
         t.updated = now();
         let t = t.clone();
         (202, json!({ "fs_quota_tree": self.quota_tree_view(&t) }))
+    }
+
+    // ---- folder mode: folders, NFS shares, snapshots ----
+
+    fn snapshot_view(&self, sn: &FsSnapshot) -> Value {
+        let folder = self.folders.iter().find(|f| f.id == sn.folder_id);
+        let pool = folder.and_then(|f| self.pools.iter().find(|p| p.id == f.pool_id));
+        strip_nulls(json!({
+            "id": sn.id, "name": sn.name, "size": sn.size, "allocated_size": 0,
+            "status": status_of(&sn.pending), "creator": "admin", "description": "",
+            "formatted": true,
+            "clone_folder_num": self.folders.iter().filter(|f| f.snapshot_id == Some(sn.id)).count(),
+            "fs_folder": folder.map(|f| json!({"id": f.id, "name": f.name})),
+            "pool": pool.map(|p| json!({"id": p.id, "name": p.name})),
+            "create": sn.created, "update": sn.created,
+        }))
+    }
+
+    pub fn list_pools(&self, query: &HashMap<String, String>) -> Reply {
+        let items: Vec<Value> = self
+            .pools
+            .iter()
+            .filter(|p| q_matches(query.get("q"), &p.name))
+            .map(|p| {
+                json!({"id": p.id, "name": p.name, "status": "active", "pool_type": "replicated",
+                            "pool_role": "data", "create": now(), "update": now()})
+            })
+            .collect();
+        (200, json!({ "pools": page(items, query) }))
+    }
+
+    /// POST /v1/fs-folders/ (CreateFolder), optionally from a snapshot.
+    pub fn create_folder(&mut self, body: &Value) -> Reply {
+        let f = &body["fs_folder"];
+        let Some(name) = f["name"].as_str().filter(|n| !n.is_empty()) else {
+            return error(400, "fs_folder.name is required");
+        };
+        if self.folders.iter().any(|x| x.name == name) {
+            return error(409, format!("folder {name} already exists"));
+        }
+        let pool_id = f["pool_id"].as_i64().unwrap_or(self.pools[0].id);
+        let Some(pool) = self.pools.iter().find(|p| p.id == pool_id).cloned() else {
+            return error(400, format!("pool {pool_id} does not exist"));
+        };
+        let size = f["size"].as_u64().unwrap_or(0);
+        if size == 0 {
+            return error(400, "fs_folder.size must be positive");
+        }
+        let snapshot_id = f["fs_snapshot_id"].as_i64();
+        if let Some(sid) = snapshot_id {
+            match self.snapshots.iter().find(|s| s.id == sid) {
+                Some(sn) if sn.pending.is_none() && size >= sn.size => {}
+                Some(_) => {
+                    return error(
+                        400,
+                        format!("snapshot {sid} is not ready or larger than {size}"),
+                    )
+                }
+                None => return error(400, format!("snapshot {sid} does not exist")),
+            }
+        }
+        let used: u64 = self
+            .folders
+            .iter()
+            .filter(|x| x.pool_id == pool_id)
+            .map(|x| x.size)
+            .sum();
+        if used + size > pool.size {
+            return error(
+                400,
+                format!("pool {} has no room for {size} bytes", pool.name),
+            );
+        }
+        let id = self.new_id();
+        let pending = Some((Pending::Create, self.settle_at()));
+        let folder = Folder {
+            id,
+            name: name.into(),
+            size,
+            pool_id,
+            gateway_group_id: 0,
+            created: now(),
+            pending,
+            snapshot_id,
+        };
+        self.folders.push(folder.clone());
+        (202, json!({ "fs_folder": self.folder_view(&folder) }))
+    }
+
+    /// PATCH /v1/fs-folders/{id} (UpdateFolder): the size.
+    pub fn update_folder(&mut self, id: i64, body: &Value) -> Reply {
+        let Some(folder) = self.folders.iter().find(|f| f.id == id).cloned() else {
+            return error(404, format!("fs folder {id} not found"));
+        };
+        if folder.pending.is_some() {
+            return error(
+                409,
+                format!("fs folder {id} is {}", status_of(&folder.pending)),
+            );
+        }
+        let Some(size) = body["fs_folder"]["size"].as_u64() else {
+            return error(400, "fs_folder.size must be an integer");
+        };
+        if size < self.folder_used(id, None) {
+            return error(400, "a folder cannot be smaller than its quota trees");
+        }
+        let pool = self
+            .pools
+            .iter()
+            .find(|p| p.id == folder.pool_id)
+            .cloned()
+            .unwrap();
+        let others: u64 = self
+            .folders
+            .iter()
+            .filter(|x| x.pool_id == pool.id && x.id != id)
+            .map(|x| x.size)
+            .sum();
+        if others + size > pool.size {
+            return error(
+                400,
+                format!("pool {} has no room for {size} bytes", pool.name),
+            );
+        }
+        let at = self.settle_at();
+        let f = self.folders.iter_mut().find(|f| f.id == id).unwrap();
+        if size != f.size {
+            f.pending = Some((Pending::Resize(size), at));
+        }
+        let f = f.clone();
+        (202, json!({ "fs_folder": self.folder_view(&f) }))
+    }
+
+    /// DELETE /v1/fs-folders/{id} (DeleteFolder): refused while shares,
+    /// quota trees or snapshots hang on it.
+    pub fn delete_folder(&mut self, id: i64) -> Reply {
+        let Some(folder) = self.folders.iter().find(|f| f.id == id).cloned() else {
+            return error(404, format!("fs folder {id} not found"));
+        };
+        if self.shares.iter().any(|s| s.folder_id == id)
+            || self.quota_trees.iter().any(|t| t.folder_id == id)
+            || self.snapshots.iter().any(|s| s.folder_id == id)
+        {
+            return error(
+                409,
+                format!(
+                    "fs folder {} still has shares, quota trees or snapshots",
+                    folder.name
+                ),
+            );
+        }
+        let at = self.settle_at();
+        let f = self.folders.iter_mut().find(|f| f.id == id).unwrap();
+        f.pending = Some((Pending::Delete, at));
+        let f = f.clone();
+        (202, json!({ "fs_folder": self.folder_view(&f) }))
+    }
+
+    /// POST /v1/fs-nfs-shares/ (CreateFSNFSShare).
+    pub fn create_share(&mut self, body: &Value) -> Reply {
+        let b = &body["fs_nfs_share"];
+        let (Some(folder_id), Some(gw)) = (
+            b["fs_folder_id"].as_i64(),
+            b["fs_gateway_group_id"].as_i64(),
+        ) else {
+            return error(400, "fs_folder_id and fs_gateway_group_id are required");
+        };
+        match self.folders.iter().find(|f| f.id == folder_id) {
+            Some(f) if f.pending.is_none() => {}
+            Some(_) => return error(409, format!("fs folder {folder_id} is busy")),
+            None => return error(400, format!("fs folder {folder_id} does not exist")),
+        }
+        if !self.gateway_groups.iter().any(|g| g.id == gw) {
+            return error(400, format!("gateway group {gw} does not exist"));
+        }
+        let tree = b["fs_quota_tree_id"].as_i64();
+        if self
+            .shares
+            .iter()
+            .any(|s| s.folder_id == folder_id && s.quota_tree_id == tree)
+        {
+            return error(409, "that folder (or quota tree) is shared already");
+        }
+        let acls: Vec<Value> = b["fs_nfs_share_acls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for acl in &acls {
+            if let Some(cg) = acl["fs_client_group_id"].as_i64() {
+                if !self.client_groups.iter().any(|c| c.id == cg) {
+                    return error(400, format!("client group {cg} does not exist"));
+                }
+            }
+        }
+        let id = self.new_id();
+        let share = NfsShare {
+            id,
+            folder_id,
+            gateway_group_id: gw,
+            quota_tree_id: tree,
+            acls,
+            pending: Some((Pending::Create, self.settle_at())),
+        };
+        self.shares.push(share.clone());
+        if let Some(f) = self.folders.iter_mut().find(|f| f.id == folder_id) {
+            f.gateway_group_id = gw;
+        }
+        (202, json!({ "fs_nfs_share": self.share_view(&share) }))
+    }
+
+    pub fn get_share(&self, id: i64) -> Reply {
+        match self.shares.iter().find(|s| s.id == id) {
+            Some(sh) => (200, json!({ "fs_nfs_share": self.share_view(sh) })),
+            None => error(404, format!("fs nfs share {id} not found")),
+        }
+    }
+
+    pub fn delete_share(&mut self, id: i64) -> Reply {
+        let at = self.settle_at();
+        let Some(sh) = self.shares.iter_mut().find(|s| s.id == id) else {
+            return error(404, format!("fs nfs share {id} not found"));
+        };
+        sh.pending = Some((Pending::Delete, at));
+        let sh = sh.clone();
+        (202, json!({ "fs_nfs_share": self.share_view(&sh) }))
+    }
+
+    /// POST /v1/fs-snapshots/ (CreateFSSnapshot).
+    pub fn create_snapshot(&mut self, body: &Value) -> Reply {
+        let b = &body["fs_snapshot"];
+        let (Some(folder_id), Some(name)) = (
+            b["fs_folder_id"].as_i64(),
+            b["name"].as_str().filter(|n| !n.is_empty()),
+        ) else {
+            return error(400, "fs_folder_id and name are required");
+        };
+        let Some(folder) = self.folders.iter().find(|f| f.id == folder_id).cloned() else {
+            return error(400, format!("fs folder {folder_id} does not exist"));
+        };
+        if self
+            .snapshots
+            .iter()
+            .any(|s| s.folder_id == folder_id && s.name == name)
+        {
+            return error(409, format!("snapshot {name} of {} exists", folder.name));
+        }
+        let id = self.new_id();
+        let sn = FsSnapshot {
+            id,
+            name: name.into(),
+            folder_id,
+            size: folder.size,
+            created: now(),
+            pending: Some((Pending::Create, self.settle_at())),
+        };
+        self.snapshots.push(sn.clone());
+        (202, json!({ "fs_snapshot": self.snapshot_view(&sn) }))
+    }
+
+    pub fn get_snapshot(&self, id: i64) -> Reply {
+        match self.snapshots.iter().find(|s| s.id == id) {
+            Some(sn) => (200, json!({ "fs_snapshot": self.snapshot_view(sn) })),
+            None => error(404, format!("fs snapshot {id} not found")),
+        }
+    }
+
+    pub fn list_snapshots(&self, query: &HashMap<String, String>) -> Reply {
+        let folder = match id_param(query, "fs_folder_id") {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        let items: Vec<Value> = self
+            .snapshots
+            .iter()
+            .filter(|s| folder.is_none_or(|f| s.folder_id == f))
+            .filter(|s| q_matches(query.get("q"), &s.name))
+            .map(|s| self.snapshot_view(s))
+            .collect();
+        (200, json!({ "fs_snapshots": page(items, query) }))
+    }
+
+    pub fn delete_snapshot(&mut self, id: i64) -> Reply {
+        if self
+            .folders
+            .iter()
+            .any(|f| f.snapshot_id == Some(id) && f.pending.is_some())
+        {
+            return error(409, format!("fs snapshot {id} is being cloned"));
+        }
+        let at = self.settle_at();
+        let Some(sn) = self.snapshots.iter_mut().find(|s| s.id == id) else {
+            return error(404, format!("fs snapshot {id} not found"));
+        };
+        sn.pending = Some((Pending::Delete, at));
+        let sn = sn.clone();
+        (202, json!({ "fs_snapshot": self.snapshot_view(&sn) }))
     }
 }
 

@@ -136,6 +136,118 @@ fn every_operation_answers_as_the_swagger_says() {
         s.get_quota_tree(id),
     ));
     assert_eq!(all.last().unwrap().status, 404);
+    // Folder mode: folder, share with a client-group ACL, snapshot, clone.
+    let folder = json!({"fs_folder": {"name": "pvc-f", "pool_id": 1, "size": 2 * GIB}});
+    all.push(ex(
+        "GET",
+        "/v1/pools/",
+        &[("q", "data_pool")],
+        None,
+        s.list_pools(&q(&[("q", "data_pool")])),
+    ));
+    all.push(ex(
+        "POST",
+        "/v1/fs-folders/",
+        &[],
+        Some(folder.clone()),
+        s.create_folder(&folder),
+    ));
+    s.settle();
+    let fid = s.folders.last().unwrap().id;
+    let share = json!({"fs_nfs_share": {"fs_folder_id": fid, "fs_gateway_group_id": 1,
+        "fs_nfs_share_acls": [{"type": "client_group", "fs_client_group_id": 1, "permission": "rw", "sync": true, "all_squash": false, "root_squash": false}]}});
+    all.push(ex(
+        "POST",
+        "/v1/fs-nfs-shares/",
+        &[],
+        Some(share.clone()),
+        s.create_share(&share),
+    ));
+    let grow = json!({"fs_folder": {"size": 3 * GIB}});
+    all.push(ex(
+        "PATCH",
+        &format!("/v1/fs-folders/{fid}"),
+        &[],
+        Some(grow.clone()),
+        s.update_folder(fid, &grow),
+    ));
+    let snap = json!({"fs_snapshot": {"fs_folder_id": fid, "name": "snap-1"}});
+    all.push(ex(
+        "POST",
+        "/v1/fs-snapshots/",
+        &[],
+        Some(snap.clone()),
+        s.create_snapshot(&snap),
+    ));
+    s.settle();
+    let shid = s.shares.last().unwrap().id;
+    let snid = s.snapshots[0].id;
+    all.push(ex(
+        "GET",
+        &format!("/v1/fs-nfs-shares/{shid}"),
+        &[],
+        None,
+        s.get_share(shid),
+    ));
+    all.push(ex(
+        "GET",
+        "/v1/fs-snapshots/",
+        &[("fs_folder_id", &fid.to_string())],
+        None,
+        s.list_snapshots(&q(&[("fs_folder_id", &fid.to_string())])),
+    ));
+    all.push(ex(
+        "GET",
+        &format!("/v1/fs-snapshots/{snid}"),
+        &[],
+        None,
+        s.get_snapshot(snid),
+    ));
+    let clone = json!({"fs_folder": {"name": "pvc-c", "pool_id": 1, "size": 3 * GIB, "fs_snapshot_id": snid}});
+    all.push(ex(
+        "POST",
+        "/v1/fs-folders/",
+        &[],
+        Some(clone.clone()),
+        s.create_folder(&clone),
+    ));
+    s.settle();
+    all.push(ex(
+        "GET",
+        "/v1/fs-folders/",
+        &[],
+        None,
+        s.list_folders(&q(&[])),
+    ));
+    assert_eq!(
+        s.delete_folder(fid).0,
+        409,
+        "a shared folder with snapshots cannot go"
+    );
+    all.push(ex(
+        "DELETE",
+        &format!("/v1/fs-nfs-shares/{shid}"),
+        &[],
+        None,
+        s.delete_share(shid),
+    ));
+    all.push(ex(
+        "DELETE",
+        &format!("/v1/fs-snapshots/{snid}"),
+        &[],
+        None,
+        s.delete_snapshot(snid),
+    ));
+    s.settle();
+    all.push(ex(
+        "DELETE",
+        &format!("/v1/fs-folders/{fid}"),
+        &[],
+        None,
+        s.delete_folder(fid),
+    ));
+    s.settle();
+    assert_eq!(s.get_folder(fid).0, 404);
     let errors: Vec<String> = all.iter().flat_map(|e| spec.check(e)).collect();
     assert!(errors.is_empty(), "{}", errors.join("\n"));
     // The checker is not blind: a misnamed field fails.
