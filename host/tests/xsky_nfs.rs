@@ -363,3 +363,166 @@ async fn capacity_and_space_accounting() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     finish(&emu, &d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_mode_snapshot_and_restore() {
+    use wasmcsi::proto::volume_content_source::{SnapshotSource, Type};
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let params = [
+        ("mode", "folder"),
+        ("pool", "data_pool"),
+        ("gatewayGroup", "gw1"),
+        ("clientGroupName", "k8s-nodes"),
+    ];
+    let vol = d
+        .create("pvc-folder", 5 * GIB, &params)
+        .await
+        .expect("create");
+    assert!(
+        vol.volume_id.starts_with("xsky-nfs:fd-"),
+        "{}",
+        vol.volume_id
+    );
+    assert_eq!(vol.volume_context["share"], "/sdsfs/pvc-folder");
+    assert_eq!(vol.volume_context["server"], "127.0.0.1");
+    let (size, acl) = emu.with_state(|s| {
+        let f = s
+            .folders
+            .iter()
+            .find(|f| f.name == "pvc-folder")
+            .expect("the folder");
+        let share = s
+            .shares
+            .iter()
+            .find(|sh| sh.folder_id == f.id)
+            .expect("its share");
+        (f.size, share.acls.clone())
+    });
+    assert_eq!(size, 5 * GIB);
+    assert_eq!(acl.len(), 1, "{acl:?}");
+    assert_eq!(acl[0]["fs_client_group_id"], 1);
+    let again = d
+        .create("pvc-folder", 5 * GIB, &params)
+        .await
+        .expect("create again");
+    assert_eq!(again.volume_id, vol.volume_id);
+
+    let grown = d.expand(&vol.volume_id, 10 * GIB).await.expect("expand");
+    assert_eq!(grown.capacity_bytes as u64, 10 * GIB);
+    assert!(!grown.node_expansion_required);
+    let size = emu.with_state(|s| {
+        s.folders
+            .iter()
+            .find(|f| f.name == "pvc-folder")
+            .map(|f| f.size)
+    });
+    assert_eq!(size, Some(10 * GIB));
+
+    let snap_req = CreateSnapshotRequest {
+        source_volume_id: vol.volume_id.clone(),
+        name: "snap-1".into(),
+        secrets: secrets(),
+        ..Default::default()
+    };
+    let snap = d
+        .client
+        .controller
+        .create_snapshot(snap_req.clone())
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(
+        snap.snapshot_id.starts_with("xsky-nfs:sn-"),
+        "{}",
+        snap.snapshot_id
+    );
+    assert_eq!(snap.source_volume_id, vol.volume_id);
+    assert!(snap.ready_to_use);
+    assert_eq!(snap.size_bytes as u64, 10 * GIB);
+    assert!(snap
+        .creation_time
+        .is_some_and(|t| t.seconds > 1_700_000_000));
+    let again = d
+        .client
+        .controller
+        .create_snapshot(snap_req)
+        .await
+        .expect("snapshot again")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(again.snapshot_id, snap.snapshot_id);
+    let listed = d
+        .client
+        .controller
+        .list_snapshots(ListSnapshotsRequest {
+            source_volume_id: vol.volume_id.clone(),
+            secrets: secrets(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
+    assert_eq!(
+        listed.entries[0].snapshot.as_ref().unwrap().snapshot_id,
+        snap.snapshot_id
+    );
+
+    // A volume with a snapshot cannot go yet, and is left intact.
+    let err = d.delete(&vol.volume_id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(emu.with_state(|s| s.shares.len()), 2);
+
+    // Restore: a folder cloned from the snapshot.
+    let mut req = create_req("pvc-restore", 5 * GIB, &params);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(Type::Snapshot(SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    let restored = d
+        .client
+        .controller
+        .create_volume(req)
+        .await
+        .expect("restore")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        restored.capacity_bytes as u64,
+        10 * GIB,
+        "at least the snapshot's size"
+    );
+    let clone_of = emu.with_state(|s| {
+        s.folders
+            .iter()
+            .find(|f| f.name == "pvc-restore")
+            .and_then(|f| f.snapshot_id)
+    });
+    assert_eq!(
+        Some(format!("xsky-nfs:sn-{}", clone_of.unwrap())),
+        Some(snap.snapshot_id.clone())
+    );
+
+    d.delete(&restored.volume_id)
+        .await
+        .expect("delete the restored volume");
+    for _ in 0..2 {
+        d.client
+            .controller
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                secrets: secrets(),
+            })
+            .await
+            .expect("delete snapshot (twice)");
+    }
+    d.delete(&vol.volume_id).await.expect("delete");
+    d.delete(&vol.volume_id).await.expect("delete again");
+    finish(&emu, &d);
+}

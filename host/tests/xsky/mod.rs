@@ -257,8 +257,11 @@ pub fn finish(emu: &Emulator, d: &XskyDriver) {
     // No stray quota tree or share (the home share is the only share).
     let trees = emu.quota_trees();
     assert!(trees.is_empty(), "stray quota trees: {trees:?}\n{logs}");
-    let shares = emu.with_state(|s| s.shares.len());
+    let (shares, folders, snapshots) =
+        emu.with_state(|s| (s.shares.len(), s.folders.len(), s.snapshots.len()));
     assert_eq!(shares, 1, "stray NFS shares: {}", emu.summary());
+    assert_eq!(folders, 1, "stray folders: {}", emu.summary());
+    assert_eq!(snapshots, 0, "stray snapshots: {}", emu.summary());
     // No credential in the driver log: neither the password nor a token.
     let exchanges = emu.exchanges();
     assert!(!exchanges.is_empty(), "the plugin never talked to XMS");

@@ -1,5 +1,6 @@
-//! Controller export, quota-tree mode: a volume is a quota tree in the
-//! folder behind one of the StorageClass's home shares.
+//! Controller export. Quota-tree mode (the default): a volume is a quota
+//! tree in the folder behind one of the StorageClass's home shares. Folder
+//! mode and snapshots live in `folder`.
 
 use std::time::Duration;
 
@@ -9,9 +10,10 @@ use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest, Snapshot,
     SnapshotFilter, SnapshotPage, Volume, VolumePage,
 };
+use crate::folder;
 use crate::host::{log, Host, Wasm};
 use crate::params::{self, CredentialSource, HomeShare};
-use crate::volume::{tree_name, VolumeId};
+use crate::volume::{tree_name, Kind, VolumeId};
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, KeyValues, Secrets};
 use crate::xms::{self, Added, Folder, Tree};
@@ -20,7 +22,7 @@ use crate::XskyNfs;
 const GIB: u64 = 1 << 30;
 pub const MIB: u64 = 1 << 20;
 /// Time a failed create keeps to remove what it made.
-const CLEANUP_GRACE: Duration = Duration::from_secs(5);
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
 impl Guest for XskyNfs {
     fn create_volume(req: CreateVolumeRequest) -> Result<Volume> {
@@ -41,18 +43,32 @@ impl Guest for XskyNfs {
     fn get_capacity(parameters: KeyValues) -> Result<u64> {
         get_capacity(&Wasm, &parameters)
     }
-    fn create_snapshot(_req: CreateSnapshotRequest) -> Result<Snapshot> {
-        Err(unimplemented("snapshots"))
+    fn create_snapshot(req: CreateSnapshotRequest) -> Result<Snapshot> {
+        let source = VolumeId::parse(&req.source_volume_id)?;
+        let host = &Wasm;
+        let mut c = client(host, &source.servers, &req.secrets, &req.parameters)?;
+        folder::create_snapshot(host, &mut c, &source, &req)
     }
-    fn delete_snapshot(_snapshot_id: String, _secrets: Secrets) -> Result<()> {
-        Err(unimplemented("snapshots"))
+    fn delete_snapshot(snapshot_id: String, secrets: Secrets) -> Result<()> {
+        let id = VolumeId::parse(&snapshot_id)?;
+        let mut c = client(&Wasm, &id.servers, &secrets, &[])?;
+        folder::delete_snapshot(&mut c, &id, &snapshot_id)
     }
-    fn list_snapshots(_filter: SnapshotFilter) -> Result<SnapshotPage> {
-        Err(unimplemented("snapshots"))
+    fn list_snapshots(filter: SnapshotFilter) -> Result<SnapshotPage> {
+        // The servers of the ids asked about, else the settings'.
+        let servers = filter
+            .snapshot_id
+            .iter()
+            .chain(filter.source_volume_id.iter())
+            .find_map(|id| VolumeId::parse(id).ok())
+            .map(|id| id.servers)
+            .unwrap_or_default();
+        let mut c = client(&Wasm, &servers, &filter.secrets, &[])?;
+        folder::list_snapshots(&mut c, &servers, &filter)
     }
 }
 
-fn unimplemented(what: &str) -> crate::error::Error {
+pub fn unimplemented(what: &str) -> crate::error::Error {
     fail(
         ErrorCode::Unimplemented,
         format!("xsky-nfs does not implement {what} (quota-tree mode only)"),
@@ -69,14 +85,14 @@ pub fn wanted_size(range: &CapacityRange) -> u64 {
     size.max(MIB)
 }
 
-fn fits(size: u64, range: &CapacityRange) -> bool {
+pub fn fits(size: u64, range: &CapacityRange) -> bool {
     range.required_bytes.is_none_or(|r| size >= r)
         && range.limit_bytes.is_none_or(|l| l == 0 || size <= l)
 }
 
 /// The XMS client of a call: servers, credentials and timing from the
 /// parameters (create), the volume id (later calls) or the settings.
-fn client<'h>(
+pub fn client<'h>(
     host: &'h dyn Host,
     servers: &[String],
     secrets: &[(String, String)],
@@ -177,18 +193,15 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
     let settings = host.settings();
     let p = &req.parameters;
     let pick = |k: &str| params::get(p, k).or_else(|| params::get(&settings, k));
-    match pick("mode").unwrap_or("quota-tree") {
-        "quota-tree" => {}
-        "folder" => return Err(unimplemented("mode folder")),
+    let folder_mode = match pick("mode").unwrap_or("quota-tree") {
+        "quota-tree" => false,
+        "folder" => true,
         other => {
             return Err(invalid(format!(
                 "mode {other:?} must be quota-tree or folder"
             )))
         }
-    }
-    if req.content_source.is_some() {
-        return Err(unimplemented("volumes from snapshots or clones"));
-    }
+    };
     if req
         .capabilities
         .iter()
@@ -198,7 +211,6 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
             "xsky-nfs volumes are NFS file systems: block access is not supported",
         ));
     }
-    let shares = params::shares(pick("shares").unwrap_or(""))?;
     let options = params::mount_options(p, &settings)?;
     // Servers named by the StorageClass travel in the volume id unless
     // they are the settings' own.
@@ -219,6 +231,23 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
         None => vec![],
     };
     let mut c = client(host, &id_servers, &req.secrets, p)?;
+    if folder_mode {
+        let pool = pick("pool").ok_or_else(|| invalid("mode folder needs the parameter pool"))?;
+        let plan = folder::Plan {
+            pool,
+            gateway_group: pick("gatewayGroup"),
+            client_group: pick("clientGroupName"),
+            options,
+            id_servers,
+        };
+        return folder::create_volume(host, &mut c, &req, plan);
+    }
+    if req.content_source.is_some() {
+        return Err(unimplemented(
+            "volumes from snapshots in quota-tree mode (use mode folder)",
+        ));
+    }
+    let shares = params::shares(pick("shares").unwrap_or(""))?;
     let size = wanted_size(&req.capacity);
     let name = tree_name(&req.name);
     let doing = format!("creating volume {:?} (quota tree {name})", req.name);
@@ -296,6 +325,7 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
     match settled(&mut c, &tree, &doing) {
         Ok(tree) => volume(
             &VolumeId {
+                kind: Kind::Tree,
                 tree_id: tree.id,
                 servers: id_servers,
             },
@@ -349,6 +379,7 @@ fn existing(
     let tree = settled(c, tree, doing)?;
     volume(
         &VolumeId {
+            kind: Kind::Tree,
             tree_id: tree.id,
             servers: id_servers.to_vec(),
         },
@@ -362,6 +393,11 @@ fn existing(
 pub fn delete_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result<()> {
     let id = VolumeId::parse(volume_id)?;
     let mut c = client(host, &id.servers, secrets, &[])?;
+    match id.kind {
+        Kind::Tree => {}
+        Kind::Folder => return folder::delete_volume(&mut c, &id, volume_id),
+        Kind::Snapshot => return Err(invalid(format!("{volume_id} is a snapshot id"))),
+    }
     let doing = format!("deleting volume {volume_id}");
     let Some(tree) = xms::get_tree(&mut c, id.tree_id)? else {
         return Ok(());
@@ -383,6 +419,11 @@ pub fn delete_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Res
 pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult> {
     let id = VolumeId::parse(&req.volume_id)?;
     let mut c = client(host, &id.servers, &req.secrets, &[])?;
+    match id.kind {
+        Kind::Tree => {}
+        Kind::Folder => return folder::expand_volume(&mut c, &id, &req.volume_id, &req.capacity),
+        Kind::Snapshot => return Err(invalid(format!("{} is a snapshot id", req.volume_id))),
+    }
     let doing = format!("expanding volume {}", req.volume_id);
     let tree = xms::get_tree(&mut c, id.tree_id)?.ok_or_else(|| {
         fail(
@@ -449,6 +490,11 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
 pub fn get_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result<Volume> {
     let id = VolumeId::parse(volume_id)?;
     let mut c = client(host, &id.servers, secrets, &[])?;
+    match id.kind {
+        Kind::Tree => {}
+        Kind::Folder => return folder::get_volume(&mut c, &id),
+        Kind::Snapshot => return Err(invalid(format!("{volume_id} is a snapshot id"))),
+    }
     let tree = xms::get_tree(&mut c, id.tree_id)?.ok_or_else(|| {
         fail(
             ErrorCode::NotFound,

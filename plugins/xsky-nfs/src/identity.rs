@@ -10,9 +10,14 @@ impl Guest for XskyNfs {
         PluginInfo {
             name: "xsky-nfs".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            // Quota-tree mode only: no snapshots, no clones, no list;
-            // expansion is the controller's alone (NFS grows online).
-            features: Features::CONTROLLER_EXPAND | Features::GET_CAPACITY | Features::VOLUME_STATS,
+            // Snapshots and volumes from snapshots in folder mode; no
+            // list-volumes; expansion is the controller's alone (NFS grows
+            // online).
+            features: Features::CONTROLLER_EXPAND
+                | Features::GET_CAPACITY
+                | Features::VOLUME_STATS
+                | Features::SNAPSHOTS
+                | Features::CLONE,
             access_modes: vec![
                 AccessMode::SingleNodeWriter,
                 AccessMode::SingleNodeReaderOnly,

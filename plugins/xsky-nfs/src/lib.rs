@@ -20,6 +20,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 mod client;
 mod controller;
 mod error;
+mod folder;
 mod host;
 mod identity;
 mod node;

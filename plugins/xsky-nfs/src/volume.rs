@@ -11,8 +11,31 @@ use crate::error::{invalid, Result};
 const MAX_ID: usize = 96;
 const MAX_NAME: usize = 63;
 
+/// What an id names on the array.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A quota tree (quota-tree mode volume).
+    Tree,
+    /// A folder (folder mode volume).
+    Folder,
+    /// An fs-snapshot of a folder.
+    Snapshot,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Tree => "qt-",
+            Kind::Folder => "fd-",
+            Kind::Snapshot => "sn-",
+        }
+    }
+}
+
 #[derive(Debug, PartialEq)]
 pub struct VolumeId {
+    pub kind: Kind,
+    /// The XMS id of the quota tree, folder or snapshot.
     pub tree_id: i64,
     /// Base URLs; empty means the plugin settings' servers.
     pub servers: Vec<String>,
@@ -25,7 +48,7 @@ fn compact(server: &str) -> &str {
 
 impl VolumeId {
     pub fn encode(&self) -> Result<String> {
-        let mut id = format!("qt-{}", self.tree_id);
+        let mut id = format!("{}{}", self.kind.prefix(), self.tree_id);
         if !self.servers.is_empty() {
             let list: Vec<&str> = self.servers.iter().map(|s| compact(s)).collect();
             id.push('@');
@@ -46,16 +69,24 @@ impl VolumeId {
             Some((t, s)) => (t, Some(s)),
             None => (id, None),
         };
-        let tree_id = tree
-            .strip_prefix("qt-")
-            .and_then(|n| n.parse::<i64>().ok())
+        let kind = [Kind::Tree, Kind::Folder, Kind::Snapshot]
+            .into_iter()
+            .find(|k| tree.starts_with(k.prefix()))
+            .ok_or_else(bad)?;
+        let tree_id = tree[3..]
+            .parse::<i64>()
+            .ok()
             .filter(|n| *n > 0)
             .ok_or_else(bad)?;
         let servers = match servers {
             None => vec![],
             Some(s) => crate::params::servers(s).map_err(|_| bad())?,
         };
-        Ok(VolumeId { tree_id, servers })
+        Ok(VolumeId {
+            kind,
+            tree_id,
+            servers,
+        })
     }
 }
 
@@ -90,22 +121,26 @@ mod tests {
     #[test]
     fn ids_round_trip() {
         let v = VolumeId {
+            kind: Kind::Tree,
             tree_id: 42,
             servers: vec![],
         };
         assert_eq!(v.encode().unwrap(), "qt-42");
         assert_eq!(VolumeId::parse("qt-42").unwrap(), v);
         let v = VolumeId {
+            kind: Kind::Folder,
             tree_id: 7,
             servers: vec!["http://10.0.0.1:8056".into(), "https://x:443".into()],
         };
         let id = v.encode().unwrap();
-        assert_eq!(id, "qt-7@10.0.0.1:8056,https://x:443");
+        assert_eq!(id, "fd-7@10.0.0.1:8056,https://x:443");
         assert_eq!(VolumeId::parse(&id).unwrap(), v);
         for bad in ["", "qt-", "qt-x", "fs-1", "qt-0", "qt-1@ftp://x"] {
             assert!(VolumeId::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(VolumeId::parse("sn-3").unwrap().kind, Kind::Snapshot);
         let long = VolumeId {
+            kind: Kind::Tree,
             tree_id: 1,
             servers: vec![format!("http://{}:1", "h".repeat(100))],
         };
