@@ -274,7 +274,7 @@ async fn work_that_never_settles_ends_in_deadline_exceeded() {
         "{err:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(6),
         "took {:?}",
         started.elapsed()
     );

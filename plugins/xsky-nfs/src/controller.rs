@@ -181,7 +181,7 @@ fn settled(c: &mut Client, tree: &Tree, doing: &str) -> Result<Tree> {
     if tree.settled() {
         return Ok(tree.clone());
     }
-    xms::wait_tree(c, tree.id, doing, |t| t.is_some_and(Tree::settled))?.ok_or_else(|| {
+    xms::wait_tree(c, tree.id, doing, |t| t.is_none_or(Tree::settled))?.ok_or_else(|| {
         fail(
             ErrorCode::Aborted,
             format!("{doing}: quota tree {} vanished", tree.name),

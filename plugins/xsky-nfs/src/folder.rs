@@ -173,8 +173,13 @@ fn finish_create(
     client_group: Option<i64>,
     doing: &str,
 ) -> Result<Value> {
-    let folder = xms::wait_for(c, doing, |c| get_folder(c, folder_id), until_settled)?
-        .ok_or_else(|| fail(ErrorCode::Aborted, format!("{doing}: the folder vanished")))?;
+    let folder = xms::wait_for(
+        c,
+        doing,
+        |c| get_folder(c, folder_id),
+        |f| f.is_none() || until_settled(f),
+    )?
+    .ok_or_else(|| fail(ErrorCode::Aborted, format!("{doing}: the folder vanished")))?;
     let shares = xms::folder_shares(c, folder_id)?;
     let share_id = match whole_folder_share(&shares) {
         Some(s) => id_of(s),
