@@ -1,0 +1,528 @@
+//! xsky-nfs end to end: the real host and the real plugin against the XMS
+//! emulator over 127.0.0.1. Every scenario ends with `finish`: no stray
+//! quota tree or share on the array, no credential in the driver log, and
+//! every exchange valid against shared/xms/swagger.yaml.
+
+mod xsky;
+
+use std::time::Duration;
+
+use tonic::Code;
+use wasmcsi::proto::*;
+use xms_emulator::Faults;
+use xsky::*;
+
+fn tree_size(emu: &xms_emulator::Emulator, name: &str) -> Option<u64> {
+    emu.quota_trees()
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_expand_publish_delete() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+
+    let vol = d
+        .create("pvc-life", 5 * GIB, &[("mountOptions", "hard,timeo=600")])
+        .await
+        .expect("create");
+    assert_eq!(vol.capacity_bytes as u64, 5 * GIB);
+    assert!(
+        vol.volume_id.starts_with("xsky-nfs:qt-"),
+        "{}",
+        vol.volume_id
+    );
+    let ctx = &vol.volume_context;
+    assert_eq!(ctx["server"], "127.0.0.1");
+    assert_eq!(ctx["share"], "/sdsfs/csi-fs/pvc-life");
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(5 * GIB));
+
+    // Idempotent: the same request is the same volume; another size is not.
+    let again = d
+        .create("pvc-life", 5 * GIB, &[("mountOptions", "hard,timeo=600")])
+        .await
+        .expect("create again");
+    assert_eq!(again.volume_id, vol.volume_id);
+    let err = d.create("pvc-life", 10 * GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(emu.quota_trees().len(), 1);
+
+    // Expand on the array: 5Gi -> 10Gi, no node step.
+    let grown = d.expand(&vol.volume_id, 10 * GIB).await.expect("expand");
+    assert_eq!(grown.capacity_bytes as u64, 10 * GIB);
+    assert!(!grown.node_expansion_required);
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(10 * GIB));
+    // Smaller or equal targets answer the current size.
+    let same = d
+        .expand(&vol.volume_id, 8 * GIB)
+        .await
+        .expect("expand smaller");
+    assert_eq!(same.capacity_bytes as u64, 10 * GIB);
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(10 * GIB));
+    // Beyond the folder (100 GiB): refused, nothing changed.
+    let err = d.expand(&vol.volume_id, 200 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(tree_size(&emu, "pvc-life"), Some(10 * GIB));
+
+    // Node: the exact NFS mount, read-only when asked.
+    let target = d.target("life");
+    d.client
+        .node
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rw()),
+            readonly: true,
+            volume_context: vol.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    let mounts = d.recorded_mounts();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0]["source"], "127.0.0.1:/sdsfs/csi-fs/pvc-life");
+    assert_eq!(mounts[0]["fsType"], "nfs");
+    assert_eq!(mounts[0]["target"], target.display().to_string());
+    assert_eq!(
+        mounts[0]["options"],
+        serde_json::json!(["vers=4", "hard", "timeo=600", "ro"])
+    );
+    let stats = d
+        .client
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.usage[0].total > 0, "{stats:?}");
+    for _ in 0..2 {
+        d.client
+            .node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .expect("unpublish (twice)");
+    }
+    assert!(!target.exists());
+
+    // Delete; gone already is success.
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert_eq!(tree_size(&emu, "pvc-life"), None);
+    d.delete(&vol.volume_id).await.expect("delete again");
+    let err = d.expand(&vol.volume_id, 20 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_second_server() {
+    let emu = emulator().await;
+    let (_, second) = emu.add_listener("127.0.0.1:0").await.unwrap();
+    let first = emu.addr();
+    emu.stop_listener(0); // the first XMS node is dead: connection refused
+    let mut d = XskyDriver::start(&[first.to_string(), second.to_string()], "").await;
+    let vol = d
+        .create("pvc-failover", 5 * GIB, &[])
+        .await
+        .expect("create via the second server");
+    assert_eq!(tree_size(&emu, "pvc-failover"), Some(5 * GIB));
+    let grown = d.expand(&vol.volume_id, 10 * GIB).await.expect("expand");
+    assert_eq!(grown.capacity_bytes as u64, 10 * GIB);
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert!(d.logs().contains("trying the next"), "no failover logged");
+    // Both dead: UNAVAILABLE, nothing made.
+    emu.stop_listener(1);
+    let err = d.create("pvc-nowhere", GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_again_when_the_token_expires() {
+    let emu = emulator().await;
+    // Tokens live 1 s, the array takes 2.5 s: the token expires mid-wait.
+    emu.with_state(|s| {
+        s.token_ttl = Duration::from_secs(1);
+        s.settle_after = Duration::from_millis(2500);
+    });
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], ", pollIntervalMs: 300").await;
+    let vol = d
+        .create("pvc-token", 5 * GIB, &[])
+        .await
+        .expect("create across an expiry");
+    let ex = emu.exchanges();
+    let first_401 = ex
+        .iter()
+        .position(|e| e.status == 401)
+        .expect("the token expired during the call");
+    assert!(
+        ex[first_401 + 1..]
+            .iter()
+            .any(|e| e.path == "/v1/auth/tokens" && e.status == 201),
+        "no new login after the 401"
+    );
+    // A 401 out of the blue (a revoked token) is survived too.
+    emu.with_state(|s| s.settle_after = Duration::from_millis(100));
+    emu.set_faults(Faults {
+        unauthorized_next: 1,
+        ..Faults::default()
+    });
+    let logins = |emu: &xms_emulator::Emulator| {
+        emu.exchanges()
+            .iter()
+            .filter(|e| e.path == "/v1/auth/tokens")
+            .count()
+    };
+    let before = logins(&emu);
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert_eq!(emu.faults().unauthorized_next, 0, "the fault was not used");
+    assert_eq!(
+        logins(&emu),
+        before + 2,
+        "expected a login and one re-login"
+    );
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_within_bounds() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], ", requestTimeoutMs: 700").await;
+    emu.set_faults(Faults {
+        fail_next: 2,
+        fail_status: 503,
+        ..Faults::default()
+    });
+    let vol = d
+        .create("pvc-5xx", 5 * GIB, &[])
+        .await
+        .expect("create despite two 503s");
+    let injected = emu
+        .exchanges()
+        .iter()
+        .filter(|e| e.injected && e.status == 503)
+        .count();
+    assert_eq!(injected, 2);
+    // A server that keeps failing: UNAVAILABLE after the bounded attempts.
+    emu.set_faults(Faults {
+        fail_next: 1000,
+        fail_status: 500,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let err = d.expand(&vol.volume_id, 10 * GIB).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let attempts = 1000 - emu.faults().fail_next;
+    assert!((2..=8).contains(&attempts), "{attempts} attempts");
+    // A server that hangs up, or answers too slowly: UNAVAILABLE, quickly.
+    for fault in [
+        Faults {
+            down: true,
+            ..Faults::default()
+        },
+        Faults {
+            delay_ms: 1500,
+            ..Faults::default()
+        },
+    ] {
+        emu.set_faults(fault.clone());
+        let started = std::time::Instant::now();
+        let err = d.create("pvc-sick", GIB, &[]).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{fault:?}: {err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{fault:?}");
+    }
+    emu.set_faults(Faults::default());
+    assert_eq!(tree_size(&emu, "pvc-5xx"), Some(5 * GIB));
+    d.delete(&vol.volume_id).await.expect("delete");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_never_settles_ends_in_deadline_exceeded() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], ", callBudgetSeconds: 3").await;
+    emu.set_faults(Faults {
+        never_settle: true,
+        ..Faults::default()
+    });
+
+    // The CO's deadline (2 s) is shorter than the plugin's budget: the
+    // host ends the call at the deadline (tonic's client reports its own
+    // timeout as CANCELLED "Timeout expired", a Go client as DEADLINE_EXCEEDED).
+    let started = std::time::Instant::now();
+    let err = d
+        .client
+        .controller
+        .create_volume(with_timeout(
+            create_req("pvc-stuck", 5 * GIB, &[]),
+            Duration::from_secs(2),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.code() == Code::DeadlineExceeded
+            || (err.code() == Code::Cancelled && err.message().contains("Timeout")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // The plugin's budget (3 s) is shorter than the CO's deadline (10 s):
+    // the plugin answers DEADLINE_EXCEEDED itself, in time, and removes
+    // the quota tree it made.
+    let started = std::time::Instant::now();
+    let err = d
+        .client
+        .controller
+        .create_volume(with_timeout(
+            create_req("pvc-budget", 5 * GIB, &[]),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "took {:?}",
+        started.elapsed()
+    );
+    let budget_tree = emu
+        .quota_trees()
+        .into_iter()
+        .find(|t| t.name == "pvc-budget");
+    assert_eq!(
+        budget_tree.map(|t| t.status()),
+        Some("deleting"),
+        "the failed create was not undone"
+    );
+
+    // The array recovers: the CO's retry finds the volume, then deletes it.
+    emu.set_faults(Faults::default());
+    let vol = d
+        .create("pvc-stuck", 5 * GIB, &[])
+        .await
+        .expect("retried create");
+    assert_eq!(tree_size(&emu, "pvc-stuck"), Some(5 * GIB));
+    d.delete(&vol.volume_id).await.expect("delete");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_and_space_accounting() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let params: std::collections::HashMap<String, String> = [
+        ("shares".to_string(), SHARE.to_string()),
+        ("user".to_string(), USER.to_string()),
+        ("password".to_string(), PASSWORD.to_string()),
+    ]
+    .into();
+    let cap = |d: &mut XskyDriver| {
+        let mut c = d.client.controller.clone();
+        let params = params.clone();
+        async move {
+            c.get_capacity(GetCapacityRequest {
+                parameters: params,
+                ..Default::default()
+            })
+            .await
+            .expect("capacity")
+            .into_inner()
+            .available_capacity as u64
+        }
+    };
+    assert_eq!(cap(&mut d).await, 100 * GIB);
+    let vol = d.create("pvc-cap", 30 * GIB, &[]).await.expect("create");
+    assert_eq!(cap(&mut d).await, 70 * GIB);
+    let err = d.create("pvc-too-big", 80 * GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert_eq!(cap(&mut d).await, 100 * GIB);
+    assert!(
+        d.logs().contains("deprecated"),
+        "deprecated parameters not logged"
+    );
+    // Unknown folder behind a share: FAILED_PRECONDITION.
+    let err = d
+        .create("pvc-x", GIB, &[("shares", "127.0.0.1:/sdsfs/nope/")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    finish(&emu, &d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_mode_snapshot_and_restore() {
+    use wasmcsi::proto::volume_content_source::{SnapshotSource, Type};
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let params = [
+        ("mode", "folder"),
+        ("pool", "data_pool"),
+        ("gatewayGroup", "gw1"),
+        ("clientGroupName", "k8s-nodes"),
+    ];
+    let vol = d
+        .create("pvc-folder", 5 * GIB, &params)
+        .await
+        .expect("create");
+    assert!(
+        vol.volume_id.starts_with("xsky-nfs:fd-"),
+        "{}",
+        vol.volume_id
+    );
+    assert_eq!(vol.volume_context["share"], "/sdsfs/pvc-folder");
+    assert_eq!(vol.volume_context["server"], "127.0.0.1");
+    let (size, acl) = emu.with_state(|s| {
+        let f = s
+            .folders
+            .iter()
+            .find(|f| f.name == "pvc-folder")
+            .expect("the folder");
+        let share = s
+            .shares
+            .iter()
+            .find(|sh| sh.folder_id == f.id)
+            .expect("its share");
+        (f.size, share.acls.clone())
+    });
+    assert_eq!(size, 5 * GIB);
+    assert_eq!(acl.len(), 1, "{acl:?}");
+    assert_eq!(acl[0]["fs_client_group_id"], 1);
+    let again = d
+        .create("pvc-folder", 5 * GIB, &params)
+        .await
+        .expect("create again");
+    assert_eq!(again.volume_id, vol.volume_id);
+
+    let grown = d.expand(&vol.volume_id, 10 * GIB).await.expect("expand");
+    assert_eq!(grown.capacity_bytes as u64, 10 * GIB);
+    assert!(!grown.node_expansion_required);
+    let size = emu.with_state(|s| {
+        s.folders
+            .iter()
+            .find(|f| f.name == "pvc-folder")
+            .map(|f| f.size)
+    });
+    assert_eq!(size, Some(10 * GIB));
+
+    let snap_req = CreateSnapshotRequest {
+        source_volume_id: vol.volume_id.clone(),
+        name: "snap-1".into(),
+        secrets: secrets(),
+        ..Default::default()
+    };
+    let snap = d
+        .client
+        .controller
+        .create_snapshot(snap_req.clone())
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(
+        snap.snapshot_id.starts_with("xsky-nfs:sn-"),
+        "{}",
+        snap.snapshot_id
+    );
+    assert_eq!(snap.source_volume_id, vol.volume_id);
+    assert!(snap.ready_to_use);
+    assert_eq!(snap.size_bytes as u64, 10 * GIB);
+    assert!(snap
+        .creation_time
+        .is_some_and(|t| t.seconds > 1_700_000_000));
+    let again = d
+        .client
+        .controller
+        .create_snapshot(snap_req)
+        .await
+        .expect("snapshot again")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(again.snapshot_id, snap.snapshot_id);
+    let listed = d
+        .client
+        .controller
+        .list_snapshots(ListSnapshotsRequest {
+            source_volume_id: vol.volume_id.clone(),
+            secrets: secrets(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
+    assert_eq!(
+        listed.entries[0].snapshot.as_ref().unwrap().snapshot_id,
+        snap.snapshot_id
+    );
+
+    // A volume with a snapshot cannot go yet, and is left intact.
+    let err = d.delete(&vol.volume_id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(emu.with_state(|s| s.shares.len()), 2);
+
+    // Restore: a folder cloned from the snapshot.
+    let mut req = create_req("pvc-restore", 5 * GIB, &params);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(Type::Snapshot(SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    let restored = d
+        .client
+        .controller
+        .create_volume(req)
+        .await
+        .expect("restore")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        restored.capacity_bytes as u64,
+        10 * GIB,
+        "at least the snapshot's size"
+    );
+    let clone_of = emu.with_state(|s| {
+        s.folders
+            .iter()
+            .find(|f| f.name == "pvc-restore")
+            .and_then(|f| f.snapshot_id)
+    });
+    assert_eq!(
+        Some(format!("xsky-nfs:sn-{}", clone_of.unwrap())),
+        Some(snap.snapshot_id.clone())
+    );
+
+    d.delete(&restored.volume_id)
+        .await
+        .expect("delete the restored volume");
+    for _ in 0..2 {
+        d.client
+            .controller
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                secrets: secrets(),
+            })
+            .await
+            .expect("delete snapshot (twice)");
+    }
+    d.delete(&vol.volume_id).await.expect("delete");
+    d.delete(&vol.volume_id).await.expect("delete again");
+    finish(&emu, &d);
+}

@@ -1,0 +1,558 @@
+//! Controller export. Quota-tree mode (the default): a volume is a quota
+//! tree in the folder behind one of the StorageClass's home shares. Folder
+//! mode and snapshots live in `folder`.
+
+use std::time::Duration;
+
+use crate::client::Client;
+use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
+use crate::exports::wasmcsi::plugin::controller::{
+    CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest, Snapshot,
+    SnapshotFilter, SnapshotPage, Volume, VolumePage,
+};
+use crate::folder;
+use crate::host::{log, Host, Wasm};
+use crate::params::{self, CredentialSource, HomeShare};
+use crate::volume::{tree_name, Kind, VolumeId};
+use crate::wasmcsi::plugin::log::Level;
+use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, KeyValues, Secrets};
+use crate::xms::{self, Added, Folder, Tree};
+use crate::XskyNfs;
+
+const GIB: u64 = 1 << 30;
+pub const MIB: u64 = 1 << 20;
+/// Time a failed create keeps to remove what it made.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
+
+impl Guest for XskyNfs {
+    fn create_volume(req: CreateVolumeRequest) -> Result<Volume> {
+        create_volume(&Wasm, req)
+    }
+    fn delete_volume(volume_id: String, secrets: Secrets) -> Result<()> {
+        delete_volume(&Wasm, &volume_id, &secrets)
+    }
+    fn expand_volume(req: ExpandRequest) -> Result<ExpandResult> {
+        expand_volume(&Wasm, req)
+    }
+    fn get_volume(volume_id: String, secrets: Secrets) -> Result<Volume> {
+        get_volume(&Wasm, &volume_id, &secrets)
+    }
+    fn list_volumes(_starting_token: String, _max_entries: u32) -> Result<VolumePage> {
+        Err(unimplemented("list-volumes"))
+    }
+    fn get_capacity(parameters: KeyValues) -> Result<u64> {
+        get_capacity(&Wasm, &parameters)
+    }
+    fn create_snapshot(req: CreateSnapshotRequest) -> Result<Snapshot> {
+        let source = VolumeId::parse(&req.source_volume_id)?;
+        let host = &Wasm;
+        let mut c = client(host, &source.servers, &req.secrets, &req.parameters)?;
+        folder::create_snapshot(host, &mut c, &source, &req)
+    }
+    fn delete_snapshot(snapshot_id: String, secrets: Secrets) -> Result<()> {
+        let id = VolumeId::parse(&snapshot_id)?;
+        let mut c = client(&Wasm, &id.servers, &secrets, &[])?;
+        folder::delete_snapshot(&mut c, &id, &snapshot_id)
+    }
+    fn list_snapshots(filter: SnapshotFilter) -> Result<SnapshotPage> {
+        // The servers of the ids asked about, else the settings'.
+        let servers = filter
+            .snapshot_id
+            .iter()
+            .chain(filter.source_volume_id.iter())
+            .find_map(|id| VolumeId::parse(id).ok())
+            .map(|id| id.servers)
+            .unwrap_or_default();
+        let mut c = client(&Wasm, &servers, &filter.secrets, &[])?;
+        folder::list_snapshots(&mut c, &servers, &filter)
+    }
+}
+
+pub fn unimplemented(what: &str) -> crate::error::Error {
+    fail(
+        ErrorCode::Unimplemented,
+        format!("xsky-nfs does not implement {what} (quota-tree mode only)"),
+    )
+}
+
+/// The size to create: required, else the limit, else 1 GiB; at least 1 MiB.
+pub fn wanted_size(range: &CapacityRange) -> u64 {
+    let size = match (range.required_bytes, range.limit_bytes) {
+        (Some(r), _) if r > 0 => r,
+        (_, Some(l)) if l > 0 => l.min(GIB),
+        _ => GIB,
+    };
+    size.max(MIB)
+}
+
+pub fn fits(size: u64, range: &CapacityRange) -> bool {
+    range.required_bytes.is_none_or(|r| size >= r)
+        && range.limit_bytes.is_none_or(|l| l == 0 || size <= l)
+}
+
+/// The XMS client of a call: servers, credentials and timing from the
+/// parameters (create), the volume id (later calls) or the settings.
+pub fn client<'h>(
+    host: &'h dyn Host,
+    servers: &[String],
+    secrets: &[(String, String)],
+    parameters: &[(String, String)],
+) -> Result<Client<'h>> {
+    let settings = host.settings();
+    let servers = if servers.is_empty() {
+        let list = params::get(&settings, "xmsServers").ok_or_else(|| {
+            precondition(
+                "no XMS servers: set the parameter xmsServers or the plugin setting xmsServers",
+            )
+        })?;
+        params::servers(list)?
+    } else {
+        servers.to_vec()
+    };
+    let (credentials, source) = params::credentials(secrets, parameters, &settings)?;
+    if source == CredentialSource::DeprecatedParameters {
+        log(
+            host,
+            Level::Warn,
+            "the StorageClass parameters user/password are deprecated: pass them as CSI secrets (keys user and password)",
+            &[],
+        );
+    }
+    Ok(Client::new(
+        host,
+        servers,
+        credentials,
+        params::Timing::from_settings(&settings)?,
+    ))
+}
+
+/// One home share, resolved on the array.
+struct Home {
+    share: HomeShare,
+    folder: Folder,
+    vip: String,
+    trees: Vec<Tree>,
+}
+
+fn resolve_home(c: &mut Client, share: &HomeShare) -> Result<Home> {
+    let folder = xms::find_folder(c, &share.folder)?.ok_or_else(|| {
+        precondition(format!(
+            "home share {}:/sdsfs/{}/: XMS has no folder {}",
+            share.host, share.folder, share.folder
+        ))
+    })?;
+    let vip = xms::home_share_vip(c, &folder)?.ok_or_else(|| {
+        precondition(format!(
+            "folder {} is not exported by an NFS share (no home share)",
+            folder.name
+        ))
+    })?;
+    let trees = xms::list_trees(c, &folder)?;
+    Ok(Home {
+        share: share.clone(),
+        folder,
+        vip,
+        trees,
+    })
+}
+
+fn volume(
+    id: &VolumeId,
+    tree: &Tree,
+    folder: &str,
+    vip: &str,
+    options: &[String],
+) -> Result<Volume> {
+    Ok(Volume {
+        volume_id: id.encode()?,
+        capacity_bytes: tree.size,
+        volume_context: vec![
+            ("server".into(), vip.to_string()),
+            ("share".into(), format!("/sdsfs/{folder}/{}", tree.name)),
+            ("mountOptions".into(), options.join(",")),
+            ("folder".into(), folder.to_string()),
+            ("quotaTree".into(), tree.name.clone()),
+        ],
+        content_source: None,
+    })
+}
+
+fn settled(c: &mut Client, tree: &Tree, doing: &str) -> Result<Tree> {
+    if tree.settled() {
+        return Ok(tree.clone());
+    }
+    xms::wait_tree(c, tree.id, doing, |t| t.is_none_or(Tree::settled))?.ok_or_else(|| {
+        fail(
+            ErrorCode::Aborted,
+            format!("{doing}: quota tree {} vanished", tree.name),
+        )
+    })
+}
+
+pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume> {
+    let settings = host.settings();
+    let p = &req.parameters;
+    let pick = |k: &str| params::get(p, k).or_else(|| params::get(&settings, k));
+    let folder_mode = match pick("mode").unwrap_or("quota-tree") {
+        "quota-tree" => false,
+        "folder" => true,
+        other => {
+            return Err(invalid(format!(
+                "mode {other:?} must be quota-tree or folder"
+            )))
+        }
+    };
+    if req
+        .capabilities
+        .iter()
+        .any(|c| matches!(c.access_type, AccessType::Block))
+    {
+        return Err(invalid(
+            "xsky-nfs volumes are NFS file systems: block access is not supported",
+        ));
+    }
+    let options = params::mount_options(p, &settings)?;
+    // Servers named by the StorageClass travel in the volume id unless
+    // they are the settings' own.
+    let id_servers = match params::get(p, "xmsServers") {
+        Some(list) => {
+            let named = params::servers(list)?;
+            let default = params::get(&settings, "xmsServers")
+                .map(params::servers)
+                .transpose()
+                .ok()
+                .flatten();
+            if default.as_ref() == Some(&named) {
+                vec![]
+            } else {
+                named
+            }
+        }
+        None => vec![],
+    };
+    let mut c = client(host, &id_servers, &req.secrets, p)?;
+    if folder_mode {
+        let pool = pick("pool").ok_or_else(|| invalid("mode folder needs the parameter pool"))?;
+        let plan = folder::Plan {
+            pool,
+            gateway_group: pick("gatewayGroup"),
+            client_group: pick("clientGroupName"),
+            options,
+            id_servers,
+        };
+        return folder::create_volume(host, &mut c, &req, plan);
+    }
+    if req.content_source.is_some() {
+        return Err(unimplemented(
+            "volumes from snapshots in quota-tree mode (use mode folder)",
+        ));
+    }
+    let shares = params::shares(pick("shares").unwrap_or(""))?;
+    let size = wanted_size(&req.capacity);
+    let name = tree_name(&req.name);
+    let doing = format!("creating volume {:?} (quota tree {name})", req.name);
+
+    if let Some(group) = pick("clientGroupName") {
+        if !xms::client_group_exists(&mut c, group)? {
+            return Err(precondition(format!(
+                "clientGroupName {group:?}: XMS has no such client group"
+            )));
+        }
+    }
+    let mut homes = vec![];
+    for share in &shares {
+        homes.push(resolve_home(&mut c, share).context(|| doing.clone())?);
+    }
+    let found = homes.iter().find_map(|h| {
+        h.trees
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| (h, t.clone()))
+    });
+    if let Some((home, tree)) = found {
+        return existing(&mut c, home, &tree, &req, &id_servers, &options, &doing);
+    }
+    let best = homes
+        .iter()
+        .max_by_key(|h| xms::folder_free(&h.folder, &h.trees))
+        .expect("shares lists at least one");
+    let free = xms::folder_free(&best.folder, &best.trees);
+    if free < size {
+        return Err(fail(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "{doing}: {size} bytes asked, the most any home share's folder has free is {free}"
+            ),
+        ));
+    }
+    log(
+        host,
+        Level::Info,
+        "creating quota tree",
+        &[
+            ("name", &name),
+            ("folder", &best.folder.name),
+            ("bytes", &size.to_string()),
+        ],
+    );
+    if let Added::Exists =
+        xms::add_tree(&mut c, &best.folder, &name, size).context(|| doing.clone())?
+    {
+        // Made meanwhile by a concurrent call: answer as for a retry.
+        let home = resolve_home(&mut c, &best.share)?;
+        let tree = home
+            .trees
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                fail(
+                    ErrorCode::Aborted,
+                    format!("{doing}: XMS says the quota tree exists but does not list it"),
+                )
+            })?;
+        return existing(&mut c, &home, &tree, &req, &id_servers, &options, &doing);
+    }
+    let tree = xms::list_trees(&mut c, &best.folder)?
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::Internal,
+                format!("{doing}: XMS accepted the quota tree but does not list it"),
+            )
+        })?;
+    match settled(&mut c, &tree, &doing) {
+        Ok(tree) => volume(
+            &VolumeId {
+                kind: Kind::Tree,
+                tree_id: tree.id,
+                servers: id_servers,
+            },
+            &tree,
+            &best.folder.name,
+            &best.vip,
+            &options,
+        ),
+        Err(e) => {
+            // Leave nothing behind: the CO will retry from scratch.
+            c.grace(CLEANUP_GRACE);
+            match xms::remove_tree(&mut c, best.folder.id, tree.id) {
+                Ok(()) => log(
+                    host,
+                    Level::Warn,
+                    "removed the quota tree of a failed create",
+                    &[("name", &name)],
+                ),
+                Err(ce) => log(
+                    host,
+                    Level::Error,
+                    "could not remove the quota tree of a failed create",
+                    &[("name", &name), ("error", &ce.message)],
+                ),
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A tree of the volume's name exists: the same volume if it fits the
+/// request, ALREADY_EXISTS otherwise.
+fn existing(
+    c: &mut Client,
+    home: &Home,
+    tree: &Tree,
+    req: &CreateVolumeRequest,
+    id_servers: &[String],
+    options: &[String],
+    doing: &str,
+) -> Result<Volume> {
+    if !fits(tree.size, &req.capacity) {
+        return Err(fail(
+            ErrorCode::AlreadyExists,
+            format!(
+                "volume {:?} exists with {} bytes (quota tree {}), which does not fit the request",
+                req.name, tree.size, tree.name
+            ),
+        ));
+    }
+    let tree = settled(c, tree, doing)?;
+    volume(
+        &VolumeId {
+            kind: Kind::Tree,
+            tree_id: tree.id,
+            servers: id_servers.to_vec(),
+        },
+        &tree,
+        &home.folder.name,
+        &home.vip,
+        options,
+    )
+}
+
+pub fn delete_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result<()> {
+    let id = VolumeId::parse(volume_id)?;
+    let mut c = client(host, &id.servers, secrets, &[])?;
+    match id.kind {
+        Kind::Tree => {}
+        Kind::Folder => return folder::delete_volume(&mut c, &id, volume_id),
+        Kind::Snapshot => return Err(invalid(format!("{volume_id} is a snapshot id"))),
+    }
+    let doing = format!("deleting volume {volume_id}");
+    let Some(tree) = xms::get_tree(&mut c, id.tree_id)? else {
+        return Ok(());
+    };
+    if tree.status != "deleting" {
+        let tree = settled(&mut c, &tree, &doing)?;
+        xms::remove_tree(&mut c, tree.folder_id, tree.id).context(|| doing.clone())?;
+    }
+    xms::wait_tree(&mut c, id.tree_id, &doing, |t| t.is_none())?;
+    log(
+        host,
+        Level::Info,
+        "deleted quota tree",
+        &[("name", &tree.name)],
+    );
+    Ok(())
+}
+
+pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult> {
+    let id = VolumeId::parse(&req.volume_id)?;
+    let mut c = client(host, &id.servers, &req.secrets, &[])?;
+    match id.kind {
+        Kind::Tree => {}
+        Kind::Folder => return folder::expand_volume(&mut c, &id, &req.volume_id, &req.capacity),
+        Kind::Snapshot => return Err(invalid(format!("{} is a snapshot id", req.volume_id))),
+    }
+    let doing = format!("expanding volume {}", req.volume_id);
+    let tree = xms::get_tree(&mut c, id.tree_id)?.ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("{doing}: quota tree {} does not exist", id.tree_id),
+        )
+    })?;
+    let tree = settled(&mut c, &tree, &doing)?;
+    let target = match (req.capacity.required_bytes, req.capacity.limit_bytes) {
+        (Some(r), _) if r > 0 => r,
+        (_, Some(l)) if l > 0 => l,
+        _ => return Err(invalid(format!("{doing}: no capacity asked"))),
+    };
+    let done = |size: u64| ExpandResult {
+        capacity_bytes: size,
+        node_expansion_required: false,
+    };
+    if tree.size >= target {
+        return Ok(done(tree.size));
+    }
+    let folder = xms::get_folder(&mut c, tree.folder_id)?.ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("{doing}: folder {} does not exist", tree.folder_id),
+        )
+    })?;
+    let others: Vec<Tree> = xms::list_trees(&mut c, &folder)?
+        .into_iter()
+        .filter(|t| t.id != tree.id)
+        .collect();
+    let room = xms::folder_free(&folder, &others);
+    if target > room {
+        return Err(fail(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "{doing}: {target} bytes asked, folder {} has room for {room}",
+                folder.name
+            ),
+        ));
+    }
+    log(
+        host,
+        Level::Info,
+        "resizing quota tree",
+        &[
+            ("name", &tree.name),
+            ("from", &tree.size.to_string()),
+            ("to", &target.to_string()),
+        ],
+    );
+    xms::resize_tree(&mut c, tree.id, target).context(|| doing.clone())?;
+    let grown = xms::wait_tree(&mut c, tree.id, &doing, |t| {
+        t.is_none_or(|t| t.settled() && t.size >= target)
+    })?
+    .ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("{doing}: quota tree vanished while resizing"),
+        )
+    })?;
+    Ok(done(grown.size))
+}
+
+pub fn get_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result<Volume> {
+    let id = VolumeId::parse(volume_id)?;
+    let mut c = client(host, &id.servers, secrets, &[])?;
+    match id.kind {
+        Kind::Tree => {}
+        Kind::Folder => return folder::get_volume(&mut c, &id),
+        Kind::Snapshot => return Err(invalid(format!("{volume_id} is a snapshot id"))),
+    }
+    let tree = xms::get_tree(&mut c, id.tree_id)?.ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("volume {volume_id} does not exist"),
+        )
+    })?;
+    Ok(Volume {
+        volume_id: id.encode()?,
+        capacity_bytes: tree.size,
+        volume_context: vec![
+            ("folder".into(), tree.folder_name.clone()),
+            ("quotaTree".into(), tree.name.clone()),
+        ],
+        content_source: None,
+    })
+}
+
+/// The most bytes one new volume can get: the largest free room among the
+/// home shares' folders.
+pub fn get_capacity(host: &dyn Host, parameters: &KeyValues) -> Result<u64> {
+    let settings = host.settings();
+    let pick = |k: &str| params::get(parameters, k).or_else(|| params::get(&settings, k));
+    let shares = params::shares(pick("shares").unwrap_or(""))?;
+    let servers = match params::get(parameters, "xmsServers") {
+        Some(list) => params::servers(list)?,
+        None => vec![],
+    };
+    // GetCapacity carries no secrets: credentials come from the settings
+    // (or the deprecated parameters).
+    let mut c = client(host, &servers, &[], parameters)?;
+    let mut best = 0;
+    for share in &shares {
+        let home = resolve_home(&mut c, share)?;
+        best = best.max(xms::folder_free(&home.folder, &home.trees));
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(r: Option<u64>, l: Option<u64>) -> CapacityRange {
+        CapacityRange {
+            required_bytes: r,
+            limit_bytes: l,
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(wanted_size(&range(None, None)), GIB);
+        assert_eq!(wanted_size(&range(Some(5 * GIB), None)), 5 * GIB);
+        assert_eq!(wanted_size(&range(None, Some(MIB / 2))), MIB);
+        assert_eq!(wanted_size(&range(None, Some(3 * GIB))), GIB);
+        assert!(fits(5 * GIB, &range(Some(5 * GIB), None)));
+        assert!(fits(10 * GIB, &range(Some(5 * GIB), Some(0))));
+        assert!(!fits(10 * GIB, &range(Some(5 * GIB), Some(6 * GIB))));
+        assert!(!fits(4 * GIB, &range(Some(5 * GIB), None)));
+    }
+}

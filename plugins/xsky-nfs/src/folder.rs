@@ -1,0 +1,461 @@
+//! Folder mode: a folder per volume (in `pool`), exported by its own NFS
+//! share on `gatewayGroup` with an ACL for `clientGroupName` (none: a
+//! public share). Snapshots are fs-snapshots of the folder; a volume from a
+//! snapshot is a folder cloned from it.
+
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::controller::{fits, unimplemented, wanted_size, CLEANUP_GRACE};
+use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
+use crate::exports::wasmcsi::plugin::controller::{
+    CreateSnapshotRequest, CreateVolumeRequest, ExpandResult, Snapshot, SnapshotFilter,
+    SnapshotPage, Volume,
+};
+use crate::host::{log, Host};
+use crate::volume::{tree_name, Kind, VolumeId};
+use crate::wasmcsi::plugin::log::Level;
+use crate::wasmcsi::plugin::types::{CapacityRange, ContentSource};
+use crate::xms::{self, until_gone, until_settled};
+
+fn folder_path(id: i64) -> String {
+    format!("/v1/fs-folders/{id}")
+}
+
+fn get_folder(c: &mut Client, id: i64) -> Result<Option<Value>> {
+    xms::get_object(c, &folder_path(id), "fs_folder")
+}
+
+fn get_snapshot(c: &mut Client, id: i64) -> Result<Option<Value>> {
+    xms::get_object(c, &format!("/v1/fs-snapshots/{id}"), "fs_snapshot")
+}
+
+fn id_of(v: &Value) -> i64 {
+    v["id"].as_i64().unwrap_or(0)
+}
+
+fn size_of(v: &Value) -> u64 {
+    v["size"].as_u64().unwrap_or(0)
+}
+
+fn whole_folder_share(shares: &[Value]) -> Option<&Value> {
+    shares.iter().find(|s| s["fs_quota_tree"]["id"].is_null())
+}
+
+pub struct Plan<'p> {
+    pub pool: &'p str,
+    pub gateway_group: Option<&'p str>,
+    pub client_group: Option<&'p str>,
+    pub options: Vec<String>,
+    pub id_servers: Vec<String>,
+}
+
+pub fn create_volume(
+    host: &dyn Host,
+    c: &mut Client,
+    req: &CreateVolumeRequest,
+    plan: Plan,
+) -> Result<Volume> {
+    let name = tree_name(&req.name);
+    let doing = format!("creating volume {:?} (folder {name})", req.name);
+    let pool_id = xms::find_pool(c, plan.pool)?
+        .ok_or_else(|| precondition(format!("pool {:?}: XMS has no such pool", plan.pool)))?;
+    let (gw_id, vip) = xms::find_gateway_group(c, plan.gateway_group)?.ok_or_else(|| {
+        precondition(format!(
+            "gatewayGroup {:?}: XMS has no such gateway group",
+            plan.gateway_group.unwrap_or("(any)")
+        ))
+    })?;
+    let client_group = match plan.client_group {
+        Some(g) => Some(xms::find_client_group(c, g)?.ok_or_else(|| {
+            precondition(format!(
+                "clientGroupName {g:?}: XMS has no such client group"
+            ))
+        })?),
+        None => None,
+    };
+    let mut range = req.capacity;
+    let source = match &req.content_source {
+        None => None,
+        Some(ContentSource::Volume(_)) => {
+            return Err(unimplemented("cloning volumes (only from snapshots)"))
+        }
+        Some(ContentSource::Snapshot(sid)) => {
+            let id = VolumeId::parse(sid)?;
+            if id.kind != Kind::Snapshot {
+                return Err(invalid(format!("{sid} is not an xsky-nfs snapshot")));
+            }
+            let snap = get_snapshot(c, id.tree_id)?.ok_or_else(|| {
+                fail(
+                    ErrorCode::NotFound,
+                    format!("snapshot {sid} does not exist"),
+                )
+            })?;
+            if range.required_bytes.is_none_or(|r| r < size_of(&snap)) {
+                range.required_bytes = Some(size_of(&snap));
+            }
+            Some((sid.clone(), id.tree_id))
+        }
+    };
+    let size = wanted_size(&range);
+    let folder = match xms::find_folder_record(c, &name)? {
+        Some(f) => f,
+        None => match xms::create_folder(c, &name, pool_id, size, source.as_ref().map(|s| s.1))
+            .context(|| doing.clone())?
+        {
+            Some(f) => {
+                log(
+                    host,
+                    Level::Info,
+                    "created folder",
+                    &[("name", &name), ("bytes", &size.to_string())],
+                );
+                match finish_create(c, id_of(&f), gw_id, client_group, &doing) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        c.grace(CLEANUP_GRACE);
+                        if let Err(ce) = remove(c, id_of(&f), &doing) {
+                            log(
+                                host,
+                                Level::Error,
+                                "could not remove the folder of a failed create",
+                                &[("name", &name), ("error", &ce.message)],
+                            );
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            None => xms::find_folder_record(c, &name)?.ok_or_else(|| {
+                fail(
+                    ErrorCode::Aborted,
+                    format!("{doing}: the folder exists but is not listed"),
+                )
+            })?,
+        },
+    };
+    // An existing folder of that name: the same volume if it fits.
+    let same_source = folder["fs_snapshot"]["id"].as_i64() == source.as_ref().map(|s| s.1);
+    if !fits(size_of(&folder), &req.capacity) || !same_source {
+        return Err(fail(
+            ErrorCode::AlreadyExists,
+            format!(
+                "volume {:?} exists (folder {name}, {} bytes) and does not fit the request",
+                req.name,
+                size_of(&folder)
+            ),
+        ));
+    }
+    let folder = finish_create(c, id_of(&folder), gw_id, client_group, &doing)?;
+    Ok(Volume {
+        volume_id: VolumeId {
+            kind: Kind::Folder,
+            tree_id: id_of(&folder),
+            servers: plan.id_servers,
+        }
+        .encode()?,
+        capacity_bytes: size_of(&folder),
+        volume_context: vec![
+            ("server".into(), vip),
+            ("share".into(), format!("/sdsfs/{name}")),
+            ("mountOptions".into(), plan.options.join(",")),
+            ("folder".into(), name.clone()),
+        ],
+        content_source: source.map(|s| ContentSource::Snapshot(s.0)),
+    })
+}
+
+/// Waits for the folder, shares it (once) and waits for the share.
+fn finish_create(
+    c: &mut Client,
+    folder_id: i64,
+    gw: i64,
+    client_group: Option<i64>,
+    doing: &str,
+) -> Result<Value> {
+    let folder = xms::wait_for(
+        c,
+        doing,
+        |c| get_folder(c, folder_id),
+        |f| f.is_none() || until_settled(f),
+    )?
+    .ok_or_else(|| fail(ErrorCode::Aborted, format!("{doing}: the folder vanished")))?;
+    let shares = xms::folder_shares(c, folder_id)?;
+    let share_id = match whole_folder_share(&shares) {
+        Some(s) => id_of(s),
+        None => match xms::create_share(c, folder_id, gw, client_group)? {
+            Some(s) => id_of(&s),
+            None => xms::folder_shares(c, folder_id)?
+                .iter()
+                .find(|s| s["fs_quota_tree"]["id"].is_null())
+                .map(id_of)
+                .ok_or_else(|| {
+                    fail(
+                        ErrorCode::Aborted,
+                        format!("{doing}: the share exists but is not listed"),
+                    )
+                })?,
+        },
+    };
+    xms::wait_for(
+        c,
+        doing,
+        |c| xms::get_object(c, &format!("/v1/fs-nfs-shares/{share_id}"), "fs_nfs_share"),
+        until_settled,
+    )?;
+    Ok(folder)
+}
+
+/// Removes a folder's shares, then the folder.
+fn remove(c: &mut Client, folder_id: i64, doing: &str) -> Result<()> {
+    for share in xms::folder_shares(c, folder_id)? {
+        let id = id_of(&share);
+        xms::delete_share(c, id)?;
+        xms::wait_for(
+            c,
+            doing,
+            |c| xms::get_object(c, &format!("/v1/fs-nfs-shares/{id}"), "fs_nfs_share"),
+            until_gone,
+        )?;
+    }
+    xms::delete_folder(c, folder_id)?;
+    xms::wait_for(c, doing, |c| get_folder(c, folder_id), until_gone).map(drop)
+}
+
+pub fn delete_volume(c: &mut Client, id: &VolumeId, volume_id: &str) -> Result<()> {
+    let doing = format!("deleting volume {volume_id}");
+    if get_folder(c, id.tree_id)?.is_none() {
+        return Ok(());
+    }
+    // XMS keeps a folder with snapshots: say so before touching its share.
+    let snapshots = xms::list_snapshots(c, Some(id.tree_id))?;
+    if !snapshots.is_empty() {
+        return Err(precondition(format!(
+            "{doing}: it still has {} snapshot(s); delete them first",
+            snapshots.len()
+        )));
+    }
+    remove(c, id.tree_id, &doing).context(|| doing.clone())
+}
+
+pub fn expand_volume(
+    c: &mut Client,
+    id: &VolumeId,
+    volume_id: &str,
+    range: &CapacityRange,
+) -> Result<ExpandResult> {
+    let doing = format!("expanding volume {volume_id}");
+    let target = match (range.required_bytes, range.limit_bytes) {
+        (Some(r), _) if r > 0 => r,
+        (_, Some(l)) if l > 0 => l,
+        _ => return Err(invalid(format!("{doing}: no capacity asked"))),
+    };
+    let folder = xms::wait_for(
+        c,
+        &doing,
+        |c| get_folder(c, id.tree_id),
+        |f| f.is_none() || until_settled(f),
+    )?
+    .ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("{doing}: folder {} does not exist", id.tree_id),
+        )
+    })?;
+    let done = |size| ExpandResult {
+        capacity_bytes: size,
+        node_expansion_required: false,
+    };
+    if size_of(&folder) >= target {
+        return Ok(done(size_of(&folder)));
+    }
+    xms::resize_folder(c, id.tree_id, target).context(|| doing.clone())?;
+    let grown = xms::wait_for(
+        c,
+        &doing,
+        |c| get_folder(c, id.tree_id),
+        |f| f.is_none_or(|f| until_settled(Some(f)) && size_of(f) >= target),
+    )?
+    .ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("{doing}: the folder vanished while resizing"),
+        )
+    })?;
+    Ok(done(size_of(&grown)))
+}
+
+pub fn get_volume(c: &mut Client, id: &VolumeId) -> Result<Volume> {
+    let f = get_folder(c, id.tree_id)?.ok_or_else(|| {
+        fail(
+            ErrorCode::NotFound,
+            format!("folder {} does not exist", id.tree_id),
+        )
+    })?;
+    Ok(Volume {
+        volume_id: id.encode()?,
+        capacity_bytes: size_of(&f),
+        volume_context: vec![(
+            "folder".into(),
+            f["name"].as_str().unwrap_or_default().to_string(),
+        )],
+        content_source: None,
+    })
+}
+
+fn snapshot(v: &Value, servers: &[String]) -> Result<Snapshot> {
+    Ok(Snapshot {
+        snapshot_id: VolumeId {
+            kind: Kind::Snapshot,
+            tree_id: id_of(v),
+            servers: servers.to_vec(),
+        }
+        .encode()?,
+        source_volume_id: VolumeId {
+            kind: Kind::Folder,
+            tree_id: v["fs_folder"]["id"].as_i64().unwrap_or(0),
+            servers: servers.to_vec(),
+        }
+        .encode()?,
+        size_bytes: size_of(v),
+        creation_time: v["create"]
+            .as_str()
+            .and_then(xms::epoch_seconds)
+            .unwrap_or(0),
+        ready_to_use: until_settled(Some(v)),
+    })
+}
+
+pub fn create_snapshot(
+    host: &dyn Host,
+    c: &mut Client,
+    source: &VolumeId,
+    req: &CreateSnapshotRequest,
+) -> Result<Snapshot> {
+    if source.kind != Kind::Folder {
+        return Err(invalid(format!(
+            "{}: snapshots are of folder mode volumes (quota trees have none)",
+            req.source_volume_id
+        )));
+    }
+    let name = tree_name(&req.name);
+    let doing = format!(
+        "creating snapshot {:?} of {}",
+        req.name, req.source_volume_id
+    );
+    if get_folder(c, source.tree_id)?.is_none() {
+        return Err(fail(
+            ErrorCode::NotFound,
+            format!("{doing}: the volume does not exist"),
+        ));
+    }
+    let existing = xms::list_snapshots(c, None)?
+        .into_iter()
+        .find(|s| s["name"] == name.as_str());
+    let snap = match existing {
+        Some(s) if s["fs_folder"]["id"].as_i64() == Some(source.tree_id) => s,
+        Some(_) => {
+            return Err(fail(
+                ErrorCode::AlreadyExists,
+                format!("{doing}: a snapshot of that name exists of another volume"),
+            ))
+        }
+        None => {
+            let made = xms::create_snapshot(c, source.tree_id, &name).context(|| doing.clone())?;
+            log(host, Level::Info, "creating snapshot", &[("name", &name)]);
+            match made {
+                Some(s) => s,
+                None => xms::list_snapshots(c, Some(source.tree_id))?
+                    .into_iter()
+                    .find(|s| s["name"] == name.as_str())
+                    .ok_or_else(|| {
+                        fail(
+                            ErrorCode::Aborted,
+                            format!("{doing}: the snapshot exists but is not listed"),
+                        )
+                    })?,
+            }
+        }
+    };
+    let id = id_of(&snap);
+    let snap = match xms::wait_for(c, &doing, |c| get_snapshot(c, id), until_settled) {
+        Ok(s) => s.ok_or_else(|| {
+            fail(
+                ErrorCode::Aborted,
+                format!("{doing}: the snapshot vanished"),
+            )
+        })?,
+        Err(e) => {
+            c.grace(CLEANUP_GRACE);
+            let _ = xms::delete_snapshot(c, id);
+            return Err(e);
+        }
+    };
+    snapshot(&snap, &source.servers)
+}
+
+pub fn delete_snapshot(c: &mut Client, id: &VolumeId, snapshot_id: &str) -> Result<()> {
+    if id.kind != Kind::Snapshot {
+        return Err(invalid(format!(
+            "{snapshot_id} is not an xsky-nfs snapshot id"
+        )));
+    }
+    let doing = format!("deleting snapshot {snapshot_id}");
+    if get_snapshot(c, id.tree_id)?.is_none() {
+        return Ok(());
+    }
+    xms::delete_snapshot(c, id.tree_id).context(|| doing.clone())?;
+    xms::wait_for(c, &doing, |c| get_snapshot(c, id.tree_id), until_gone).map(drop)
+}
+
+pub fn list_snapshots(
+    c: &mut Client,
+    servers: &[String],
+    filter: &SnapshotFilter,
+) -> Result<SnapshotPage> {
+    let all: Vec<Value> = if let Some(sid) = &filter.snapshot_id {
+        match VolumeId::parse(sid) {
+            Ok(id) if id.kind == Kind::Snapshot => {
+                get_snapshot(c, id.tree_id)?.into_iter().collect()
+            }
+            _ => vec![],
+        }
+    } else if let Some(vid) = &filter.source_volume_id {
+        match VolumeId::parse(vid) {
+            Ok(id) if id.kind == Kind::Folder => xms::list_snapshots(c, Some(id.tree_id))?,
+            _ => vec![],
+        }
+    } else {
+        xms::list_snapshots(c, None)?
+    };
+    let start: usize = if filter.starting_token.is_empty() {
+        0
+    } else {
+        filter.starting_token.parse().map_err(|_| {
+            fail(
+                ErrorCode::Aborted,
+                format!("starting token {:?} is not ours", filter.starting_token),
+            )
+        })?
+    };
+    let max = if filter.max_entries == 0 {
+        usize::MAX
+    } else {
+        filter.max_entries as usize
+    };
+    let page: Vec<Snapshot> = all
+        .iter()
+        .skip(start)
+        .take(max)
+        .map(|s| snapshot(s, servers))
+        .collect::<Result<_>>()?;
+    let next = start + page.len();
+    Ok(SnapshotPage {
+        next_token: if next < all.len() {
+            next.to_string()
+        } else {
+            String::new()
+        },
+        snapshots: page,
+    })
+}

@@ -1,0 +1,33 @@
+//! What xsky-nfs is and offers; the host asks once at load time.
+
+use crate::controller::MIB;
+use crate::exports::wasmcsi::plugin::identity::{Features, Guest, PluginInfo};
+use crate::wasmcsi::plugin::types::AccessMode;
+use crate::XskyNfs;
+
+impl Guest for XskyNfs {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "xsky-nfs".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            // Snapshots and volumes from snapshots in folder mode; no
+            // list-volumes; expansion is the controller's alone (NFS grows
+            // online).
+            features: Features::CONTROLLER_EXPAND
+                | Features::GET_CAPACITY
+                | Features::VOLUME_STATS
+                | Features::SNAPSHOTS
+                | Features::CLONE,
+            access_modes: vec![
+                AccessMode::SingleNodeWriter,
+                AccessMode::SingleNodeReaderOnly,
+                AccessMode::MultiNodeReaderOnly,
+                AccessMode::MultiNodeSingleWriter,
+                AccessMode::MultiNodeMultiWriter,
+                AccessMode::SingleNodeSingleWriter,
+                AccessMode::SingleNodeMultiWriter,
+            ],
+            min_volume_bytes: MIB,
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Volume ids and quota tree names.
+//!
+//! A volume id is `qt-<quota tree id>`, followed by `@<servers>` when the
+//! StorageClass named XMS servers other than the plugin settings, so that
+//! delete and expand (which only get the id) reach the right array.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{invalid, Result};
+
+const MAX_ID: usize = 96;
+const MAX_NAME: usize = 63;
+
+/// What an id names on the array.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A quota tree (quota-tree mode volume).
+    Tree,
+    /// A folder (folder mode volume).
+    Folder,
+    /// An fs-snapshot of a folder.
+    Snapshot,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Tree => "qt-",
+            Kind::Folder => "fd-",
+            Kind::Snapshot => "sn-",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub struct VolumeId {
+    pub kind: Kind,
+    /// The XMS id of the quota tree, folder or snapshot.
+    pub tree_id: i64,
+    /// Base URLs; empty means the plugin settings' servers.
+    pub servers: Vec<String>,
+}
+
+/// Servers as written into an id: `http://` is dropped (the default).
+fn compact(server: &str) -> &str {
+    server.strip_prefix("http://").unwrap_or(server)
+}
+
+impl VolumeId {
+    pub fn encode(&self) -> Result<String> {
+        let mut id = format!("{}{}", self.kind.prefix(), self.tree_id);
+        if !self.servers.is_empty() {
+            let list: Vec<&str> = self.servers.iter().map(|s| compact(s)).collect();
+            id.push('@');
+            id.push_str(&list.join(","));
+        }
+        if id.len() > MAX_ID {
+            return Err(invalid(format!(
+                "the xmsServers of this StorageClass make a volume id longer than {MAX_ID} bytes: \
+                 put them into the plugin settings (xmsServers) instead"
+            )));
+        }
+        Ok(id)
+    }
+
+    pub fn parse(id: &str) -> Result<VolumeId> {
+        let bad = || invalid(format!("volume id {id:?} was not made by xsky-nfs"));
+        let (tree, servers) = match id.split_once('@') {
+            Some((t, s)) => (t, Some(s)),
+            None => (id, None),
+        };
+        let kind = [Kind::Tree, Kind::Folder, Kind::Snapshot]
+            .into_iter()
+            .find(|k| tree.starts_with(k.prefix()))
+            .ok_or_else(bad)?;
+        let tree_id = tree[3..]
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(bad)?;
+        let servers = match servers {
+            None => vec![],
+            Some(s) => crate::params::servers(s).map_err(|_| bad())?,
+        };
+        Ok(VolumeId {
+            kind,
+            tree_id,
+            servers,
+        })
+    }
+}
+
+/// The quota tree name for a CSI volume name: deterministic, so a retried
+/// CreateVolume finds what an earlier attempt made. Names that are not
+/// plain `[A-Za-z0-9_-]` or are too long get a hash suffix.
+pub fn tree_name(csi_name: &str) -> String {
+    let clean: String = csi_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean == csi_name && clean.len() <= MAX_NAME {
+        return clean;
+    }
+    let digest = Sha256::digest(csi_name.as_bytes());
+    let hash: String = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_NAME - hash.len() - 1;
+    let prefix: String = clean.chars().take(keep).collect();
+    format!("{prefix}-{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let v = VolumeId {
+            kind: Kind::Tree,
+            tree_id: 42,
+            servers: vec![],
+        };
+        assert_eq!(v.encode().unwrap(), "qt-42");
+        assert_eq!(VolumeId::parse("qt-42").unwrap(), v);
+        let v = VolumeId {
+            kind: Kind::Folder,
+            tree_id: 7,
+            servers: vec!["http://10.0.0.1:8056".into(), "https://x:443".into()],
+        };
+        let id = v.encode().unwrap();
+        assert_eq!(id, "fd-7@10.0.0.1:8056,https://x:443");
+        assert_eq!(VolumeId::parse(&id).unwrap(), v);
+        for bad in ["", "qt-", "qt-x", "fs-1", "qt-0", "qt-1@ftp://x"] {
+            assert!(VolumeId::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(VolumeId::parse("sn-3").unwrap().kind, Kind::Snapshot);
+        let long = VolumeId {
+            kind: Kind::Tree,
+            tree_id: 1,
+            servers: vec![format!("http://{}:1", "h".repeat(100))],
+        };
+        assert!(long.encode().is_err());
+    }
+
+    #[test]
+    fn names_are_deterministic_and_safe() {
+        assert_eq!(tree_name("pvc-0a1b"), "pvc-0a1b");
+        let odd = tree_name("my volume/1");
+        assert!(odd.starts_with("my-volume-1-"), "{odd}");
+        assert_eq!(odd, tree_name("my volume/1"));
+        assert_ne!(tree_name("a.b"), tree_name("a-b"));
+        let long = tree_name(&"x".repeat(200));
+        assert_eq!(long.len(), MAX_NAME);
+    }
+}
