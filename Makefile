@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
-PLUGINS := local-dir hostile
+PLUGINS := local-dir hostile xsky-nfs
 
 .PHONY: setup plugins host demo test test-deploy release clean
 

@@ -188,13 +188,17 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             }
         };
         tokio::spawn(async move {
-            let mut request = vec![0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request))
-                .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            // Read up to the end of the request line (a client may send it
+            // in pieces); requests have no body worth reading.
+            let mut request = Vec::with_capacity(512);
+            let mut buf = [0u8; 512];
+            while !request.contains(&b'\n') && request.len() < 8192 {
+                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let n = request.len();
             let line = String::from_utf8_lossy(&request[..n]);
             let path = line.split_whitespace().nth(1).unwrap_or("");
             let (status, body) = match path {

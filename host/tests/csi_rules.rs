@@ -712,7 +712,8 @@ async fn metrics_and_health_are_served() {
     d.delete(&id).await.unwrap();
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(&address).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
