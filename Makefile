@@ -17,9 +17,11 @@ host:
 	$(CARGO) build -p wasmcsi
 
 # Builds everything and walks a volume through create → publish → fill →
-# expand → fill → stats → delete, in image and in btrfs subvolume mode.
+# expand → fill → stats → delete, in image and in btrfs subvolume mode; then
+# xsky-nfs against the XMS emulator: 5Gi → 10Gi, the quota tree before and after.
 demo: plugins host
 	target/debug/wasmcsi-demo
+	$(CARGO) run -q -p wasmcsi --example xsky_demo
 
 test-deploy: host
 	WASMCSI_BIN=target/debug/wasmcsi deploy/check.sh
