@@ -732,5 +732,26 @@ async fn metrics_and_health_are_served() {
         m.contains(r#"wasmcsi_csi_request_duration_seconds_count{method="DeleteVolume"} 1"#),
         "{m}"
     );
+    assert!(
+        m.contains(
+            r#"wasmcsi_plugin_calls_total{plugin="local-dir",op="create-volume",outcome="ok"} 1"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"wasmcsi_plugin_load_seconds{plugin="local-dir",source="#),
+        "{m}"
+    );
+    let high_water = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"wasmcsi_plugin_memory_high_water_bytes{plugin="local-dir"} "#)
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("memory high-water mark");
+    assert!(
+        high_water > 0.0 && high_water <= 64.0 * 1024.0 * 1024.0,
+        "{high_water}"
+    );
     assert!(get("/nope").starts_with("HTTP/1.1 404"));
 }

@@ -114,6 +114,16 @@ impl Loader {
     async fn load_inner(&self, config: &PluginConfig) -> Result<Arc<Plugin>> {
         let started = Instant::now();
         let (component, origin) = self.component(config).await?;
+        let source = match origin {
+            Origin::Compiled => "compile",
+            Origin::Cache => "cache",
+        };
+        crate::metrics::set(
+            "wasmcsi_plugin_load_seconds",
+            "Time the last load of a plugin took to compile or to load from the cache.",
+            &[("plugin", &config.name), ("source", source)],
+            started.elapsed().as_secs_f64(),
+        );
         let plugin = Plugin::new(&self.linker, &component, config, &self.node_id).await?;
         tracing::info!(
             plugin = %plugin.name,

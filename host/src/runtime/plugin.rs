@@ -158,7 +158,14 @@ impl Plugin {
                 Ok(instance) => instance,
                 Err(e) => return Err(self.classify(op, e, &store, timeout)),
             };
-            match f(&instance, &mut store).await {
+            let result = f(&instance, &mut store).await;
+            crate::metrics::max(
+                "wasmcsi_plugin_memory_high_water_bytes",
+                "Largest linear memory any call of the plugin reached.",
+                &[("plugin", &self.name)],
+                store.data().limiter.high_water as f64,
+            );
+            match result {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(plugin_error)) => Err(CallFailure::Plugin(plugin_error)),
                 Err(e) => Err(self.classify(op, e, &store, timeout)),
@@ -166,9 +173,36 @@ impl Plugin {
         };
         // The epoch deadline stops wasm code; this also stops a host
         // capability (a stuck mount, say) that holds the call.
-        tokio::time::timeout(timeout, work)
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(deadline_failure()))
+            .unwrap_or_else(|_| Err(deadline_failure()));
+        self.count(op, &result, started.elapsed());
+        result
+    }
+
+    /// Per-plugin call metrics: outcome counts and durations.
+    fn count<R>(&self, op: &'static str, result: &Result<R, CallFailure>, took: Duration) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(CallFailure::Plugin(_)) => "plugin_error",
+            Err(CallFailure::Deadline { .. }) => "deadline",
+            Err(CallFailure::Memory { .. }) => "memory",
+            Err(CallFailure::Crashed { .. }) => "trap",
+            Err(CallFailure::Instantiate { .. }) => "instantiate",
+        };
+        let plugin = self.name.as_str();
+        crate::metrics::inc(
+            "wasmcsi_plugin_calls_total",
+            "Plugin calls by plugin, operation and outcome (ok, plugin_error, deadline, memory, trap, instantiate).",
+            &[("plugin", plugin), ("op", op), ("outcome", outcome)],
+        );
+        crate::metrics::observe(
+            "wasmcsi_plugin_call_duration_seconds",
+            "Time of one plugin call, instantiation included.",
+            &[("plugin", plugin), ("op", op)],
+            took,
+        );
     }
 
     fn classify(
