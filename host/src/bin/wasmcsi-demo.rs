@@ -114,6 +114,7 @@ async fn run() -> Result<()> {
         .env("CSI_ENDPOINT", &endpoint)
         .env("NODE_ID", "demo-node")
         .env("KUBELET_DIR", &kubelet)
+        .env("WASMCSI_CACHE_DIR", base.join("cache"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
