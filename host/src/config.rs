@@ -178,6 +178,13 @@ pub struct HttpGrant {
     /// Allowed origins (`scheme://host[:port]`); an entry may hold several
     /// separated by commas, as an environment variable often does.
     pub origins: Vec<String>,
+    /// PEM file of CA certificates trusted for https origins, in addition
+    /// to the public web roots (arrays often have a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate. For labs only; logged at every start.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -58,11 +58,27 @@ impl HttpCap {
             .iter()
             .map(|o| Origin::parse(o).with_context(|| format!("origin {o:?}")))
             .collect::<Result<_>>()?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(path) = &grant.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading caFile {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("caFile {} is not a PEM certificate bundle", path.display())
+            })?;
+            if certs.is_empty() {
+                bail!("caFile {} holds no certificate", path.display());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if grant.insecure_skip_tls_verify {
+            tracing::warn!("http: insecureSkipTlsVerify is on: TLS certificates are not checked");
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder.build().context("building the HTTP client")?;
         Ok(HttpCap { origins, client })
     }
 
@@ -170,11 +186,29 @@ impl Host for CallState {
 mod tests {
     use super::*;
 
-    fn cap(origins: &[&str]) -> HttpCap {
-        HttpCap::new(&HttpGrant {
+    fn grant(origins: &[&str]) -> HttpGrant {
+        HttpGrant {
             origins: origins.iter().map(|s| s.to_string()).collect(),
-        })
-        .unwrap()
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+        }
+    }
+
+    fn cap(origins: &[&str]) -> HttpCap {
+        HttpCap::new(&grant(origins)).unwrap()
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        for path in [bad, dir.path().join("missing.pem")] {
+            let mut g = grant(&["https://xms.example"]);
+            g.ca_file = Some(path.clone());
+            let err = format!("{:#}", HttpCap::new(&g).err().expect("refused"));
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
     }
 
     #[test]
