@@ -80,25 +80,11 @@ fn expect(
 
 /// ListFolders, filtered to the exact name.
 pub fn find_folder(c: &mut Client, name: &str) -> Result<Option<Folder>> {
-    let path = format!("/v1/fs-folders/?q={}", query_value(name));
-    let body = expect(
-        c,
-        "GET",
-        &path,
-        None,
-        200,
-        &format!("looking up folder {name}"),
-    )?;
-    Ok(body["fs_folders"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["name"] == name)
-        .map(|f| Folder {
-            id: f["id"].as_i64().unwrap_or(0),
-            name: name.to_string(),
-            size: f["size"].as_u64().unwrap_or(0),
-        }))
+    Ok(find_folder_record(c, name)?.map(|f| Folder {
+        id: f["id"].as_i64().unwrap_or(0),
+        name: name.to_string(),
+        size: f["size"].as_u64().unwrap_or(0),
+    }))
 }
 
 /// The VIP of the gateway group exporting the whole folder (its home
