@@ -1,6 +1,8 @@
 # wasmcsi — one build profile (dev) for the host everywhere: tests, demo and
 # bench share target/debug. Plugins are always release wasm (small, fast).
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 PLUGINS := local-dir hostile xsky-nfs
@@ -29,7 +31,9 @@ test-deploy: host
 # All the tests: the Kubernetes manifests, then every crate's unit tests and
 # the end-to-end tests against the real binary (last, so its summary closes).
 test: plugins test-deploy
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace 2>&1 | tee target/test-output.log
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
+	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log
 
 release: setup
 	$(CARGO) build --release -p wasmcsi
