@@ -554,6 +554,21 @@ async fn node_calls_are_idempotent_and_survive_restarts_and_reboots() {
         .await
         .expect("stats after restart")
         .into_inner();
+    // A path where the volume is not (csi-sanity's "some/path") is NOT_FOUND.
+    for path in [
+        "some/path".to_string(),
+        d.kubelet.join("nowhere").display().to_string(),
+    ] {
+        let req = NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: path,
+            ..Default::default()
+        };
+        assert_eq!(
+            code(d.client.node.node_get_volume_stats(req).await),
+            Code::NotFound
+        );
+    }
     assert!(stats.usage[0].total > 0);
     for t in [&target, &ro_target] {
         d.unpublish(&id, t).await.expect("unpublish");

@@ -205,6 +205,13 @@ impl Node for NodeService {
             let id = validate::required(&req.volume_id, "volume_id")?;
             let volume_path = validate::required(&req.volume_path, "volume_path")?.to_string();
             let (plugin, local) = self.volume(id)?;
+            // The spec's NOT_FOUND: no volume at that path on this node.
+            let path = std::path::Path::new(&volume_path);
+            if !path.is_absolute() || !path.exists() {
+                return Err(Status::not_found(format!(
+                    "volume {id} is not at {volume_path}: the path does not exist on this node"
+                )));
+            }
             if !plugin.has(Features::VOLUME_STATS) {
                 return Err(Status::unimplemented(format!(
                     "plugin {} does not report volume stats",
