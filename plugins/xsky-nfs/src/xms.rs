@@ -78,6 +78,15 @@ fn expect(
     }
 }
 
+/// A GET of a list operation: the records under `key` (none when absent).
+fn get_list(c: &mut Client, path: &str, key: &str, doing: &str) -> Result<Vec<Value>> {
+    let mut body = expect(c, "GET", path, None, 200, doing)?;
+    Ok(match body[key].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    })
+}
+
 /// ListFolders, filtered to the exact name.
 pub fn find_folder(c: &mut Client, name: &str) -> Result<Option<Folder>> {
     Ok(find_folder_record(c, name)?.map(|f| Folder {
@@ -91,57 +100,42 @@ pub fn find_folder(c: &mut Client, name: &str) -> Result<Option<Folder>> {
 /// share), from ListFSNFSShares.
 pub fn home_share_vip(c: &mut Client, folder: &Folder) -> Result<Option<String>> {
     let path = format!("/v1/fs-nfs-shares/?fs_folder_id={}", folder.id);
-    let body = expect(
+    Ok(get_list(
         c,
-        "GET",
         &path,
-        None,
-        200,
+        "fs_nfs_shares",
         &format!("listing the NFS shares of folder {}", folder.name),
-    )?;
-    Ok(body["fs_nfs_shares"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["fs_quota_tree"].is_null() || s["fs_quota_tree"]["id"].is_null())
-        .find_map(|s| s["fs_gateway_group"]["vip"].as_str().map(str::to_string)))
+    )?
+    .iter()
+    .filter(|s| s["fs_quota_tree"].is_null() || s["fs_quota_tree"]["id"].is_null())
+    .find_map(|s| s["fs_gateway_group"]["vip"].as_str().map(str::to_string)))
 }
 
 /// ListFSClientGroups: whether a client group of that name exists.
 pub fn client_group_exists(c: &mut Client, name: &str) -> Result<bool> {
     let path = format!("/v1/fs-client-groups/?q={}", query_value(name));
-    let body = expect(
+    Ok(get_list(
         c,
-        "GET",
         &path,
-        None,
-        200,
+        "fs_client_groups",
         &format!("looking up client group {name}"),
-    )?;
-    Ok(body["fs_client_groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|g| g["name"] == name))
+    )?
+    .iter()
+    .any(|g| g["name"] == name))
 }
 
 /// ListQuotaTrees of one folder.
 pub fn list_trees(c: &mut Client, folder: &Folder) -> Result<Vec<Tree>> {
     let path = format!("/v1/fs-quota-trees/?fs_folder_id={}", folder.id);
-    let body = expect(
+    Ok(get_list(
         c,
-        "GET",
         &path,
-        None,
-        200,
+        "fs_quota_trees",
         &format!("listing the quota trees of folder {}", folder.name),
-    )?;
-    Ok(body["fs_quota_trees"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(Tree::from)
-        .collect())
+    )?
+    .iter()
+    .map(Tree::from)
+    .collect())
 }
 
 /// GetQuotaTree; `None` when it does not exist.
@@ -309,20 +303,12 @@ pub fn get_object(c: &mut Client, path: &str, wrapper: &str) -> Result<Option<Va
 /// ListPools: the id of the pool of that name.
 pub fn find_pool(c: &mut Client, name: &str) -> Result<Option<i64>> {
     let path = format!("/v1/pools/?q={}", query_value(name));
-    let body = expect(
-        c,
-        "GET",
-        &path,
-        None,
-        200,
-        &format!("looking up pool {name}"),
-    )?;
-    Ok(body["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == name)
-        .and_then(|p| p["id"].as_i64()))
+    Ok(
+        get_list(c, &path, "pools", &format!("looking up pool {name}"))?
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["id"].as_i64()),
+    )
 }
 
 /// ListFSGatewayGroups: id and VIP of the named group (or the first).
@@ -331,51 +317,40 @@ pub fn find_gateway_group(c: &mut Client, name: Option<&str>) -> Result<Option<(
         Some(n) => format!("/v1/fs-gateway-groups/?q={}", query_value(n)),
         None => "/v1/fs-gateway-groups/".to_string(),
     };
-    let body = expect(c, "GET", &path, None, 200, "looking up the gateway group")?;
-    Ok(body["fs_gateway_groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| name.is_none_or(|n| g["name"] == n))
-        .and_then(|g| Some((g["id"].as_i64()?, g["vip"].as_str()?.to_string()))))
+    Ok(get_list(
+        c,
+        &path,
+        "fs_gateway_groups",
+        "looking up the gateway group",
+    )?
+    .iter()
+    .find(|g| name.is_none_or(|n| g["name"] == n))
+    .and_then(|g| Some((g["id"].as_i64()?, g["vip"].as_str()?.to_string()))))
 }
 
 /// ListFSClientGroups: the id of the group of that name.
 pub fn find_client_group(c: &mut Client, name: &str) -> Result<Option<i64>> {
     let path = format!("/v1/fs-client-groups/?q={}", query_value(name));
-    let body = expect(
+    Ok(get_list(
         c,
-        "GET",
         &path,
-        None,
-        200,
+        "fs_client_groups",
         &format!("looking up client group {name}"),
-    )?;
-    Ok(body["fs_client_groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| g["name"] == name)
-        .and_then(|g| g["id"].as_i64()))
+    )?
+    .iter()
+    .find(|g| g["name"] == name)
+    .and_then(|g| g["id"].as_i64()))
 }
 
 /// ListFolders, filtered to the exact name: the raw record.
 pub fn find_folder_record(c: &mut Client, name: &str) -> Result<Option<Value>> {
     let path = format!("/v1/fs-folders/?q={}", query_value(name));
-    let body = expect(
-        c,
-        "GET",
-        &path,
-        None,
-        200,
-        &format!("looking up folder {name}"),
-    )?;
-    Ok(body["fs_folders"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["name"] == name)
-        .cloned())
+    Ok(
+        get_list(c, &path, "fs_folders", &format!("looking up folder {name}"))?
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned(),
+    )
 }
 
 /// CreateFolder (202); `None` when the name is taken (409).
@@ -436,18 +411,12 @@ pub fn delete_folder(c: &mut Client, id: i64) -> Result<()> {
 /// ListFSNFSShares of a folder: the share records.
 pub fn folder_shares(c: &mut Client, folder_id: i64) -> Result<Vec<Value>> {
     let path = format!("/v1/fs-nfs-shares/?fs_folder_id={folder_id}");
-    let body = expect(
+    get_list(
         c,
-        "GET",
         &path,
-        None,
-        200,
+        "fs_nfs_shares",
         &format!("listing the NFS shares of folder {folder_id}"),
-    )?;
-    Ok(body["fs_nfs_shares"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
+    )
 }
 
 /// CreateFSNFSShare of a whole folder (202); `None` on 409 (shared already).
@@ -491,8 +460,7 @@ pub fn list_snapshots(c: &mut Client, folder_id: Option<i64>) -> Result<Vec<Valu
         Some(f) => format!("/v1/fs-snapshots/?fs_folder_id={f}"),
         None => "/v1/fs-snapshots/".to_string(),
     };
-    let body = expect(c, "GET", &path, None, 200, "listing snapshots")?;
-    Ok(body["fs_snapshots"].as_array().cloned().unwrap_or_default())
+    get_list(c, &path, "fs_snapshots", "listing snapshots")
 }
 
 /// CreateFSSnapshot (202); `None` on 409 (the name exists).
