@@ -99,29 +99,15 @@ pub fn find_folder(c: &mut Client, name: &str) -> Result<Option<Folder>> {
 /// The VIP of the gateway group exporting the whole folder (its home
 /// share), from ListFSNFSShares.
 pub fn home_share_vip(c: &mut Client, folder: &Folder) -> Result<Option<String>> {
-    let path = format!("/v1/fs-nfs-shares/?fs_folder_id={}", folder.id);
-    Ok(get_list(
-        c,
-        &path,
-        "fs_nfs_shares",
-        &format!("listing the NFS shares of folder {}", folder.name),
-    )?
-    .iter()
-    .filter(|s| s["fs_quota_tree"].is_null() || s["fs_quota_tree"]["id"].is_null())
-    .find_map(|s| s["fs_gateway_group"]["vip"].as_str().map(str::to_string)))
+    Ok(folder_shares(c, folder.id)?
+        .iter()
+        .filter(|s| s["fs_quota_tree"].is_null() || s["fs_quota_tree"]["id"].is_null())
+        .find_map(|s| s["fs_gateway_group"]["vip"].as_str().map(str::to_string)))
 }
 
 /// ListFSClientGroups: whether a client group of that name exists.
 pub fn client_group_exists(c: &mut Client, name: &str) -> Result<bool> {
-    let path = format!("/v1/fs-client-groups/?q={}", query_value(name));
-    Ok(get_list(
-        c,
-        &path,
-        "fs_client_groups",
-        &format!("looking up client group {name}"),
-    )?
-    .iter()
-    .any(|g| g["name"] == name))
+    Ok(client_group_record(c, name)?.is_some())
 }
 
 /// ListQuotaTrees of one folder.
@@ -330,6 +316,11 @@ pub fn find_gateway_group(c: &mut Client, name: Option<&str>) -> Result<Option<(
 
 /// ListFSClientGroups: the id of the group of that name.
 pub fn find_client_group(c: &mut Client, name: &str) -> Result<Option<i64>> {
+    Ok(client_group_record(c, name)?.and_then(|g| g["id"].as_i64()))
+}
+
+/// ListFSClientGroups, filtered to the exact name: the raw record.
+fn client_group_record(c: &mut Client, name: &str) -> Result<Option<Value>> {
     let path = format!("/v1/fs-client-groups/?q={}", query_value(name));
     Ok(get_list(
         c,
@@ -337,9 +328,8 @@ pub fn find_client_group(c: &mut Client, name: &str) -> Result<Option<i64>> {
         "fs_client_groups",
         &format!("looking up client group {name}"),
     )?
-    .iter()
-    .find(|g| g["name"] == name)
-    .and_then(|g| g["id"].as_i64()))
+    .into_iter()
+    .find(|g| g["name"] == name))
 }
 
 /// ListFolders, filtered to the exact name: the raw record.
