@@ -11,11 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmcsi::config::{Config, Overrides};
-use wasmcsi::runtime::cache::Origin;
-use wasmcsi::runtime::Loader;
+use std::sync::Arc;
 
-const CALLS: usize = 2000;
+use wasmcsi::capabilities::Grants;
+use wasmcsi::config::{Config, Overrides, PluginConfig};
+use wasmcsi::runtime::bindings::exports::wasmcsi::plugin::identity;
+use wasmcsi::runtime::state::CallState;
+use wasmtime::Store;
+use wasmcsi::runtime::cache::Origin;
+use wasmcsi::runtime::{Identity, Loader};
+
+/// Calls per measured figure; `WASMCSI_BENCH_CALLS` overrides (profiling).
+fn calls_per_figure() -> usize {
+    std::env::var("WASMCSI_BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
 
 fn wasm(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,19 +82,29 @@ fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-/// p50 and p99 of `n` runs of `f`.
+/// p50 and p99 of `n` runs of `f`, after a warm-up.
 async fn percentiles<F, Fut>(n: usize, mut f: F) -> (Duration, Duration)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    // Warm up first: pool slots, caches, the allocator.
+    for _ in 0..n / 10 {
+        f().await;
+    }
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         f().await;
         times.push(t.elapsed());
     }
+    spread(times)
+}
+
+/// p50 and p99 of some timings.
+fn spread(mut times: Vec<Duration>) -> (Duration, Duration) {
     times.sort();
+    let n = times.len();
     (times[n / 2], times[n * 99 / 100])
 }
 
@@ -117,13 +139,22 @@ async fn compile_vs_cache(dir: &Path) {
 async fn calls(dir: &Path) {
     let cfg = config(dir, None);
     let loader = Loader::new(&cfg).unwrap();
+    let n = calls_per_figure();
     for p in &cfg.plugins {
         let plugin = loader.load(p).await.unwrap();
-        println!("\n== {} : {CALLS} calls each ==", p.name);
+        println!("\n== {} : {n} calls each ==", p.name);
+        let (p50, p99) = crossing(&loader, p, n).await;
+        println!(
+            "boundary (live instance) p50 {:>10}  p99 {:>10}",
+            us(p50),
+            us(p99)
+        );
         // Fresh store + instance from the InstancePre, no export called.
-        let (p50, p99) = percentiles(CALLS, || async {
+        let (p50, p99) = percentiles(n, || async {
             plugin
-                .call("instantiate", None, |_, _| Box::pin(async { Ok(Ok(())) }))
+                .call("instantiate", None, |_: &Identity, _| {
+                    Box::pin(async { Ok(Ok(())) })
+                })
                 .await
                 .unwrap();
         })
@@ -134,10 +165,10 @@ async fn calls(dir: &Path) {
             us(p99)
         );
         // The same plus one export call returning a record: identity.info.
-        let (p50, p99) = percentiles(CALLS, || async {
+        let (p50, p99) = percentiles(n, || async {
             plugin
-                .call("info", None, |p, s| {
-                    Box::pin(async move { p.wasmcsi_plugin_identity().call_info(s).await.map(Ok) })
+                .call("info", None, |p: &Identity, s| {
+                    Box::pin(async move { p.call_info(s).await.map(Ok) })
                 })
                 .await
                 .unwrap();
@@ -149,6 +180,31 @@ async fn calls(dir: &Path) {
             us(p99)
         );
     }
+}
+
+/// The wasm boundary alone: one live instance whose `info()` is called
+/// over and over (lower, enter wasm, the guest builds its record, lift,
+/// post-return), as `Plugin::call` does but without the fresh instance.
+async fn crossing(loader: &Loader, config: &PluginConfig, n: usize) -> (Duration, Duration) {
+    let (component, _) = loader.component(config).await.unwrap();
+    let pre = loader.linker().instantiate_pre(&component).unwrap();
+    let grants = Arc::new(Grants::from_config(config, "n1").unwrap());
+    let state = CallState::new(grants, config.limits.memory_bytes).unwrap();
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1 << 40);
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let exports = identity::GuestIndices::new(&pre)
+        .unwrap()
+        .load(&mut store, &instance)
+        .unwrap();
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        exports.call_info(&mut store).await.unwrap();
+        times.push(t.elapsed());
+    }
+    spread(times)
 }
 
 /// Starts the real binary and waits for Probe to say ready.
@@ -193,12 +249,25 @@ async fn main() {
             "optimised"
         }
     );
-    compile_vs_cache(dir.path()).await;
-    calls(dir.path()).await;
-    println!("\n== real binary, start to Probe ready (both plugins) ==");
-    let cache = dir.path().join("cache-b");
-    start_to_ready(dir.path(), "no cache", None).await;
-    start_to_ready(dir.path(), "cold cache (compile + write)", Some(&cache)).await;
-    start_to_ready(dir.path(), "warm cache", Some(&cache)).await;
-    start_to_ready(dir.path(), "warm cache again", Some(&cache)).await;
+    // `cargo bench --bench runtime -- calls` runs one section (handy under
+    // a profiler); no argument runs them all. Cargo's own `--bench` is ignored.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    if wanted("cache") {
+        compile_vs_cache(dir.path()).await;
+    }
+    if wanted("calls") {
+        calls(dir.path()).await;
+    }
+    if wanted("start") {
+        println!("\n== real binary, start to Probe ready (both plugins) ==");
+        let cache = dir.path().join("cache-b");
+        start_to_ready(dir.path(), "no cache", None).await;
+        start_to_ready(dir.path(), "cold cache (compile + write)", Some(&cache)).await;
+        start_to_ready(dir.path(), "warm cache", Some(&cache)).await;
+        start_to_ready(dir.path(), "warm cache again", Some(&cache)).await;
+    }
 }

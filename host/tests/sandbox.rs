@@ -141,3 +141,42 @@ async fn driver_answers_during_an_endless_loop() {
         "the loop was stopped after {took:?}, not the 8 s limit"
     );
 }
+
+/// What the hostile plugin's "leftovers" call reports, from its volume.
+async fn leftovers(mut client: wasmcsi::client::CsiClient) -> String {
+    let vol = client
+        .controller
+        .create_volume(hostile_req("leftovers", None))
+        .await
+        .expect("leftovers call")
+        .into_inner()
+        .volume
+        .unwrap();
+    vol.volume_context["detail"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_call_sees_what_an_earlier_call_left_in_memory() {
+    let s = start(2).await;
+    // Memory slots are reused and reset in place; a trap must not leave a
+    // dirty slot behind either.
+    expect_failure(&s, "panic", None, Code::Internal, "panics on purpose").await;
+    for run in 1..=3 {
+        assert_eq!(
+            leftovers(s.d.client.clone()).await,
+            format!("calls=1 previous=None runs={run}"),
+            "call {run} saw another call's memory (or lost the file under its root)"
+        );
+    }
+    let mut concurrent = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        concurrent.spawn(leftovers(s.d.client.clone()));
+    }
+    while let Some(detail) = concurrent.join_next().await {
+        let detail = detail.unwrap();
+        assert!(
+            detail.starts_with("calls=1 previous=None runs="),
+            "a concurrent call saw another call's memory: {detail}"
+        );
+    }
+}

@@ -4,24 +4,33 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use wasmtime_wasi::filesystem::Dir;
 
 use super::{command, loopdev, paths, CapError, CapResult};
 use crate::config::FsGrant;
 use crate::runtime::bindings::wasmcsi::plugin::fs::{FsStats, Host};
+use crate::runtime::preopens;
 use crate::runtime::state::CallState;
 
 /// Filesystems the capability formats, checks and grows.
 const FORMATTABLE: &[&str] = &["xfs", "ext4"];
 
 pub struct FsCap {
-    /// Canonical root; also the plugin's WASI preopen.
+    /// Canonical root.
     pub root: PathBuf,
+    /// The root as the plugin's WASI preopen, opened once for all calls.
+    pub preopen: Dir,
+    /// Where the guest sees it: at its own host path.
+    pub guest_path: String,
 }
 
 impl FsCap {
     pub fn new(grant: &FsGrant) -> Result<FsCap> {
+        let root = paths::granted_dir(&grant.root)?;
         Ok(FsCap {
-            root: paths::granted_dir(&grant.root)?,
+            preopen: preopens::open_root(&root)?,
+            guest_path: root.to_string_lossy().into_owned(),
+            root,
         })
     }
 

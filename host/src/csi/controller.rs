@@ -232,12 +232,8 @@ impl Controller for ControllerService {
                 content_source,
             };
             let volume = plugin
-                .call("create-volume", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_controller()
-                            .call_create_volume(s, &call)
-                            .await
-                    })
+                .call("create-volume", deadline, move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_create_volume(s, &call).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
@@ -273,12 +269,8 @@ impl Controller for ControllerService {
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
             let result = plugin
-                .call("delete-volume", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_controller()
-                            .call_delete_volume(s, &local, &secrets)
-                            .await
-                    })
+                .call("delete-volume", deadline, move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_delete_volume(s, &local, &secrets).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name));
@@ -328,12 +320,8 @@ impl Controller for ControllerService {
                     .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
                 let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
                 plugin
-                    .call("get-volume", deadline, move |p, s| {
-                        Box::pin(async move {
-                            p.wasmcsi_plugin_controller()
-                                .call_get_volume(s, &local, &secrets)
-                                .await
-                        })
+                    .call("get-volume", deadline, move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_get_volume(s, &local, &secrets).await })
                     })
                     .await
                     .map_err(status::of(&plugin.name))?;
@@ -376,12 +364,8 @@ impl Controller for ControllerService {
                     max,
                     |plugin, token, max| async move {
                         let page = plugin
-                            .call("list-volumes", deadline, move |p, s| {
-                                Box::pin(async move {
-                                    p.wasmcsi_plugin_controller()
-                                        .call_list_volumes(s, &token, max)
-                                        .await
-                                })
+                            .call("list-volumes", deadline, move |p: &wit_ctl::Guest, s| {
+                                Box::pin(async move { p.call_list_volumes(s, &token, max).await })
                             })
                             .await
                             .map_err(status::of(&plugin.name))?;
@@ -436,12 +420,8 @@ impl Controller for ControllerService {
             }
             let parameters = plugin_parameters(&req.parameters);
             let available = plugin
-                .call("get-capacity", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_controller()
-                            .call_get_capacity(s, &parameters)
-                            .await
-                    })
+                .call("get-capacity", deadline, move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_get_capacity(s, &parameters).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
@@ -518,12 +498,8 @@ impl Controller for ControllerService {
                     secrets: convert::pairs(&req.secrets),
                 };
                 let snapshot = plugin
-                    .call("create-snapshot", deadline, move |p, s| {
-                        Box::pin(async move {
-                            p.wasmcsi_plugin_controller()
-                                .call_create_snapshot(s, &call)
-                                .await
-                        })
+                    .call("create-snapshot", deadline, move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_create_snapshot(s, &call).await })
                     })
                     .await
                     .map_err(status::of(&plugin.name))?;
@@ -556,12 +532,8 @@ impl Controller for ControllerService {
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
             let result = plugin
-                .call("delete-snapshot", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_controller()
-                            .call_delete_snapshot(s, &local, &secrets)
-                            .await
-                    })
+                .call("delete-snapshot", deadline, move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_delete_snapshot(s, &local, &secrets).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name));
@@ -625,12 +597,8 @@ impl Controller for ControllerService {
                                 return Ok((vec![], String::new()));
                             }
                             let page = plugin
-                                .call("list-snapshots", deadline, move |p, s| {
-                                    Box::pin(async move {
-                                        p.wasmcsi_plugin_controller()
-                                            .call_list_snapshots(s, &filter)
-                                            .await
-                                    })
+                                .call("list-snapshots", deadline, move |p: &wit_ctl::Guest, s| {
+                                    Box::pin(async move { p.call_list_snapshots(s, &filter).await })
                                 })
                                 .await
                                 .map_err(status::of(&plugin.name))?;
@@ -706,13 +674,13 @@ impl Controller for ControllerService {
                     secrets: convert::pairs(&req.secrets),
                 };
                 let result = plugin
-                    .call("controller-expand-volume", deadline, move |p, s| {
-                        Box::pin(async move {
-                            p.wasmcsi_plugin_controller()
-                                .call_expand_volume(s, &call)
-                                .await
-                        })
-                    })
+                    .call(
+                        "controller-expand-volume",
+                        deadline,
+                        move |p: &wit_ctl::Guest, s| {
+                            Box::pin(async move { p.call_expand_volume(s, &call).await })
+                        },
+                    )
                     .await
                     .map_err(status::of(&plugin.name))?;
                 Ok(ControllerExpandVolumeResponse {

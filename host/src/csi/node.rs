@@ -81,10 +81,8 @@ impl Node for NodeService {
                 secrets: convert::pairs(&req.secrets),
             };
             plugin
-                .call("stage-volume", deadline, move |p, s| {
-                    Box::pin(
-                        async move { p.wasmcsi_plugin_node().call_stage_volume(s, &call).await },
-                    )
+                .call("stage-volume", deadline, move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_stage_volume(s, &call).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
@@ -110,12 +108,8 @@ impl Node for NodeService {
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let local = local.to_string();
             plugin
-                .call("unstage-volume", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_node()
-                            .call_unstage_volume(s, &local, &staging_path)
-                            .await
-                    })
+                .call("unstage-volume", deadline, move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_unstage_volume(s, &local, &staging_path).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
@@ -158,8 +152,8 @@ impl Node for NodeService {
                 secrets: convert::pairs(&req.secrets),
             };
             plugin
-                .call("publish-volume", deadline, move |p, s| {
-                    Box::pin(async move { p.wasmcsi_plugin_node().call_publish_volume(s, &call).await })
+                .call("publish-volume", deadline, move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_publish_volume(s, &call).await })
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
@@ -181,13 +175,15 @@ impl Node for NodeService {
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let local = local.to_string();
             plugin
-                .call("unpublish-volume", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_node()
-                            .call_unpublish_volume(s, &local, &target_path)
-                            .await
-                    })
-                })
+                .call(
+                    "unpublish-volume",
+                    deadline,
+                    move |p: &wit_node::Guest, s| {
+                        Box::pin(
+                            async move { p.call_unpublish_volume(s, &local, &target_path).await },
+                        )
+                    },
+                )
                 .await
                 .map_err(status::of(&plugin.name))?;
             Ok(NodeUnpublishVolumeResponse {})
@@ -223,13 +219,16 @@ impl Node for NodeService {
                 (!req.staging_target_path.is_empty()).then(|| req.staging_target_path.clone());
             // Stats only read: no lock, so a slow stage never delays kubelet's polling.
             let stats = plugin
-                .call("get-volume-stats", deadline, move |p, s| {
-                    Box::pin(async move {
-                        p.wasmcsi_plugin_node()
-                            .call_get_volume_stats(s, &local, &volume_path, staging.as_deref())
-                            .await
-                    })
-                })
+                .call(
+                    "get-volume-stats",
+                    deadline,
+                    move |p: &wit_node::Guest, s| {
+                        Box::pin(async move {
+                            p.call_get_volume_stats(s, &local, &volume_path, staging.as_deref())
+                                .await
+                        })
+                    },
+                )
                 .await
                 .map_err(status::of(&plugin.name))?;
             Ok(NodeGetVolumeStatsResponse {
@@ -290,11 +289,13 @@ impl Node for NodeService {
                 secrets: convert::pairs(&req.secrets),
             };
             let bytes = plugin
-                .call("node-expand-volume", deadline, move |p, s| {
-                    Box::pin(
-                        async move { p.wasmcsi_plugin_node().call_expand_volume(s, &call).await },
-                    )
-                })
+                .call(
+                    "node-expand-volume",
+                    deadline,
+                    move |p: &wit_node::Guest, s| {
+                        Box::pin(async move { p.call_expand_volume(s, &call).await })
+                    },
+                )
                 .await
                 .map_err(status::of(&plugin.name))?;
             Ok(NodeExpandVolumeResponse {

@@ -74,6 +74,11 @@ impl Loader {
         })
     }
 
+    /// The linker plugins are instantiated against (benchmarks build on it).
+    pub fn linker(&self) -> &Linker<CallState> {
+        &self.linker
+    }
+
     /// Whether a new config's limits fit the running engine; a reload that
     /// needs a bigger one is refused (it takes a restart).
     pub fn check_fits(&self, config: &Config) -> Result<()> {

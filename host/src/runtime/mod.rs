@@ -7,8 +7,9 @@ pub mod engine;
 pub mod limits;
 pub mod loader;
 pub mod plugin;
+pub mod preopens;
 pub mod reload;
 pub mod state;
 
 pub use loader::Loader;
-pub use plugin::{CallFailure, Plugin};
+pub use plugin::{CallFailure, Controller, Identity, Node, Plugin};

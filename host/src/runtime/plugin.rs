@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
+use super::bindings::exports::wasmcsi::plugin::{controller, identity, node};
 use super::bindings::wasmcsi::plugin::types::Error as PluginError;
-use super::bindings::{Plugin as PluginWorld, PluginPre};
 use super::state::CallState;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
@@ -47,14 +47,56 @@ pub enum CallFailure {
     Instantiate { plugin: String, detail: String },
 }
 
-/// What an operation closure gets: the instance and its store.
+/// What an operation closure returns, given an interface and its store.
 pub type CallFuture<'a, R> =
     Pin<Box<dyn Future<Output = wasmtime::Result<Result<R, PluginError>>> + Send + 'a>>;
+
+/// The plugin world's exported interfaces, as a call sees them.
+pub type Identity = identity::Guest;
+pub type Controller = controller::Guest;
+pub type Node = node::Guest;
+
+/// Where each exported interface's functions sit, resolved (and
+/// type-checked) once at load.
+pub struct ExportIndices {
+    identity: identity::GuestIndices,
+    controller: controller::GuestIndices,
+    node: node::GuestIndices,
+}
+
+/// An exported interface a call can use. A call loads only the interface
+/// it needs from its fresh instance: loading type-checks each function
+/// again, and the whole world would be three times the work.
+pub trait Exports: Sized + Send + Sync {
+    fn load(
+        indices: &ExportIndices,
+        store: &mut Store<CallState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Self>;
+}
+
+macro_rules! exports {
+    ($interface:ty, $field:ident) => {
+        impl Exports for $interface {
+            fn load(
+                indices: &ExportIndices,
+                store: &mut Store<CallState>,
+                instance: &Instance,
+            ) -> wasmtime::Result<Self> {
+                indices.$field.load(store, instance)
+            }
+        }
+    };
+}
+exports!(Identity, identity);
+exports!(Controller, controller);
+exports!(Node, node);
 
 pub struct Plugin {
     pub name: String,
     pub info: PluginInfo,
-    pre: PluginPre<CallState>,
+    pre: InstancePre<CallState>,
+    exports: ExportIndices,
     grants: Arc<Grants>,
     limits: Limits,
     permits: Semaphore,
@@ -68,7 +110,7 @@ impl Plugin {
         config: &PluginConfig,
         node_id: &str,
     ) -> Result<Plugin> {
-        let instance_pre = linker
+        let pre = linker
             .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| {
@@ -77,7 +119,7 @@ impl Plugin {
                     config.path.display()
                 )
             })?;
-        let pre = PluginPre::new(instance_pre)
+        let exports = export_indices(&pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!("{} does not export the plugin world", config.path.display())
@@ -93,13 +135,14 @@ impl Plugin {
                 min_volume_bytes: 0,
             },
             pre,
+            exports,
             grants,
             limits: config.limits.clone(),
             permits: Semaphore::new(config.limits.max_concurrent_calls as usize),
         };
         plugin.info = plugin
-            .call("info", None, |p, s| {
-                Box::pin(async move { Ok(Ok(p.wasmcsi_plugin_identity().call_info(s).await?)) })
+            .call("info", None, |p: &Identity, s| {
+                Box::pin(async move { Ok(Ok(p.call_info(s).await?)) })
             })
             .await
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
@@ -110,16 +153,18 @@ impl Plugin {
         self.info.features.contains(feature)
     }
 
-    /// Runs one operation on a fresh instance. `deadline` (the gRPC
-    /// deadline) can only shorten the plugin's configured timeout.
-    pub async fn call<R, F>(
+    /// Runs one operation on a fresh instance, through the interface `E`
+    /// the closure takes. `deadline` (the gRPC deadline) can only shorten
+    /// the plugin's configured timeout.
+    pub async fn call<E, R, F>(
         &self,
         op: &'static str,
         deadline: Option<Duration>,
         f: F,
     ) -> Result<R, CallFailure>
     where
-        F: for<'a> FnOnce(&'a PluginWorld, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+        E: Exports,
+        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
     {
         let timeout = Duration::from_secs(self.limits.call_timeout_seconds)
             .min(deadline.unwrap_or(Duration::MAX));
@@ -158,7 +203,11 @@ impl Plugin {
                 Ok(instance) => instance,
                 Err(e) => return Err(self.classify(op, e, &store, timeout)),
             };
-            let result = f(&instance, &mut store).await;
+            let exports = match E::load(&self.exports, &mut store, &instance) {
+                Ok(exports) => exports,
+                Err(e) => return Err(self.classify(op, e, &store, timeout)),
+            };
+            let result = f(&exports, &mut store).await;
             crate::metrics::max(
                 "wasmcsi_plugin_memory_high_water_bytes",
                 "Largest linear memory any call of the plugin reached.",
@@ -241,6 +290,14 @@ impl Plugin {
         tracing::warn!(plugin = %plugin, op, %detail, "plugin call failed");
         CallFailure::Crashed { plugin, op, detail }
     }
+}
+
+fn export_indices(pre: &InstancePre<CallState>) -> wasmtime::Result<ExportIndices> {
+    Ok(ExportIndices {
+        identity: identity::GuestIndices::new(pre)?,
+        controller: controller::GuestIndices::new(pre)?,
+        node: node::GuestIndices::new(pre)?,
+    })
 }
 
 /// The last meaningful line a plugin wrote to stderr: for a Rust panic,

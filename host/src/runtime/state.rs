@@ -1,13 +1,15 @@
 //! The data of one call's store: WASI context (only the plugin root is
-//! visible), the grants the capabilities check, and the call's limits.
+//! visible, through `preopens`), the grants the capabilities check, and the
+//! call's limits.
 
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::MemoryLimiter;
+use crate::capabilities::fs::FsCap;
 use crate::capabilities::Grants;
 
 /// How much of a plugin's stderr (panic messages) is kept for the error.
@@ -26,13 +28,8 @@ impl CallState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         // No environment, no arguments, no network, no stdin/stdout: only
-        // stderr (captured) and the granted root at its own path.
+        // stderr (captured). The granted root comes from `preopens`.
         wasi.stderr(stderr.clone());
-        if let Some(fs) = &grants.fs {
-            let root = fs.root.to_string_lossy();
-            wasi.preopened_dir(&fs.root, root.as_ref(), FsPerms::ReadWrite)
-                .map_err(anyhow::Error::from)?;
-        }
         Ok(CallState {
             grants,
             limiter: MemoryLimiter::new(memory_bytes),
@@ -40,6 +37,12 @@ impl CallState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
         })
+    }
+
+    /// The plugin's fs grant beside the resource table WASI uses, borrowed
+    /// together (the preopens need both).
+    pub fn fs_and_table(&mut self) -> (Option<&FsCap>, &mut ResourceTable) {
+        (self.grants.fs.as_deref(), &mut self.table)
     }
 
     /// What the plugin wrote to stderr, e.g. a panic message.

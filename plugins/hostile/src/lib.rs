@@ -18,6 +18,11 @@ use wasmcsi::plugin::{environment, fs, http, mount};
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// What an earlier call of this instance left behind, if the host ever
+/// reused one: a counter in a static and a string on the heap.
+static CALLS_SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static LEFT_BEHIND: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 struct Hostile;
 
 export!(Hostile);
@@ -121,6 +126,30 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
                 format!("reading /etc/passwd: {e}"),
             )),
         },
+        // Reports what a previous call left in this instance's memory, then
+        // leaves something for the next; and reads and writes a file under
+        // the root through WASI (the preopen). Every call must see a fresh
+        // memory and the file from the last call.
+        "leftovers" => {
+            let calls = CALLS_SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let previous = LEFT_BEHIND
+                .lock()
+                .unwrap()
+                .replace(format!("secret of call {calls}"));
+            let file = format!("{root}/leftovers");
+            let runs = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(0)
+                + 1;
+            std::fs::write(&file, runs.to_string()).map_err(|e| {
+                error(ErrorCode::Internal, format!("writing {file}: {e}"))
+            })?;
+            Ok(volume(
+                "leftovers",
+                format!("calls={calls} previous={previous:?} runs={runs}"),
+            ))
+        }
         // Sleeps, then answers with the settings it sees: a reload in the
         // meantime must not change what this call sees.
         "slow" | "settings" => {

@@ -1,0 +1,74 @@
+//! `wasi:filesystem/preopens`, served from the plugin's `fs` grant instead
+//! of wasmtime-wasi's per-context list: the root is opened once per plugin
+//! and its descriptor shared by every call, so a call costs no open(2) and
+//! close(2) of the root, and one that never touches a file never sees it.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::filesystem::{Descriptor, Dir};
+use wasmtime_wasi::p2::bindings::filesystem::preopens;
+use wasmtime_wasi::{FsPerms, OpenMode};
+
+use super::state::CallState;
+
+/// The root directory as a WASI preopen, opened once. Every `*at` call
+/// through it is confined by wasmtime-wasi (cap-std) to the directory.
+pub fn open_root(root: &Path) -> Result<Dir> {
+    // O_PATH: the descriptor only anchors lookups, as wasmtime-wasi's own
+    // preopens do; it grants no reading of the directory by itself.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(root)
+        .with_context(|| format!("opening the fs root {}", root.display()))?;
+    Ok(Dir::new(
+        file,
+        FsPerms::ReadWrite,
+        OpenMode::READ | OpenMode::WRITE,
+        false,
+    ))
+}
+
+/// Replaces wasmtime-wasi's `get-directories` in `linker` with ours.
+pub fn add_to_linker(linker: &mut Linker<CallState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    let added = preopens::add_to_linker::<CallState, SharedPreopens>(linker, |state| {
+        let (fs, table) = state.fs_and_table();
+        PreopenView {
+            root: fs.map(|fs| (&fs.preopen, fs.guest_path.as_str())),
+            table,
+        }
+    });
+    linker.allow_shadowing(false);
+    added
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:filesystem/preopens")
+}
+
+struct SharedPreopens;
+
+impl HasData for SharedPreopens {
+    type Data<'a> = PreopenView<'a>;
+}
+
+struct PreopenView<'a> {
+    /// The plugin's root and the path the guest sees it at.
+    root: Option<(&'a Dir, &'a str)>,
+    table: &'a mut ResourceTable,
+}
+
+impl preopens::Host for PreopenView<'_> {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
+        let Some((dir, guest_path)) = self.root else {
+            return Ok(Vec::new());
+        };
+        // A clone shares the descriptor (an `Arc`), as wasmtime-wasi does
+        // when a guest asks twice within one call.
+        let descriptor = self.table.push(Descriptor::Dir(dir.clone()))?;
+        Ok(vec![(descriptor, guest_path.to_string())])
+    }
+}
