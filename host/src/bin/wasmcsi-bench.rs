@@ -190,7 +190,7 @@ async fn ready(endpoint: &str) -> Result<(CsiClient, Duration)> {
         .ready
         != Some(true)
     {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok((client, t.elapsed()))
 }
@@ -285,6 +285,43 @@ async fn main() -> Result<()> {
             }
         }
     };
+
+    // The floor: a gRPC round trip the driver answers itself (Probe), then
+    // the lightest call that reaches the plugin (GetCapacity: one instance,
+    // one statfs). The difference is what a plugin call adds over the wire.
+    let probe = {
+        let client = client.clone();
+        move |_| {
+            let mut client = client.clone();
+            async move {
+                client.identity.probe(ProbeRequest {}).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    measure(args.clients, args.ops, probe)
+        .await?
+        .row("Probe (round trip, no plugin)");
+    let capacity = {
+        let (client, params) = (client.clone(), params.clone());
+        move |_| {
+            let (mut client, parameters) = (client.clone(), params.clone());
+            async move {
+                client
+                    .controller
+                    .get_capacity(GetCapacityRequest {
+                        volume_capabilities: vec![block()],
+                        parameters,
+                        ..Default::default()
+                    })
+                    .await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    measure(args.clients, args.ops, capacity)
+        .await?
+        .row("GetCapacity (one plugin call)");
 
     // CreateVolume + DeleteVolume pairs.
     let pair = {

@@ -22,6 +22,8 @@ pub struct FsCap {
     pub preopen: Dir,
     /// Where the guest sees it: at its own host path.
     pub guest_path: String,
+    /// The loop devices of this root's images.
+    loops: loopdev::LoopIndex,
 }
 
 impl FsCap {
@@ -30,6 +32,7 @@ impl FsCap {
         Ok(FsCap {
             preopen: preopens::open_root(&root)?,
             guest_path: root.to_string_lossy().into_owned(),
+            loops: loopdev::LoopIndex::default(),
             root,
         })
     }
@@ -100,7 +103,7 @@ impl FsCap {
     async fn make_filesystem(&self, image: &str, fs_type: &str) -> Result<(), CapError> {
         formattable(fs_type)?;
         let image = self.image(image)?;
-        if loopdev::find(&image)?.is_some() {
+        if self.loops.find(&image)?.is_some() {
             return Err(CapError::new(
                 super::ErrorCode::FailedPrecondition,
                 format!(
@@ -314,13 +317,15 @@ impl Host for CallState {
     }
 
     async fn attach_loop(&mut self, image: String) -> CapResult<String> {
-        let image = self.fs_cap()?.image(&image)?;
-        Ok(loopdev::attach(&image).await?)
+        let fs = self.fs_cap()?;
+        let image = fs.image(&image)?;
+        Ok(fs.loops.attach(&image).await?)
     }
 
     async fn find_loop(&mut self, image: String) -> CapResult<Option<String>> {
-        let image = self.fs_cap()?.under_root(&image)?;
-        Ok(loopdev::find(&image)?)
+        let fs = self.fs_cap()?;
+        let image = fs.under_root(&image)?;
+        Ok(fs.loops.find(&image)?)
     }
 
     async fn refresh_loop(&mut self, device: String) -> CapResult<()> {
@@ -329,8 +334,9 @@ impl Host for CallState {
     }
 
     async fn detach_loop(&mut self, device: String) -> CapResult<()> {
-        self.fs_cap()?.loop_device(&device)?;
-        Ok(loopdev::detach(&device).await?)
+        let fs = self.fs_cap()?;
+        fs.loop_device(&device)?;
+        Ok(fs.loops.detach(&device).await?)
     }
 
     async fn create_subvolume(&mut self, path: String) -> CapResult<()> {

@@ -142,9 +142,8 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .unwrap_or(0)
                 + 1;
-            std::fs::write(&file, runs.to_string()).map_err(|e| {
-                error(ErrorCode::Internal, format!("writing {file}: {e}"))
-            })?;
+            std::fs::write(&file, runs.to_string())
+                .map_err(|e| error(ErrorCode::Internal, format!("writing {file}: {e}")))?;
             Ok(volume(
                 "leftovers",
                 format!("calls={calls} previous={previous:?} runs={runs}"),
