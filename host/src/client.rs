@@ -42,7 +42,7 @@ impl CsiClient {
                         e.context(format!("driver at {endpoint} not ready after {timeout:?}"))
                     )
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
     }
