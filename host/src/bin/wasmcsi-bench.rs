@@ -368,13 +368,16 @@ async fn main() -> Result<()> {
     };
     let expand = {
         let (client, ids, size) = (client.clone(), Arc::new(ids.clone()), args.size);
+        // Every call asks for more than any before it: each one really grows.
+        let grown = Arc::new(std::sync::atomic::AtomicU64::new(0));
         move |i: usize| {
             let (mut client, ids) = (client.clone(), ids.clone());
+            let step = grown.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             async move {
                 let req = ControllerExpandVolumeRequest {
                     volume_id: ids[i % ids.len()].clone(),
                     capacity_range: Some(CapacityRange {
-                        required_bytes: (size + (i as u64 + 1) * MIB) as i64,
+                        required_bytes: (size + step * MIB) as i64,
                         limit_bytes: 0,
                     }),
                     ..Default::default()
@@ -384,7 +387,7 @@ async fn main() -> Result<()> {
             }
         }
     };
-    measure(args.clients, args.ops, expand)
+    measure(args.clients, args.ops, expand.clone())
         .await?
         .row("ControllerExpandVolume");
 
@@ -437,22 +440,21 @@ async fn main() -> Result<()> {
         unpublish_all(&mut c, &id, &staging, &target).await?;
     }
 
-    // CreateVolume latency with few (10, as the target is stated) and with
-    // many volumes present.
+    // Latency with few volumes (10, as the target is stated) and with many:
+    // equal figures mean no path's cost grows with the volume count.
     let mut existing = ids.len();
     while existing < 10 {
         create(format!("bench-ten-{existing}")).await?;
         existing += 1;
     }
-    let few = measure(1, 50, {
-        let create = create.clone();
-        move |i| {
-            let create = create.clone();
-            async move { create(format!("bench-few-{i}")).await.map(drop) }
-        }
-    })
+    at_scale(
+        existing,
+        "few",
+        create.clone(),
+        delete.clone(),
+        expand.clone(),
+    )
     .await?;
-    few.row(&format!("CreateVolume, {existing} volumes exist"));
     let fill = measure(args.clients, args.prefill, {
         let create = create.clone();
         move |i| {
@@ -462,18 +464,7 @@ async fn main() -> Result<()> {
     })
     .await?;
     fill.row(&format!("CreateVolume while filling to {}", args.prefill));
-    let many = measure(1, 50, {
-        let create = create.clone();
-        move |i| {
-            let create = create.clone();
-            async move { create(format!("bench-many-{i}")).await.map(drop) }
-        }
-    })
-    .await?;
-    many.row(&format!(
-        "CreateVolume, {} volumes exist",
-        args.prefill + 50 + existing
-    ));
+    at_scale(existing + args.prefill, "many", create, delete, expand).await?;
 
     if let Some(d) = &own {
         println!();
@@ -489,6 +480,55 @@ async fn main() -> Result<()> {
             d.rss_mib()
         );
     }
+    Ok(())
+}
+
+/// One client's CreateVolume, DeleteVolume and ControllerExpandVolume
+/// latency with `existing` volumes present (each run adds and removes its own).
+async fn at_scale<C, CF, D, DF, X, XF>(
+    existing: usize,
+    tag: &'static str,
+    create: C,
+    delete: D,
+    expand: X,
+) -> Result<()>
+where
+    C: Fn(String) -> CF + Send + Sync + 'static,
+    CF: std::future::Future<Output = Result<String>> + Send,
+    D: Fn(String) -> DF + Send + Sync + 'static,
+    DF: std::future::Future<Output = Result<()>> + Send,
+    X: Fn(usize) -> XF + Send + Sync + 'static,
+    XF: std::future::Future<Output = Result<()>> + Send,
+{
+    const RUNS: usize = 100;
+    let made = Arc::new(std::sync::Mutex::new(vec![String::new(); RUNS]));
+    let create = Arc::new(create);
+    measure(1, RUNS, {
+        let made = made.clone();
+        move |i| {
+            let (create, made) = (create.clone(), made.clone());
+            async move {
+                let id = create(format!("bench-{tag}-{i}")).await?;
+                made.lock().unwrap()[i] = id;
+                Ok(())
+            }
+        }
+    })
+    .await?
+    .row(&format!("CreateVolume, {existing} volumes exist"));
+    let delete = Arc::new(delete);
+    measure(1, RUNS, move |i| {
+        let (delete, made) = (delete.clone(), made.clone());
+        async move {
+            let id = made.lock().unwrap()[i].clone();
+            delete(id).await
+        }
+    })
+    .await?
+    .row(&format!("DeleteVolume, {existing} volumes exist"));
+    measure(1, RUNS, expand)
+        .await?
+        .row(&format!("ControllerExpandVolume, {existing} volumes exist"));
     Ok(())
 }
 
