@@ -122,6 +122,52 @@ async fn create_expand_publish_delete() {
     finish(&emu, &d);
 }
 
+/// An array serving HTTPS with a private CA: trusted through the http
+/// grant's caFile; refused with the public roots only, saying why; taken
+/// unverified only when insecureSkipTlsVerify says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_arrays_private_ca() {
+    let emu = tls_emulator().await;
+    let server = emu.url();
+    assert!(server.starts_with("https://"), "{server}");
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), emu.ca_pem().unwrap()).unwrap();
+
+    let trusted = format!(", caFile: \"{}\"", ca.path().display());
+    let mut d = XskyDriver::start_with(std::slice::from_ref(&server), "", &trusted).await;
+    let vol = d
+        .create("pvc-tls", 5 * GIB, &[])
+        .await
+        .expect("create over https");
+    d.expand(&vol.volume_id, 10 * GIB)
+        .await
+        .expect("expand over https");
+    assert_eq!(tree_size(&emu, "pvc-tls"), Some(10 * GIB));
+    d.delete(&vol.volume_id).await.expect("delete over https");
+    finish(&emu, &d);
+    drop(d);
+
+    let mut d = XskyDriver::start(std::slice::from_ref(&server), "").await;
+    let err = d.create("pvc-untrusted", 5 * GIB, &[]).await.unwrap_err();
+    eprintln!("untrusted array: {:?}: {}", err.code(), err.message());
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("certificate"),
+        "the error does not say the certificate was refused: {}",
+        err.message()
+    );
+    assert!(emu.quota_trees().is_empty());
+    drop(d);
+
+    let mut d = XskyDriver::start_with(&[server], "", ", insecureSkipTlsVerify: true").await;
+    let vol = d
+        .create("pvc-unverified", 5 * GIB, &[])
+        .await
+        .expect("create, certificate unchecked");
+    d.delete(&vol.volume_id).await.expect("delete");
+    finish(&emu, &d);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_to_the_second_server() {
     let emu = emulator().await;

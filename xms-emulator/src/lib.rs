@@ -18,6 +18,7 @@ pub mod server;
 pub mod spec;
 pub mod state;
 pub mod time;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub use state::{QuotaTree, State, GIB};
 pub struct Emulator {
     shared: Arc<server::Shared>,
     listeners: Mutex<Vec<Option<server::Listener>>>,
+    /// Set when every listener serves HTTPS.
+    pki: Option<tls::Pki>,
 }
 
 impl Emulator {
@@ -40,22 +43,49 @@ impl Emulator {
     }
 
     pub async fn start_with(addr: &str, state: State) -> std::io::Result<Emulator> {
+        Emulator::serve(addr, state, None).await
+    }
+
+    /// Like [`Emulator::start_with`], over HTTPS with a certificate from a
+    /// private CA made now ([`Emulator::ca_pem`]).
+    pub async fn start_tls(addr: &str, state: State) -> std::io::Result<Emulator> {
+        Emulator::serve(addr, state, Some(tls::Pki::generate()?)).await
+    }
+
+    async fn serve(addr: &str, state: State, pki: Option<tls::Pki>) -> std::io::Result<Emulator> {
         let shared = Arc::new(server::Shared {
             state: Mutex::new(state),
             faults: Mutex::new(Faults::default()),
             exchanges: Mutex::new(vec![]),
         });
-        let first = server::listen(shared.clone(), addr).await?;
+        let acceptor = pki.as_ref().map(|p| p.acceptor.clone());
+        let first = server::listen(shared.clone(), addr, acceptor).await?;
         Ok(Emulator {
             shared,
             listeners: Mutex::new(vec![Some(first)]),
+            pki,
         })
+    }
+
+    /// The private CA's certificate (PEM) when serving HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.pki.as_ref().map(|p| p.ca_pem.as_str())
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Serves the same state on another address (another XMS node of the
     /// cluster); returns its index for [`Emulator::stop_listener`].
     pub async fn add_listener(&self, addr: &str) -> std::io::Result<(usize, SocketAddr)> {
-        let l = server::listen(self.shared.clone(), addr).await?;
+        let acceptor = self.pki.as_ref().map(|p| p.acceptor.clone());
+        let l = server::listen(self.shared.clone(), addr, acceptor).await?;
         let a = l.addr;
         let mut ls = self.listeners.lock().unwrap();
         ls.push(Some(l));
@@ -76,9 +106,9 @@ impl Emulator {
         self.addr_of(0).expect("the first listener runs")
     }
 
-    /// `http://127.0.0.1:PORT` of the first listener.
+    /// `http(s)://127.0.0.1:PORT` of the first listener.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        format!("{}://{}", self.scheme(), self.addr())
     }
 
     /// Stops listener `i`: connections are refused from now on.

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::state::{Reply, State};
 
@@ -134,7 +135,12 @@ impl Drop for Listener {
     }
 }
 
-pub async fn listen(shared: Arc<Shared>, addr: &str) -> std::io::Result<Listener> {
+/// Serves `shared` on `addr`, over HTTPS when `tls` is given.
+pub async fn listen(
+    shared: Arc<Shared>,
+    addr: &str,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<Listener> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
@@ -146,23 +152,37 @@ pub async fn listen(shared: Arc<Shared>, addr: &str) -> std::io::Result<Listener
                 _ = stopped.changed() => return,
             };
             let Ok((stream, _)) = accepted else { continue };
-            let shared = shared.clone();
-            let mut conn_stop = conn_stop.clone();
+            let (shared, conn_stop, tls) = (shared.clone(), conn_stop.clone(), tls.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { handle(shared, req).await }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = conn => {}
-                    _ = conn_stop.changed() => {}
+                match tls {
+                    // A client that rejects our certificate ends here.
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => serve(stream, shared, conn_stop).await,
+                        Err(e) => eprintln!("xms-emulator: TLS handshake: {e}"),
+                    },
+                    None => serve(stream, shared, conn_stop).await,
                 }
             });
         }
     });
     Ok(Listener { addr, stop })
+}
+
+/// One connection, until it ends or the listener stops.
+async fn serve<IO>(io: IO, shared: Arc<Shared>, mut conn_stop: watch::Receiver<bool>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { handle(shared, req).await }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        _ = conn => {}
+        _ = conn_stop.changed() => {}
+    }
 }
 
 /// A service error makes hyper close the connection without an answer.

@@ -40,9 +40,17 @@ pub fn plugin_path() -> PathBuf {
 /// An emulator with a dedicated CSI user (so the password is unique
 /// enough to look for in logs) and quick background work.
 pub async fn emulator() -> Emulator {
-    let emu = Emulator::start("127.0.0.1:0")
-        .await
-        .expect("emulator starts");
+    prepared(Emulator::start("127.0.0.1:0").await)
+}
+
+/// The same over HTTPS, its certificate from a private CA
+/// ([`Emulator::ca_pem`]), as an array installed on site would have.
+pub async fn tls_emulator() -> Emulator {
+    prepared(Emulator::start_tls("127.0.0.1:0", xms_emulator::State::default()).await)
+}
+
+fn prepared(started: std::io::Result<Emulator>) -> Emulator {
+    let emu = started.expect("emulator starts");
     emu.with_state(|s| {
         s.users.insert(USER.into(), PASSWORD.into());
         s.settle_after = Duration::from_millis(150);
@@ -63,6 +71,12 @@ impl XskyDriver {
     /// `servers`: the plugin setting xmsServers (also the allowed
     /// origins); `settings`: extra settings as YAML flow entries.
     pub async fn start(servers: &[String], settings: &str) -> XskyDriver {
+        XskyDriver::start_with(servers, settings, "").await
+    }
+
+    /// Like `start`; `http_grant`: extra entries of the http capability
+    /// (`caFile`, `insecureSkipTlsVerify`) as YAML flow entries.
+    pub async fn start_with(servers: &[String], settings: &str, http_grant: &str) -> XskyDriver {
         let base = tempfile::Builder::new()
             .prefix("wasmcsi-xsky")
             .tempdir()
@@ -73,7 +87,13 @@ impl XskyDriver {
         let config = base.path().join("config.yaml");
         let log = base.path().join("driver.log");
         let record = base.path().join("mounts.jsonl");
-        let origins: Vec<String> = servers.iter().map(|s| format!("http://{s}")).collect();
+        let origins: Vec<String> = servers
+            .iter()
+            .map(|s| match s.contains("://") {
+                true => s.clone(),
+                false => format!("http://{s}"),
+            })
+            .collect();
         let yaml = format!(
             r#"driver:
   name: xsky.wasmcsi.io
@@ -85,7 +105,7 @@ plugins:
     settings: {{ xmsServers: "{servers}", pollIntervalMs: 50, backoffMs: 50, callBudgetSeconds: 20{settings} }}
     limits: {{ callTimeoutSeconds: 60 }}
     capabilities:
-      http: {{ origins: ["{origins}"] }}
+      http: {{ origins: ["{origins}"]{http_grant} }}
       mount: {{ types: [nfs, nfs4], targetPrefixes: ["{kubelet}"], recordNetworkMounts: "{record}" }}
       log: {{}}
 "#,
