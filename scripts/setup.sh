@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmcsi needs on a fresh Debian machine
 # with rustup: the wasm target, the node storage tools the driver runs, and
-# the Kubernetes schema validator. Safe to run again; skips what is there.
+# the Kubernetes schema validator and the Prometheus text parser. Safe to run again; skips what is there.
 set -euo pipefail
 
 need_root() {
@@ -29,5 +29,9 @@ fi
 
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+fi
+# The official Prometheus client's parser checks the driver's /metrics.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check prometheus-client
 fi
 echo "setup: ready"

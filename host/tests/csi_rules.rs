@@ -769,4 +769,42 @@ async fn metrics_and_health_are_served() {
         "{high_water}"
     );
     assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    // The whole exposition, through Prometheus' own parser and the naming rules.
+    let body = m.split_once("\r\n\r\n").expect("an HTTP response").1;
+    let checked = check_metrics(body);
+    assert!(checked.is_empty(), "{checked}\n{body}");
+    // The checker itself must be able to fail.
+    let broken = body.replace("wasmcsi_csi_requests_total", "wasmcsi_csi_requests");
+    assert!(
+        !check_metrics(&broken).is_empty(),
+        "a counter without _total passed"
+    );
+}
+
+/// What `scripts/check-metrics.py` finds wrong in `exposition` (empty: none).
+fn check_metrics(exposition: &str) -> String {
+    use std::io::Write;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-metrics.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup.sh installs prometheus-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let found =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match out.status.success() {
+        true => String::new(),
+        false if found.trim().is_empty() => format!("check-metrics failed: {}", out.status),
+        false => found,
+    }
 }
