@@ -166,6 +166,23 @@ async fn https_with_the_arrays_private_ca() {
         .expect("create, certificate unchecked");
     d.delete(&vol.volume_id).await.expect("delete");
     finish(&emu, &d);
+    drop(d);
+
+    // A trusted CA, but a certificate for other names (127.0.0.1 and
+    // localhost, while this array answers on 127.0.0.2).
+    let elsewhere = prepared(
+        xms_emulator::Emulator::start_tls("127.0.0.2:0", xms_emulator::State::default()).await,
+    );
+    std::fs::write(ca.path(), elsewhere.ca_pem().unwrap()).unwrap();
+    let mut d = XskyDriver::start_with(&[elsewhere.url()], "", &trusted).await;
+    let err = d.create("pvc-misnamed", 5 * GIB, &[]).await.unwrap_err();
+    eprintln!("misnamed array: {:?}: {}", err.code(), err.message());
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("not valid for name"),
+        "the error does not say the name is wrong: {}",
+        err.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,8 @@ pub async fn tls_emulator() -> Emulator {
     prepared(Emulator::start_tls("127.0.0.1:0", xms_emulator::State::default()).await)
 }
 
-fn prepared(started: std::io::Result<Emulator>) -> Emulator {
+/// The CSI user and quick background work on a started emulator.
+pub fn prepared(started: std::io::Result<Emulator>) -> Emulator {
     let emu = started.expect("emulator starts");
     emu.with_state(|s| {
         s.users.insert(USER.into(), PASSWORD.into());
