@@ -17,6 +17,8 @@ pub const PLUGIN_PARAMETER: &str = "plugin";
 const ID_SEPARATOR: char = ':';
 /// How long a call waits for another call on the same volume.
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long before the caller's deadline a lock wait ends (at most).
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 pub struct Dispatcher {
     /// Swapped whole on reload; a call keeps the plugin it picked, so calls
@@ -127,7 +129,13 @@ impl Dispatcher {
         key: &str,
         deadline: Option<Duration>,
     ) -> Result<KeyGuard<'_>, Status> {
-        let wait = deadline.unwrap_or(DEFAULT_LOCK_WAIT).min(DEFAULT_LOCK_WAIT);
+        // Give up a little before the caller does: ABORTED tells it the
+        // volume is busy, its own timeout would tell it nothing.
+        let wait = match deadline {
+            Some(d) => d.saturating_sub((d / 5).min(ANSWER_MARGIN)),
+            None => DEFAULT_LOCK_WAIT,
+        }
+        .min(DEFAULT_LOCK_WAIT);
         self.locks
             .lock(key, wait)
             .await

@@ -73,6 +73,7 @@ async fn identity_and_capabilities() {
         C::ExpandVolume,
         C::ListVolumes,
         C::GetCapacity,
+        C::CloneVolume,
     ] {
         assert!(
             rpcs.contains(&(want as i32)),

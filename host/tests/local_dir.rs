@@ -208,6 +208,106 @@ async fn btrfs_subvolume_qgroup_enforced_and_raised() {
     lifecycle(&mut d, &[("mode", "subvolume")], 64 * MIB, 128 * MIB).await;
 }
 
+/// A PVC cloned from another (dataSource: PersistentVolumeClaim): a btrfs
+/// snapshot of the source, with the source's data and its own enforced
+/// limit, independent of the source from then on.
+#[tokio::test]
+async fn btrfs_subvolume_clone_has_the_data_and_its_own_limit() {
+    let mut d = TestDriver::start(Options {
+        btrfs_root: true,
+        ..Default::default()
+    })
+    .await;
+    let params = [("mode", "subvolume")];
+    let controller = d.client.controller.clone();
+    let volume = |name: &str, source: Option<&str>| {
+        let mut req = create_req(name, 64 * MIB, &params);
+        req.volume_content_source = source.map(|id| VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Volume(
+                volume_content_source::VolumeSource {
+                    volume_id: id.into(),
+                },
+            )),
+        });
+        let mut controller = controller.clone();
+        async move {
+            controller
+                .create_volume(req)
+                .await
+                .map(|r| r.into_inner().volume.unwrap())
+        }
+    };
+    let source = volume("pvc-source", None).await.expect("create the source");
+    let (src_staging, src_target) = (d.staging("src"), d.target("src"));
+    publish(&mut d, &source.volume_id, &src_staging, &src_target).await;
+    std::fs::write(src_target.join("hello"), "written before the clone").unwrap();
+
+    let clone = volume("pvc-clone", Some(&source.volume_id))
+        .await
+        .expect("clone");
+    assert_eq!(clone.capacity_bytes, source.capacity_bytes);
+    let from = clone
+        .content_source
+        .as_ref()
+        .and_then(|c| c.r#type.as_ref());
+    assert!(
+        matches!(from, Some(volume_content_source::Type::Volume(v)) if v.volume_id == source.volume_id),
+        "{from:?}"
+    );
+    std::fs::write(src_target.join("later"), "written after the clone").unwrap();
+    let (staging, target) = (d.staging("clone"), d.target("clone"));
+    publish(&mut d, &clone.volume_id, &staging, &target).await;
+    assert_eq!(
+        std::fs::read_to_string(target.join("hello")).unwrap(),
+        "written before the clone"
+    );
+    assert!(
+        !target.join("later").exists(),
+        "the clone sees later writes"
+    );
+
+    // Its own limit: the kernel stops writes at the clone's size.
+    let (written, err) = fill(&target, "fill", 2 * clone.capacity_bytes as u64);
+    let err = err.expect("writing past the clone's capacity must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    assert!(written <= clone.capacity_bytes as u64, "wrote {written}");
+
+    // The source goes first; the clone keeps its data.
+    d.unpublish(&source.volume_id, &src_target).await.unwrap();
+    d.unstage(&source.volume_id, &src_staging).await.unwrap();
+    d.delete(&source.volume_id)
+        .await
+        .expect("delete the source");
+    assert_eq!(
+        std::fs::read_to_string(target.join("hello")).unwrap(),
+        "written before the clone"
+    );
+    d.unpublish(&clone.volume_id, &target).await.unwrap();
+    d.unstage(&clone.volume_id, &staging).await.unwrap();
+    d.delete(&clone.volume_id).await.expect("delete the clone");
+    assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
+}
+
+/// Stages and publishes a volume read-write.
+async fn publish(
+    d: &mut TestDriver,
+    id: &str,
+    staging: &std::path::Path,
+    target: &std::path::Path,
+) {
+    std::fs::create_dir_all(staging).unwrap();
+    d.client
+        .node
+        .node_stage_volume(stage_req(id, staging))
+        .await
+        .expect("stage");
+    d.client
+        .node
+        .node_publish_volume(publish_req(id, staging, target, false))
+        .await
+        .expect("publish");
+}
+
 #[tokio::test]
 async fn image_block_volume_is_the_loop_device() {
     use std::os::unix::fs::FileTypeExt;

@@ -547,15 +547,36 @@ async fn folder_mode_snapshot_and_restore() {
             snapshot_id: snap.snapshot_id.clone(),
         })),
     });
-    let restored = d
+    // A slow array: while the restore runs, the snapshot cannot be deleted
+    // from under it (the host holds the source's lock: ABORTED, retry later).
+    emu.with_state(|s| s.settle_after = Duration::from_millis(1500));
+    let mut restoring = d.client.controller.clone();
+    let restore = tokio::spawn(async move { restoring.create_volume(req).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut delete_snapshot = tonic::Request::new(DeleteSnapshotRequest {
+        snapshot_id: snap.snapshot_id.clone(),
+        secrets: secrets(),
+    });
+    delete_snapshot.set_timeout(Duration::from_millis(500));
+    let busy = d
         .client
         .controller
-        .create_volume(req)
+        .delete_snapshot(delete_snapshot)
         .await
+        .expect_err("deleting a snapshot being restored");
+    assert_eq!(busy.code(), Code::Aborted, "{busy:?}");
+    assert!(
+        !restore.is_finished(),
+        "the restore was not slow enough to test"
+    );
+    let restored = restore
+        .await
+        .unwrap()
         .expect("restore")
         .into_inner()
         .volume
         .unwrap();
+    emu.with_state(|s| s.settle_after = Duration::from_millis(150));
     assert_eq!(
         restored.capacity_bytes as u64,
         10 * GIB,

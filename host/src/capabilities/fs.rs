@@ -69,6 +69,22 @@ fn formattable(fs_type: &str) -> Result<(), CapError> {
     }
 }
 
+/// Checks that `path` is the root of a btrfs subvolume (inode 256 on btrfs).
+fn subvolume_root(path: &Path) -> Result<(), CapError> {
+    use std::os::unix::fs::MetadataExt;
+    const SUBVOLUME_ROOT_INODE: u64 = 256;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CapError::not_found(format!("{}: {e}", path.display())))?;
+    if meta.is_dir() && meta.ino() == SUBVOLUME_ROOT_INODE && type_name(path)? == "btrfs" {
+        Ok(())
+    } else {
+        Err(CapError::invalid(format!(
+            "{} is not a btrfs subvolume",
+            path.display()
+        )))
+    }
+}
+
 /// statfs(2) of a path.
 pub fn statfs(path: &Path) -> Result<FsStats, CapError> {
     let st = nix::sys::statvfs::statvfs(path)
@@ -218,6 +234,30 @@ impl FsCap {
         .map(drop)
     }
 
+    async fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<(), CapError> {
+        let source = self.under_root(source)?;
+        let target = self.under_root(path)?;
+        if target.exists() {
+            return Err(CapError::new(
+                super::ErrorCode::AlreadyExists,
+                format!("{} already exists", target.display()),
+            ));
+        }
+        subvolume_root(&source)?;
+        command::run(
+            "btrfs",
+            &[
+                "-q",
+                "subvolume",
+                "snapshot",
+                &source.to_string_lossy(),
+                &target.to_string_lossy(),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn delete_subvolume(&self, path: &str) -> Result<(), CapError> {
         let target = self.under_root(path)?;
         if !target.exists() {
@@ -345,5 +385,9 @@ impl Host for CallState {
 
     async fn delete_subvolume(&mut self, path: String) -> CapResult<()> {
         Ok(self.fs_cap()?.delete_subvolume(&path).await?)
+    }
+
+    async fn snapshot_subvolume(&mut self, source: String, path: String) -> CapResult<()> {
+        Ok(self.fs_cap()?.snapshot_subvolume(&source, &path).await?)
     }
 }

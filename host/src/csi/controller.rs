@@ -20,6 +20,15 @@ pub struct ControllerService(pub Arc<Driver>);
 /// Plugin-local ids must fit in a CSI id next to the plugin name.
 const MAX_LOCAL_ID: usize = 96;
 
+/// The CSI id of a create's content source, if it has one.
+fn source_id(source: Option<&VolumeContentSource>) -> Option<&str> {
+    use volume_content_source::Type;
+    match source?.r#type.as_ref()? {
+        Type::Snapshot(s) => Some(&s.snapshot_id),
+        Type::Volume(v) => Some(&v.volume_id),
+    }
+}
+
 /// Parameters a plugin never sees: the host's own, and the metadata the
 /// external-provisioner adds (`csi.storage.k8s.io/pvc/name`, ...).
 fn plugin_parameters(parameters: &HashMap<String, String>) -> Vec<(String, String)> {
@@ -223,6 +232,12 @@ impl Controller for ControllerService {
                 .dispatch
                 .lock(&format!("name {}/{name}", plugin.name), deadline)
                 .await?;
+            // The source (volume or snapshot) cannot be deleted, or a volume
+            // source expanded, while it is being copied.
+            let _source_guard = match source_id(req.volume_content_source.as_ref()) {
+                Some(id) => Some(self.driver().dispatch.lock(id, deadline).await?),
+                None => None,
+            };
             let call = wit_ctl::CreateVolumeRequest {
                 name,
                 capacity,

@@ -1,10 +1,11 @@
-//! Controller export: create, delete, expand, get and list volumes, and
-//! capacity. The mode-specific storage work is the backend's.
+//! Controller export: create (also as a clone of another volume), delete,
+//! expand, get and list volumes, and capacity. The mode-specific storage
+//! work is the backend's.
 
 use crate::backend::{self, Backend, UNKNOWN_MIN};
-use crate::config;
+use crate::config::{self, Wanted};
 use crate::env::Env;
-use crate::error::{fail, Context, Error, ErrorCode, Result};
+use crate::error::{fail, invalid, not_found, Context, Error, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest, Snapshot,
     SnapshotFilter, SnapshotPage, Volume, VolumePage,
@@ -14,7 +15,9 @@ use crate::meta::{Meta, State};
 use crate::page;
 use crate::size::{self, Bounds};
 use crate::store;
-use crate::wasmcsi::plugin::types::{AccessType, KeyValues, Secrets, VolumeCapability};
+use crate::wasmcsi::plugin::types::{
+    AccessType, ContentSource, KeyValues, Secrets, VolumeCapability,
+};
 use crate::LocalDir;
 
 impl Guest for LocalDir {
@@ -48,22 +51,13 @@ impl Guest for LocalDir {
 }
 
 pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
-    if req.content_source.is_some() {
-        return Err(fail(
-            ErrorCode::Unimplemented,
-            format!(
-                "create-volume {:?}: local-dir cannot fill a volume from a snapshot or \
-                 another volume (no clone feature)",
-                req.name
-            ),
-        ));
-    }
     let settings = env.settings()?;
     let wanted = config::resolve(&settings, &req.parameters, &req.capabilities)
         .context(|| format!("create-volume {:?}", req.name))?;
     let backend = backend::for_mode(wanted.mode)?;
     let id = id::from_name(&req.name)?;
     let (required, limit) = (req.capacity.required_bytes, req.capacity.limit_bytes);
+    let source = clone_source(env, &req, &wanted)?;
 
     if let Some(meta) = store::read_meta(&env.layout, &id)? {
         let clash = |why: String| {
@@ -80,10 +74,18 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
         }
         match meta.state {
             State::Ready => {
+                let source_id = source.as_ref().map(|(id, _)| id);
+                if meta.source.as_ref() != source_id {
+                    return Err(clash(format!(
+                        "it was made from {}, not {}",
+                        source_text(meta.source.as_ref()),
+                        source_text(source_id)
+                    )));
+                }
                 return match meta.mismatch(&req.name, &wanted, required, limit) {
                     None => Ok(volume(env, &id, &meta)),
                     Some(why) => Err(clash(why)),
-                }
+                };
             }
             State::Deleting => {
                 return Err(fail(
@@ -111,11 +113,16 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     };
     let capacity = size::for_create(required, limit, settings.default_volume_bytes, bounds)
         .context(|| format!("create-volume {:?}", req.name))?;
+    let capacity = match &source {
+        Some((from, from_meta)) => clone_capacity(&req.name, from, from_meta, capacity, limit)?,
+        None => capacity,
+    };
     store::check_root(&env.layout)?;
     backend.precheck(env, &wanted)?;
     backend::teardown(env, &id)?;
 
     let mut meta = Meta::new(&req.name, &wanted, capacity);
+    meta.source = source.map(|(from, _)| from);
     if let Err(e) = make(env, backend, &id, &mut meta) {
         return Err(clean_up_failed_create(env, &id, e));
     }
@@ -280,7 +287,71 @@ fn volume(env: &Env, id: &str, meta: &Meta) -> Volume {
         volume_id: id.to_string(),
         capacity_bytes: meta.capacity_bytes,
         volume_context: meta.volume_context(&env.node_id()),
-        content_source: None,
+        content_source: meta.source.clone().map(ContentSource::Volume),
+    }
+}
+
+/// The volume a create clones, with its meta; only subvolumes clone (an
+/// XFS image's copy would carry its source's UUID, which the node refuses
+/// to mount twice). local-dir keeps no snapshots, so none is ever found.
+fn clone_source(
+    env: &Env,
+    req: &CreateVolumeRequest,
+    wanted: &Wanted,
+) -> Result<Option<(String, Meta)>> {
+    let from = match &req.content_source {
+        None => return Ok(None),
+        Some(ContentSource::Snapshot(snapshot)) => {
+            return Err(not_found(format!(
+                "create-volume {:?}: snapshot {snapshot} does not exist (local-dir keeps no \
+                 snapshots)",
+                req.name
+            )))
+        }
+        Some(ContentSource::Volume(from)) => from,
+    };
+    let doing = || format!("create-volume {:?} from volume {from}", req.name);
+    id::check(from).context(doing)?;
+    let from_meta = store::ready_meta(&env.layout, from).context(doing)?;
+    if from_meta.mode != config::Mode::Subvolume || wanted.mode != config::Mode::Subvolume {
+        return Err(invalid(format!(
+            "{}: only subvolume-mode volumes can be cloned, into subvolume mode (the source \
+             is {}, the new volume {})",
+            doing(),
+            from_meta.mode.as_str(),
+            wanted.mode.as_str()
+        )));
+    }
+    Ok(Some((from.clone(), from_meta)))
+}
+
+/// A clone holds at least its source's data: the request is raised to the
+/// source's size, unless its limit forbids that.
+fn clone_capacity(
+    name: &str,
+    from: &str,
+    from_meta: &Meta,
+    asked: u64,
+    limit: Option<u64>,
+) -> Result<u64> {
+    let capacity = asked.max(from_meta.capacity_bytes);
+    if let Some(limit) = limit.filter(|&l| capacity > l) {
+        return Err(fail(
+            ErrorCode::OutOfRange,
+            format!(
+                "create-volume {name:?}: the source volume {from} holds {} bytes, more than the \
+                 limit of {limit}",
+                from_meta.capacity_bytes
+            ),
+        ));
+    }
+    Ok(capacity)
+}
+
+fn source_text(source: Option<&String>) -> String {
+    match source {
+        Some(id) => format!("volume {id}"),
+        None => "nothing".into(),
     }
 }
 

@@ -244,6 +244,27 @@ impl Host for Fake {
         Ok(())
     }
 
+    fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<()> {
+        self.step("snapshot-subvolume")?;
+        if !self.st().subvolumes.contains(source) {
+            return Err(err(ErrorCode::InvalidArgument, "not a subvolume"));
+        }
+        std::fs::create_dir(path).map_err(|e| err(ErrorCode::AlreadyExists, e.to_string()))?;
+        // The files at the top level are enough for what the tests write.
+        for entry in
+            std::fs::read_dir(source).map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+        {
+            let entry = entry.map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+            std::fs::copy(
+                entry.path(),
+                format!("{path}/{}", entry.file_name().to_string_lossy()),
+            )
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        }
+        self.st().subvolumes.insert(path.into());
+        Ok(())
+    }
+
     fn delete_subvolume(&self, path: &str) -> Result<()> {
         self.step("delete-subvolume")?;
         let mut s = self.st();

@@ -232,12 +232,28 @@ fn image_create_is_idempotent_and_checks_compatibility() {
 fn create_refusals() {
     let w = World::new("refuse", "xfs");
     let env = w.env();
-    let mut r = create_req("a", MIB, mount_cap(""));
-    r.content_source = Some(ContentSource::Volume("b".into()));
+    // Clones: a missing source or snapshot is NOT_FOUND; images do not clone.
+    let from = |source: ContentSource| {
+        let mut r = create_req("a", MIB, mount_cap(""));
+        r.content_source = Some(source);
+        code(controller::create_volume(&env, r))
+    };
+    assert_eq!(from(ContentSource::Volume("b".into())), ErrorCode::NotFound);
     assert_eq!(
-        code(controller::create_volume(&env, r)),
-        ErrorCode::Unimplemented
+        from(ContentSource::Snapshot("s".into())),
+        ErrorCode::NotFound
     );
+    assert_eq!(
+        from(ContentSource::Volume("Not/An-Id".into())),
+        ErrorCode::InvalidArgument
+    );
+    create(&env, "b", MIB, mount_cap("")).unwrap();
+    assert_eq!(
+        from(ContentSource::Volume("b".into())),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(w.volume_dirs(), ["b"]);
+    controller::delete_volume(&env, "b".into()).unwrap();
     let mut r = create_req("a", MIB, mount_cap(""));
     r.parameters = vec![("mode".into(), "project-quota".into())];
     assert_eq!(
@@ -665,6 +681,76 @@ fn subvolume_volumes() {
     node::unpublish_volume(&env, "pvc-v".into(), target).unwrap();
     node::unstage_volume(&env, "pvc-v".into(), staging).unwrap();
     controller::delete_volume(&env, "pvc-v".into()).unwrap();
+    assert!(w.fake.st().subvolumes.is_empty() && w.volume_dirs().is_empty());
+}
+
+#[test]
+fn subvolume_clones_copy_the_data_and_outlive_their_source() {
+    let w = World::new("clone", "btrfs");
+    w.set("mode", "subvolume");
+    let env = w.env();
+    create(&env, "pvc-src", 8 * MIB, mount_cap("")).unwrap();
+    std::fs::write(
+        format!("{}/hello", env.layout.data("pvc-src")),
+        "from the source",
+    )
+    .unwrap();
+    let clone_req = |name: &str, required: u64, limit: Option<u64>| {
+        let mut r = create_req(name, required, mount_cap(""));
+        r.capacity.limit_bytes = limit;
+        r.content_source = Some(ContentSource::Volume("pvc-src".into()));
+        r
+    };
+
+    // Smaller than the source: raised to the source's size.
+    let vol = controller::create_volume(&env, clone_req("pvc-copy", MIB, None)).unwrap();
+    assert_eq!(vol.capacity_bytes, 8 * MIB);
+    assert!(matches!(&vol.content_source, Some(ContentSource::Volume(s)) if s == "pvc-src"));
+    let copy = env.layout.data("pvc-copy");
+    assert_eq!(
+        std::fs::read_to_string(format!("{copy}/hello")).unwrap(),
+        "from the source"
+    );
+    assert_eq!(w.fake.st().limits[&copy], 8 * MIB);
+    // The same request again is the same volume; another source or none is not.
+    let again = controller::create_volume(&env, clone_req("pvc-copy", MIB, None)).unwrap();
+    assert_eq!(
+        (again.volume_id, again.capacity_bytes),
+        (vol.volume_id, vol.capacity_bytes)
+    );
+    assert_eq!(
+        code(create(&env, "pvc-copy", 8 * MIB, mount_cap(""))),
+        ErrorCode::AlreadyExists
+    );
+    // A limit below the source's size cannot be met.
+    assert_eq!(
+        code(controller::create_volume(
+            &env,
+            clone_req("pvc-tiny", MIB, Some(4 * MIB))
+        )),
+        ErrorCode::OutOfRange
+    );
+    assert!(!w.volume_dirs().contains(&"pvc-tiny".to_string()));
+
+    // A crash anywhere in a clone: the retry finishes it.
+    for n in 0..w.calls_of(|env| controller::create_volume(env, clone_req("pvc-c2", MIB, None))) {
+        controller::delete_volume(&env, "pvc-c2".into()).unwrap();
+        w.run(Some(n), |env| {
+            controller::create_volume(env, clone_req("pvc-c2", MIB, None))
+        });
+        let done = controller::create_volume(&env, clone_req("pvc-c2", MIB, None)).unwrap();
+        assert_eq!(done.capacity_bytes, 8 * MIB, "crash at call {n}");
+    }
+
+    // The source goes; its clones stay whole.
+    controller::delete_volume(&env, "pvc-src".into()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("{copy}/hello")).unwrap(),
+        "from the source"
+    );
+    for id in ["pvc-copy", "pvc-c2"] {
+        controller::delete_volume(&env, id.into()).unwrap();
+    }
     assert!(w.fake.st().subvolumes.is_empty() && w.volume_dirs().is_empty());
 }
 

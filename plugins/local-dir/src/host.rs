@@ -28,6 +28,7 @@ pub trait Host {
     fn detach_loop(&self, device: &str) -> Result<()>;
     fn create_subvolume(&self, path: &str) -> Result<()>;
     fn delete_subvolume(&self, path: &str) -> Result<()>;
+    fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<()>;
 
     fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()>;
     fn get_usage(&self, kind: QuotaKind, path: &str) -> Result<Usage>;
@@ -90,6 +91,9 @@ impl Host for Wasm {
     }
     fn delete_subvolume(&self, path: &str) -> Result<()> {
         fs::delete_subvolume(path)
+    }
+    fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<()> {
+        fs::snapshot_subvolume(source, path)
     }
 
     fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()> {

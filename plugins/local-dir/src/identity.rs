@@ -18,7 +18,8 @@ impl Guest for LocalDir {
                 | Features::LIST_VOLUMES
                 | Features::GET_CAPACITY
                 | Features::VOLUME_STATS
-                | Features::BLOCK,
+                | Features::BLOCK
+                | Features::CLONE,
             access_modes: ACCESS_MODES.to_vec(),
             min_volume_bytes: MIB,
         }

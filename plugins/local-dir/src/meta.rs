@@ -35,6 +35,9 @@ pub struct Meta {
     /// node expand (online) or the next stage (offline) clears it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub grow_pending: bool,
+    /// The volume this one was cloned from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -51,6 +54,7 @@ impl Meta {
             capacity_bytes,
             state: State::Creating,
             grow_pending: false,
+            source: None,
         }
     }
 

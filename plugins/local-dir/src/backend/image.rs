@@ -13,7 +13,7 @@ use std::fs::{self as stdfs, OpenOptions};
 use super::{fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
 use crate::config::FsType;
 use crate::env::Env;
-use crate::error::{self, fail, internal, precondition, Context, ErrorCode, Result};
+use crate::error::{self, fail, internal, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::node::VolumeStats;
 use crate::meta::Meta;
 use crate::size::MIB;
@@ -37,6 +37,10 @@ impl Backend for Image {
     }
 
     fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()> {
+        if meta.source.is_some() {
+            // The controller refuses these first; never copy an image here.
+            return Err(invalid(format!("volume {id}: images cannot be cloned")));
+        }
         let image = env.layout.image(id);
         let make = || -> std::io::Result<()> {
             let f = OpenOptions::new()

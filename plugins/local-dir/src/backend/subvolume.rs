@@ -43,9 +43,19 @@ impl Backend for Subvolume {
 
     fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()> {
         let data = env.layout.data(id);
-        env.host
-            .create_subvolume(&data)
-            .context(|| format!("volume {id}: creating btrfs subvolume {data}"))?;
+        match &meta.source {
+            // A clone: a writable snapshot of the source's subvolume.
+            Some(source) => {
+                let from = env.layout.data(source);
+                env.host
+                    .snapshot_subvolume(&from, &data)
+                    .context(|| format!("volume {id}: cloning {from} to {data}"))?
+            }
+            None => env
+                .host
+                .create_subvolume(&data)
+                .context(|| format!("volume {id}: creating btrfs subvolume {data}"))?,
+        }
         set_limit(env, id, &data, meta.capacity_bytes)
     }
 
