@@ -164,16 +164,7 @@ async fn restage(
 ) {
     d.unpublish(id, target).await.expect("unpublish");
     d.unstage(id, staging).await.expect("unstage");
-    d.client
-        .node
-        .node_stage_volume(stage_req(id, staging))
-        .await
-        .expect("stage again");
-    d.client
-        .node
-        .node_publish_volume(publish_req(id, staging, target, false))
-        .await
-        .expect("publish again");
+    publish(d, id, staging, target).await;
 }
 
 #[tokio::test]
