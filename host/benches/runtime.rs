@@ -1,11 +1,13 @@
-//! Figures for the plugin runtime (a benchmark, not a test): prints
-//! per-call instantiation, a null call's round trip through the wasm
-//! boundary, compile from scratch vs load from cache, and the real binary's
-//! start-to-ready with a cold and a warm cache.
+//! Figures for the plugin runtime (a benchmark, not a test): compile from
+//! scratch vs load from cache (`cache`); the wasm boundary alone on a live
+//! instance, a fresh instance, and a fresh instance plus a null call — what
+//! every plugin call costs (`calls`); the real binary's start-to-ready with
+//! a cold and a warm cache (`start`).
 //!
 //! Needs the plugins built (`cargo build --release --target wasm32-wasip2
-//! -p local-dir -p hostile`). Run: `cargo bench -p wasmcsi --bench runtime`
-//! (add `--profile dev` for a quick, unoptimised host).
+//! -p local-dir -p hostile`). Run: `cargo bench -p wasmcsi --bench runtime
+//! [-- cache|calls|start]` (add `--profile dev` for a quick, unoptimised
+//! host). `WASMCSI_BENCH_CALLS=N` sets the calls per figure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
