@@ -57,7 +57,7 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     let backend = backend::for_mode(wanted.mode)?;
     let id = id::from_name(&req.name)?;
     let (required, limit) = (req.capacity.required_bytes, req.capacity.limit_bytes);
-    let source = clone_source(env, &req, &wanted)?;
+    let source = requested_source(&req)?;
 
     if let Some(meta) = store::read_meta(&env.layout, &id)? {
         let clash = |why: String| {
@@ -74,12 +74,11 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
         }
         match meta.state {
             State::Ready => {
-                let source_id = source.as_ref().map(|(id, _)| id);
-                if meta.source.as_ref() != source_id {
+                if meta.source.as_ref() != source {
                     return Err(clash(format!(
                         "it was made from {}, not {}",
                         source_text(meta.source.as_ref()),
-                        source_text(source_id)
+                        source_text(source)
                     )));
                 }
                 return match meta.mismatch(&req.name, &wanted, required, limit) {
@@ -113,8 +112,13 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     };
     let capacity = size::for_create(required, limit, settings.default_volume_bytes, bounds)
         .context(|| format!("create-volume {:?}", req.name))?;
-    let capacity = match &source {
-        Some((from, from_meta)) => clone_capacity(&req.name, from, from_meta, capacity, limit)?,
+    // Only a volume still to be made needs its source (a repeat of a done
+    // clone answers even when the source is gone since).
+    let capacity = match source {
+        Some(from) => {
+            let from_meta = clone_source_meta(env, &req.name, from, &wanted)?;
+            clone_capacity(&req.name, from, &from_meta, capacity, limit)?
+        }
         None => capacity,
     };
     store::check_root(&env.layout)?;
@@ -122,7 +126,7 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     backend::teardown(env, &id)?;
 
     let mut meta = Meta::new(&req.name, &wanted, capacity);
-    meta.source = source.map(|(from, _)| from);
+    meta.source = source.cloned();
     if let Err(e) = make(env, backend, &id, &mut meta) {
         return Err(clean_up_failed_create(env, &id, e));
     }
@@ -291,27 +295,29 @@ fn volume(env: &Env, id: &str, meta: &Meta) -> Volume {
     }
 }
 
-/// The volume a create clones, with its meta; only subvolumes clone (an
-/// XFS image's copy would carry its source's UUID, which the node refuses
-/// to mount twice). local-dir keeps no snapshots, so none is ever found.
-fn clone_source(
-    env: &Env,
-    req: &CreateVolumeRequest,
-    wanted: &Wanted,
-) -> Result<Option<(String, Meta)>> {
-    let from = match &req.content_source {
-        None => return Ok(None),
-        Some(ContentSource::Snapshot(snapshot)) => {
-            return Err(not_found(format!(
-                "create-volume {:?}: snapshot {snapshot} does not exist (local-dir keeps no \
-                 snapshots)",
-                req.name
-            )))
+/// The volume a create clones, if any. local-dir keeps no snapshots, so
+/// none is ever found.
+fn requested_source(req: &CreateVolumeRequest) -> Result<Option<&String>> {
+    match &req.content_source {
+        None => Ok(None),
+        Some(ContentSource::Snapshot(snapshot)) => Err(not_found(format!(
+            "create-volume {:?}: snapshot {snapshot} does not exist (local-dir keeps no \
+             snapshots)",
+            req.name
+        ))),
+        Some(ContentSource::Volume(from)) => {
+            id::check(from)
+                .context(|| format!("create-volume {:?} from volume {from}", req.name))?;
+            Ok(Some(from))
         }
-        Some(ContentSource::Volume(from)) => from,
-    };
-    let doing = || format!("create-volume {:?} from volume {from}", req.name);
-    id::check(from).context(doing)?;
+    }
+}
+
+/// The meta of the volume a create clones; only subvolumes clone (an XFS
+/// image's copy would carry its source's UUID, which the node refuses to
+/// mount twice).
+fn clone_source_meta(env: &Env, name: &str, from: &str, wanted: &Wanted) -> Result<Meta> {
+    let doing = || format!("create-volume {name:?} from volume {from}");
     let from_meta = store::ready_meta(&env.layout, from).context(doing)?;
     if from_meta.mode != config::Mode::Subvolume || wanted.mode != config::Mode::Subvolume {
         return Err(invalid(format!(
@@ -322,7 +328,7 @@ fn clone_source(
             wanted.mode.as_str()
         )));
     }
-    Ok(Some((from.clone(), from_meta)))
+    Ok(from_meta)
 }
 
 /// A clone holds at least its source's data: the request is raised to the

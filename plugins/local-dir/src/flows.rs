@@ -742,8 +742,11 @@ fn subvolume_clones_copy_the_data_and_outlive_their_source() {
         assert_eq!(done.capacity_bytes, 8 * MIB, "crash at call {n}");
     }
 
-    // The source goes; its clones stay whole.
+    // The source goes; its clones stay whole, and a repeated create of one
+    // still answers it.
     controller::delete_volume(&env, "pvc-src".into()).unwrap();
+    let repeated = controller::create_volume(&env, clone_req("pvc-copy", MIB, None)).unwrap();
+    assert_eq!(repeated.volume_id, "pvc-copy");
     assert_eq!(
         std::fs::read_to_string(format!("{copy}/hello")).unwrap(),
         "from the source"
