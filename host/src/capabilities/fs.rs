@@ -18,10 +18,9 @@ const FORMATTABLE: &[&str] = &["xfs", "ext4"];
 pub struct FsCap {
     /// Canonical root.
     pub root: PathBuf,
-    /// The root as the plugin's WASI preopen, opened once for all calls.
+    /// The root as the plugin's WASI preopen (seen by the guest at the
+    /// same path), opened once for all calls.
     pub preopen: Dir,
-    /// Where the guest sees it: at its own host path.
-    pub guest_path: String,
     /// The loop devices of this root's images.
     loops: loopdev::LoopIndex,
 }
@@ -31,7 +30,6 @@ impl FsCap {
         let root = paths::granted_dir(&grant.root)?;
         Ok(FsCap {
             preopen: preopens::open_root(&root)?,
-            guest_path: root.to_string_lossy().into_owned(),
             loops: loopdev::LoopIndex::default(),
             root,
         })

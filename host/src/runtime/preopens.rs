@@ -39,7 +39,7 @@ pub fn add_to_linker(linker: &mut Linker<CallState>) -> Result<()> {
     let added = preopens::add_to_linker::<CallState, SharedPreopens>(linker, |state| {
         let (fs, table) = state.fs_and_table();
         PreopenView {
-            root: fs.map(|fs| (&fs.preopen, fs.guest_path.as_str())),
+            root: fs.map(|fs| (&fs.preopen, fs.root.as_path())),
             table,
         }
     });
@@ -56,19 +56,19 @@ impl HasData for SharedPreopens {
 }
 
 struct PreopenView<'a> {
-    /// The plugin's root and the path the guest sees it at.
-    root: Option<(&'a Dir, &'a str)>,
+    /// The plugin's root, seen by the guest at its host path.
+    root: Option<(&'a Dir, &'a Path)>,
     table: &'a mut ResourceTable,
 }
 
 impl preopens::Host for PreopenView<'_> {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
-        let Some((dir, guest_path)) = self.root else {
+        let Some((dir, path)) = self.root else {
             return Ok(Vec::new());
         };
         // A clone shares the descriptor (an `Arc`), as wasmtime-wasi does
         // when a guest asks twice within one call.
         let descriptor = self.table.push(Descriptor::Dir(dir.clone()))?;
-        Ok(vec![(descriptor, guest_path.to_string())])
+        Ok(vec![(descriptor, path.to_string_lossy().into_owned())])
     }
 }
