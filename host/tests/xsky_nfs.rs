@@ -148,14 +148,7 @@ async fn https_with_the_arrays_private_ca() {
     drop(d);
 
     let mut d = XskyDriver::start(std::slice::from_ref(&server), "").await;
-    let err = d.create("pvc-untrusted", 5 * GIB, &[]).await.unwrap_err();
-    eprintln!("untrusted array: {:?}: {}", err.code(), err.message());
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        err.message().contains("certificate"),
-        "the error does not say the certificate was refused: {}",
-        err.message()
-    );
+    refused(&mut d, "pvc-untrusted", "certificate").await;
     assert!(emu.quota_trees().is_empty());
     drop(d);
 
@@ -175,12 +168,17 @@ async fn https_with_the_arrays_private_ca() {
     );
     std::fs::write(ca.path(), elsewhere.ca_pem().unwrap()).unwrap();
     let mut d = XskyDriver::start_with(&[elsewhere.url()], "", &trusted).await;
-    let err = d.create("pvc-misnamed", 5 * GIB, &[]).await.unwrap_err();
-    eprintln!("misnamed array: {:?}: {}", err.code(), err.message());
+    refused(&mut d, "pvc-misnamed", "not valid for name").await;
+}
+
+/// A create the array's TLS refuses: UNAVAILABLE, saying why.
+async fn refused(d: &mut XskyDriver, name: &str, says: &str) {
+    let err = d.create(name, 5 * GIB, &[]).await.unwrap_err();
+    eprintln!("{name}: {:?}: {}", err.code(), err.message());
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(
-        err.message().contains("not valid for name"),
-        "the error does not say the name is wrong: {}",
+        err.message().contains(says),
+        "{name}: the error does not say {says:?}: {}",
         err.message()
     );
 }
