@@ -156,7 +156,13 @@ pub struct FsGrant {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct QuotaGrant {}
+pub struct QuotaGrant {
+    /// Turn btrfs quotas on for the root's filesystem at load. Quotas are
+    /// a filesystem-wide setting (with a cost on every write), so the host
+    /// never turns them on as a side effect of a plugin's call.
+    #[serde(default)]
+    pub enable_btrfs_quotas: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -166,6 +172,9 @@ pub struct MountGrant {
     pub types: Vec<String>,
     /// Mount targets must resolve under one of these directories.
     pub target_prefixes: Vec<PathBuf>,
+    /// Every mount the plugin makes is also `noexec` (always `nosuid,nodev`).
+    #[serde(default)]
+    pub noexec: bool,
     /// Test aid for nodes without an NFS client: network mounts are
     /// appended to this file (one JSON line each) instead of performed.
     #[serde(default)]

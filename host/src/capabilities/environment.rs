@@ -17,6 +17,6 @@ impl Host for CallState {
         self.grants
             .fs
             .as_ref()
-            .map(|fs| fs.root.to_string_lossy().into_owned())
+            .map(|fs| fs.root.path().to_string_lossy().into_owned())
     }
 }

@@ -1,12 +1,20 @@
 //! The `fs` capability: statfs, filesystem images, loop devices and btrfs
-//! subvolumes, every path confined to the plugin's root.
+//! subvolumes, every path resolved beneath the plugin's root descriptor
+//! (see `beneath`) and every action taken on the descriptor found: tools
+//! get the open file as `/proc/self/fd/3`, loop devices and subvolumes are
+//! made by ioctl, filesystems grown by ioctl on their mount's root.
 
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use anyhow::Result;
+use rustix::fs::{FileType, OFlags};
 use wasmtime_wasi::filesystem::Dir;
 
-use super::{command, loopdev, paths, CapError, CapResult};
+use super::beneath::{self, GrantedDir, Located};
+use super::command::{self, FD_ARG};
+use super::loopdev::{self, LoopDevice};
+use super::{blocking, btrfs, CapError, CapResult, ErrorCode, Grants};
 use crate::config::FsGrant;
 use crate::runtime::bindings::wasmcsi::plugin::fs::{FsStats, Host};
 use crate::runtime::preopens;
@@ -16,8 +24,8 @@ use crate::runtime::state::CallState;
 const FORMATTABLE: &[&str] = &["xfs", "ext4"];
 
 pub struct FsCap {
-    /// Canonical root.
-    pub root: PathBuf,
+    /// The root, opened once.
+    pub root: GrantedDir,
     /// The root as the plugin's WASI preopen (seen by the guest at the
     /// same path), opened once for all calls.
     pub preopen: Dir,
@@ -27,32 +35,61 @@ pub struct FsCap {
 
 impl FsCap {
     pub fn new(grant: &FsGrant) -> Result<FsCap> {
-        let root = paths::granted_dir(&grant.root)?;
+        let root = GrantedDir::open(&grant.root)?;
         Ok(FsCap {
-            preopen: preopens::open_root(&root)?,
+            preopen: preopens::open_root(root.path())?,
             loops: loopdev::LoopIndex::default(),
             root,
         })
     }
 
-    /// Resolves a path that must lie under the root.
-    pub fn under_root(&self, path: &str) -> Result<PathBuf, CapError> {
-        paths::confine(path, std::slice::from_ref(&self.root), "path")
+    /// Locates a path that must lie beneath the root.
+    pub fn locate<'p>(&self, path: &'p str) -> Result<Located<'_, 'p>, CapError> {
+        beneath::locate(&[&self.root], path, "path")
     }
 
-    /// Resolves an existing regular file under the root.
-    fn image(&self, path: &str) -> Result<PathBuf, CapError> {
-        let image = self.under_root(path)?;
-        match std::fs::metadata(&image) {
-            Ok(m) if m.is_file() => Ok(image),
-            Ok(_) => Err(CapError::invalid(format!("{path:?} is not a regular file"))),
-            Err(e) => Err(CapError::not_found(format!("image {path:?}: {e}"))),
+    /// Opens an existing regular file beneath the root (an image).
+    fn image(&self, path: &str, write: bool) -> Result<OwnedFd, CapError> {
+        let mode = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        // NONBLOCK: opening a fifo planted by the plugin must not hang.
+        let fd = beneath::open(self.locate(path)?, mode | OFlags::NONBLOCK)?;
+        beneath::require_type(&fd, FileType::RegularFile, path)?;
+        Ok(fd)
+    }
+
+    /// Opens a loop device and checks that it belongs to this root.
+    pub fn loop_device(&self, device: &str) -> Result<LoopDevice, CapError> {
+        loopdev::owned(device, &self.root)
+    }
+
+    /// Opens a btrfs subvolume strictly beneath the root (never the root
+    /// itself): the only thing subvolume and quota calls may act on.
+    pub fn subvolume(&self, path: &str) -> Result<OwnedFd, CapError> {
+        let at = self.locate(path)?.below("subvolume")?;
+        let fd = beneath::open(at, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        if !btrfs::is_subvolume(fd.as_fd())? {
+            return Err(CapError::invalid(format!(
+                "{path:?} is not a btrfs subvolume"
+            )));
         }
+        Ok(fd)
     }
 
-    /// Checks that a loop device belongs to this root.
-    pub fn loop_device(&self, device: &str) -> Result<PathBuf, CapError> {
-        loopdev::owned_by(device, &self.root)
+    /// The directory a new entry goes in, and the entry's name.
+    fn parent_of<'p>(&self, path: &'p str) -> Result<(OwnedFd, &'p std::ffi::OsStr), CapError> {
+        let (parent, name) = self.locate(path)?.below("path")?.split()?;
+        let dir = beneath::open(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        Ok((dir, name))
+    }
+
+    fn refuse_attached(&self, image: BorrowedFd, path: &str) -> Result<(), CapError> {
+        match self.loops.find(image)? {
+            Some(dev) => Err(CapError::new(
+                ErrorCode::FailedPrecondition,
+                format!("{path} is attached to {}; refusing", dev.name),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -67,42 +104,23 @@ fn formattable(fs_type: &str) -> Result<(), CapError> {
     }
 }
 
-/// Checks that `path` is the root of a btrfs subvolume (inode 256 on btrfs).
-fn subvolume_root(path: &Path) -> Result<(), CapError> {
-    use std::os::unix::fs::MetadataExt;
-    const SUBVOLUME_ROOT_INODE: u64 = 256;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| CapError::not_found(format!("{}: {e}", path.display())))?;
-    if meta.is_dir() && meta.ino() == SUBVOLUME_ROOT_INODE && type_name(path)? == "btrfs" {
-        Ok(())
-    } else {
-        Err(CapError::invalid(format!(
-            "{} is not a btrfs subvolume",
-            path.display()
-        )))
-    }
-}
-
-/// statfs(2) of a path.
-pub fn statfs(path: &Path) -> Result<FsStats, CapError> {
-    let st = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| CapError::not_found(format!("statfs {}: {e}", path.display())))?;
-    let frag = st.fragment_size();
+/// statfs(2) of an open descriptor.
+fn statfs(fd: BorrowedFd) -> Result<FsStats, CapError> {
+    let st = rustix::fs::fstatvfs(fd).map_err(|e| CapError::internal(format!("statfs: {e}")))?;
+    let frag = st.f_frsize;
     Ok(FsStats {
-        total_bytes: st.blocks() * frag,
-        free_bytes: st.blocks_free() * frag,
-        available_bytes: st.blocks_available() * frag,
-        total_inodes: st.files(),
-        free_inodes: st.files_free(),
+        total_bytes: st.f_blocks.saturating_mul(frag),
+        free_bytes: st.f_bfree.saturating_mul(frag),
+        available_bytes: st.f_bavail.saturating_mul(frag),
+        total_inodes: st.f_files,
+        free_inodes: st.f_ffree,
     })
 }
 
-/// The name of the filesystem holding `path`, from its statfs magic.
-pub fn type_name(path: &Path) -> Result<String, CapError> {
-    let st = nix::sys::statfs::statfs(path)
-        .map_err(|e| CapError::not_found(format!("statfs {}: {e}", path.display())))?;
-    let magic = st.filesystem_type().0 as u64;
-    Ok(match magic {
+/// The name of the filesystem holding a descriptor, from its statfs magic.
+fn type_name(fd: BorrowedFd) -> Result<String, CapError> {
+    let st = rustix::fs::fstatfs(fd).map_err(|e| CapError::internal(format!("statfs: {e}")))?;
+    Ok(match st.f_type as u64 {
         0x5846_5342 => "xfs".into(),
         0x9123_683e => "btrfs".into(),
         0xef53 => "ext4".into(),
@@ -113,232 +131,133 @@ pub fn type_name(path: &Path) -> Result<String, CapError> {
     })
 }
 
-impl FsCap {
-    async fn make_filesystem(&self, image: &str, fs_type: &str) -> Result<(), CapError> {
-        formattable(fs_type)?;
-        let image = self.image(image)?;
-        if self.loops.find(&image)?.is_some() {
-            return Err(CapError::new(
-                super::ErrorCode::FailedPrecondition,
-                format!(
-                    "{} is attached to a loop device; refusing mkfs",
-                    image.display()
-                ),
-            ));
-        }
-        let path = image.to_string_lossy();
-        // Neither tool is forced (-f): an existing filesystem is never wiped.
-        match fs_type {
-            "xfs" => command::run("mkfs.xfs", &["-q", &path]).await?,
-            _ => command::run("mkfs.ext4", &["-q", "-F", "-m", "0", &path]).await?,
+/// Grows the filesystem mounted at `mount_root` (a directory descriptor of
+/// the mount's root, on `dev`) to fill the device, by ioctl.
+fn grow_online(dev: &LoopDevice, mount_root: BorrowedFd, fs_type: &str) -> Result<(), CapError> {
+    if beneath::identity(mount_root)?.0 != dev.rdev {
+        return Err(CapError::denied(format!(
+            "the mount path is not the filesystem of {}",
+            dev.name
+        )));
+    }
+    let size = dev.size()?;
+    let result = match fs_type {
+        "xfs" => super::grow::xfs(mount_root, size),
+        _ => super::grow::ext4(mount_root, size),
+    };
+    result.map_err(|e| {
+        use rustix::io::Errno;
+        let code = match e {
+            Errno::PERM | Errno::OPNOTSUPP | Errno::NOTTY => ErrorCode::FailedPrecondition,
+            _ => ErrorCode::Internal,
         };
-        Ok(())
+        CapError::new(
+            code,
+            format!(
+                "the kernel refused to grow {fs_type} on {} online: {e}",
+                dev.name
+            ),
+        )
+    })
+}
+
+/// Runs `f` on the plugin's fs grant, off the async workers.
+async fn with_fs<T: Send + 'static>(
+    grants: &Arc<Grants>,
+    f: impl FnOnce(&FsCap) -> Result<T, CapError> + Send + 'static,
+) -> Result<T, CapError> {
+    let grants = grants.clone();
+    blocking::run(move || f(fs_cap(&grants)?)).await
+}
+
+fn fs_cap(grants: &Grants) -> Result<&FsCap, CapError> {
+    grants
+        .fs
+        .as_deref()
+        .ok_or_else(|| CapError::not_granted("fs", &grants.plugin))
+}
+
+impl Host for CallState {
+    /// statfs of a path beneath the root or a granted mount prefix.
+    async fn statfs(&mut self, path: String) -> CapResult<FsStats> {
+        let grants = self.grants.clone();
+        Ok(blocking::run(move || {
+            let mut dirs: Vec<&GrantedDir> = Vec::new();
+            if let Some(fs) = &grants.fs {
+                dirs.push(&fs.root);
+            }
+            if let Some(m) = &grants.mount {
+                dirs.extend(m.prefix_dirs());
+            }
+            if dirs.is_empty() {
+                return Err(CapError::not_granted("fs", &grants.plugin));
+            }
+            let fd = beneath::open(beneath::locate(&dirs, &path, "path")?, OFlags::PATH)?;
+            statfs(fd.as_fd())
+        })
+        .await?)
     }
 
-    async fn probe_filesystem(&self, image: &str) -> Result<Option<String>, CapError> {
-        let image = self.image(image)?;
-        let path = image.to_string_lossy();
-        let out = command::run_status("blkid", &["-p", "-o", "value", "-s", "TYPE", &path]).await?;
+    async fn filesystem_type(&mut self, path: String) -> CapResult<String> {
+        Ok(with_fs(&self.grants, move |fs| {
+            let fd = beneath::open(fs.locate(&path)?, OFlags::PATH)?;
+            type_name(fd.as_fd())
+        })
+        .await?)
+    }
+
+    async fn make_filesystem(&mut self, image: String, fs_type: String) -> CapResult<()> {
+        formattable(&fs_type)?;
+        let fd = with_fs(&self.grants, move |fs| {
+            let fd = fs.image(&image, true)?;
+            fs.refuse_attached(fd.as_fd(), &image)?;
+            Ok(fd)
+        })
+        .await?;
+        // Neither tool is forced onto an existing filesystem of its own kind
+        // (mkfs.ext4 -F only lets it format a regular file).
+        let out = match fs_type.as_str() {
+            "xfs" => command::run_on_fd_ok("mkfs.xfs", &["-q", FD_ARG], fd.as_fd()).await,
+            _ => {
+                command::run_on_fd_ok("mkfs.ext4", &["-q", "-F", "-m", "0", FD_ARG], fd.as_fd())
+                    .await
+            }
+        };
+        Ok(out.map(drop)?)
+    }
+
+    async fn probe_filesystem(&mut self, image: String) -> CapResult<Option<String>> {
+        let fd = with_fs(&self.grants, move |fs| fs.image(&image, false)).await?;
+        let args = ["-p", "-o", "value", "-s", "TYPE", FD_ARG];
+        let out = command::run_on_fd("blkid", &args, fd.as_fd()).await?;
         match out.status.code() {
             Some(0) => Ok(Some(
                 String::from_utf8_lossy(&out.stdout).trim().to_string(),
             )),
             // blkid: 2 = nothing found.
             Some(2) => Ok(None),
-            _ => Err(command::failure("blkid", &["-p", &path], &out)),
+            _ => Err(command::failure("blkid", &args, &out).into()),
         }
     }
 
-    async fn check_filesystem(&self, image: &str, fs_type: &str) -> Result<(), CapError> {
-        formattable(fs_type)?;
-        let image = self.image(image)?;
+    async fn check_filesystem(&mut self, image: String, fs_type: String) -> CapResult<()> {
+        formattable(&fs_type)?;
+        let fd = with_fs(&self.grants, move |fs| {
+            let fd = fs.image(&image, true)?;
+            fs.refuse_attached(fd.as_fd(), &image)?;
+            Ok(fd)
+        })
+        .await?;
         if fs_type != "ext4" {
             // XFS replays its log at mount; xfs_repair is for humans.
             return Ok(());
         }
-        let path = image.to_string_lossy();
-        let out = command::run_status("e2fsck", &["-p", &path]).await?;
+        let out = command::run_on_fd("e2fsck", &["-p", FD_ARG], fd.as_fd()).await?;
         // e2fsck: 0 clean, 1 errors corrected, 2 corrected (reboot advised).
         match out.status.code() {
             Some(0..=2) => Ok(()),
-            _ => Err(command::failure("e2fsck", &["-p", &path], &out)),
+            _ => Err(command::failure("e2fsck", &["-p", FD_ARG], &out).into()),
         }
-    }
-
-    async fn grow_filesystem(
-        &self,
-        device: &str,
-        mount_path: &str,
-        fs_type: &str,
-        mount_prefixes: &[PathBuf],
-    ) -> Result<(), CapError> {
-        formattable(fs_type)?;
-        self.loop_device(device)?;
-        match (fs_type, mount_path.is_empty()) {
-            ("xfs", true) => Err(CapError::new(
-                super::ErrorCode::FailedPrecondition,
-                "xfs grows only while mounted: give the mount path",
-            )),
-            ("xfs", false) => {
-                let target = paths::confine(mount_path, mount_prefixes, "mount path")?;
-                command::run("xfs_growfs", &[&target.to_string_lossy()])
-                    .await
-                    .map(drop)
-            }
-            (_, true) => {
-                // Offline resize2fs insists on a freshly checked filesystem.
-                let out = command::run_status("e2fsck", &["-f", "-p", device]).await?;
-                if !matches!(out.status.code(), Some(0..=2)) {
-                    return Err(command::failure("e2fsck", &["-f", "-p", device], &out));
-                }
-                command::run("resize2fs", &[device]).await.map(drop)
-            }
-            (_, false) => {
-                paths::confine(mount_path, mount_prefixes, "mount path")?;
-                command::run("resize2fs", &[device])
-                    .await
-                    .map(drop)
-                    .map_err(|e| {
-                        // Some kernels refuse online ext4 growth outright; the
-                        // plugin can still grow it offline at the next stage.
-                        if e.message.contains("Permission denied to resize")
-                            || e.message.contains("not supported")
-                        {
-                            CapError::new(
-                                super::ErrorCode::FailedPrecondition,
-                                format!("the kernel refused to grow ext4 online: {}", e.message),
-                            )
-                        } else {
-                            e
-                        }
-                    })
-            }
-        }
-    }
-
-    async fn create_subvolume(&self, path: &str) -> Result<(), CapError> {
-        let target = self.under_root(path)?;
-        if target.exists() {
-            return Err(CapError::new(
-                super::ErrorCode::AlreadyExists,
-                format!("{} already exists", target.display()),
-            ));
-        }
-        command::run(
-            "btrfs",
-            &["-q", "subvolume", "create", &target.to_string_lossy()],
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<(), CapError> {
-        let source = self.under_root(source)?;
-        let target = self.under_root(path)?;
-        if target.exists() {
-            return Err(CapError::new(
-                super::ErrorCode::AlreadyExists,
-                format!("{} already exists", target.display()),
-            ));
-        }
-        subvolume_root(&source)?;
-        command::run(
-            "btrfs",
-            &[
-                "-q",
-                "subvolume",
-                "snapshot",
-                &source.to_string_lossy(),
-                &target.to_string_lossy(),
-            ],
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn delete_subvolume(&self, path: &str) -> Result<(), CapError> {
-        let target = self.under_root(path)?;
-        if !target.exists() {
-            return Ok(());
-        }
-        if target == self.root {
-            return Err(CapError::denied("refusing to delete the plugin root"));
-        }
-        let path = target.to_string_lossy();
-        // Drop the subvolume's qgroup too, so that no stale accounting stays.
-        let qgroup = command::run("btrfs", &["inspect-internal", "rootid", &path])
-            .await
-            .ok()
-            .map(|id| format!("0/{}", id.trim()));
-        command::run(
-            "btrfs",
-            &["-q", "subvolume", "delete", "--commit-after", &path],
-        )
-        .await?;
-        if let Some(qgroup) = qgroup {
-            let parent = target
-                .parent()
-                .unwrap_or(&self.root)
-                .to_string_lossy()
-                .into_owned();
-            // Fails harmlessly when quotas are off or the qgroup is gone.
-            let _ = command::run_status("btrfs", &["qgroup", "destroy", &qgroup, &parent]).await;
-        }
-        Ok(())
-    }
-}
-
-impl CallState {
-    fn fs_cap(&self) -> Result<&FsCap, CapError> {
-        self.grants
-            .fs
-            .as_deref()
-            .ok_or_else(|| CapError::not_granted("fs", &self.grants.plugin))
-    }
-
-    /// Where statfs may look: the root and the granted mount targets.
-    fn statfs_allowed(&self) -> Vec<PathBuf> {
-        let mut allowed = self.mount_prefixes();
-        if let Some(fs) = &self.grants.fs {
-            allowed.push(fs.root.clone());
-        }
-        allowed
-    }
-
-    pub fn mount_prefixes(&self) -> Vec<PathBuf> {
-        self.grants
-            .mount
-            .as_ref()
-            .map(|m| m.target_prefixes.clone())
-            .unwrap_or_default()
-    }
-}
-
-impl Host for CallState {
-    async fn statfs(&mut self, path: String) -> CapResult<FsStats> {
-        let allowed = self.statfs_allowed();
-        if allowed.is_empty() {
-            return Err(CapError::not_granted("fs", &self.grants.plugin).into());
-        }
-        let resolved = paths::confine(&path, &allowed, "path")?;
-        Ok(statfs(&resolved)?)
-    }
-
-    async fn filesystem_type(&mut self, path: String) -> CapResult<String> {
-        let resolved = self.fs_cap()?.under_root(&path)?;
-        Ok(type_name(&resolved)?)
-    }
-
-    async fn make_filesystem(&mut self, image: String, fs_type: String) -> CapResult<()> {
-        Ok(self.fs_cap()?.make_filesystem(&image, &fs_type).await?)
-    }
-
-    async fn probe_filesystem(&mut self, image: String) -> CapResult<Option<String>> {
-        Ok(self.fs_cap()?.probe_filesystem(&image).await?)
-    }
-
-    async fn check_filesystem(&mut self, image: String, fs_type: String) -> CapResult<()> {
-        Ok(self.fs_cap()?.check_filesystem(&image, &fs_type).await?)
     }
 
     async fn grow_filesystem(
@@ -347,45 +266,114 @@ impl Host for CallState {
         mount_path: String,
         fs_type: String,
     ) -> CapResult<()> {
-        let prefixes = self.mount_prefixes();
-        let fs = self.fs_cap()?;
-        Ok(fs
-            .grow_filesystem(&device, &mount_path, &fs_type, &prefixes)
-            .await?)
+        formattable(&fs_type)?;
+        let grants = self.grants.clone();
+        let offline = blocking::run(move || {
+            let fs = fs_cap(&grants)?;
+            let dev = fs.loop_device(&device)?;
+            if mount_path.is_empty() {
+                if fs_type == "xfs" {
+                    return Err(CapError::new(
+                        ErrorCode::FailedPrecondition,
+                        "xfs grows only while mounted: give the mount path",
+                    ));
+                }
+                return Ok(Some(dev));
+            }
+            let prefixes = grants
+                .mount
+                .as_ref()
+                .map(|m| m.prefix_dirs())
+                .unwrap_or_default();
+            let at = beneath::locate(&prefixes, &mount_path, "mount path")?;
+            let root = beneath::open(at, OFlags::RDONLY | OFlags::DIRECTORY)?;
+            grow_online(&dev, root.as_fd(), &fs_type)?;
+            Ok(None)
+        })
+        .await?;
+        match offline {
+            Some(dev) => Ok(offline_grow(&dev).await?),
+            None => Ok(()),
+        }
     }
 
     async fn attach_loop(&mut self, image: String) -> CapResult<String> {
-        let fs = self.fs_cap()?;
-        let image = fs.image(&image)?;
-        Ok(fs.loops.attach(&image).await?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let fd = fs.image(&image, true)?;
+            fs.loops.attach(fd.as_fd()).map(|dev| dev.name)
+        })
+        .await?)
     }
 
     async fn find_loop(&mut self, image: String) -> CapResult<Option<String>> {
-        let fs = self.fs_cap()?;
-        let image = fs.under_root(&image)?;
-        Ok(fs.loops.find(&image)?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let fd = match fs.image(&image, false) {
+                Ok(fd) => fd,
+                Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            Ok(fs.loops.find(fd.as_fd())?.map(|dev| dev.name))
+        })
+        .await?)
     }
 
     async fn refresh_loop(&mut self, device: String) -> CapResult<()> {
-        self.fs_cap()?.loop_device(&device)?;
-        Ok(loopdev::refresh(&device).await?)
+        Ok(with_fs(&self.grants, move |fs| fs.loop_device(&device)?.refresh()).await?)
     }
 
     async fn detach_loop(&mut self, device: String) -> CapResult<()> {
-        let fs = self.fs_cap()?;
-        fs.loop_device(&device)?;
-        Ok(fs.loops.detach(&device).await?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let dev = fs.loop_device(&device)?;
+            fs.loops.detach(&dev)
+        })
+        .await?)
     }
 
     async fn create_subvolume(&mut self, path: String) -> CapResult<()> {
-        Ok(self.fs_cap()?.create_subvolume(&path).await?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let (parent, name) = fs.parent_of(&path)?;
+            btrfs::create(parent.as_fd(), name)
+        })
+        .await?)
     }
 
     async fn delete_subvolume(&mut self, path: String) -> CapResult<()> {
-        Ok(self.fs_cap()?.delete_subvolume(&path).await?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let (parent, name) = fs.parent_of(&path)?;
+            let id = match fs.subvolume(&path) {
+                Ok(sub) => btrfs::subvolume_id(sub.as_fd())?,
+                Err(e) if e.code == ErrorCode::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            // By name in the parent the host holds: the kernel deletes only
+            // a subvolume found there, whatever was swapped in meanwhile.
+            btrfs::destroy(parent.as_fd(), name)?;
+            // Its qgroup, so that no stale accounting stays.
+            btrfs::destroy_qgroup(parent.as_fd(), id);
+            Ok(())
+        })
+        .await?)
     }
 
     async fn snapshot_subvolume(&mut self, source: String, path: String) -> CapResult<()> {
-        Ok(self.fs_cap()?.snapshot_subvolume(&source, &path).await?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let src = fs.subvolume(&source)?;
+            let (parent, name) = fs.parent_of(&path)?;
+            btrfs::snapshot(src.as_fd(), parent.as_fd(), name, false)
+        })
+        .await?)
     }
+}
+
+/// ext4 grown while unmounted: a forced check first (resize2fs insists),
+/// both tools on the device the host holds.
+async fn offline_grow(dev: &LoopDevice) -> Result<(), CapError> {
+    let fd = dev.fd.as_fd();
+    let out = command::run_on_fd("e2fsck", &["-f", "-p", FD_ARG], fd).await?;
+    if !matches!(out.status.code(), Some(0..=2)) {
+        return Err(command::failure("e2fsck", &["-f", "-p", FD_ARG], &out));
+    }
+    command::run_on_fd_ok("resize2fs", &[FD_ARG], fd)
+        .await
+        .map(drop)
 }

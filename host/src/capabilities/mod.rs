@@ -2,14 +2,19 @@
 //! unit: its grant (built once per plugin from the config), its bounds
 //! checks, and its implementation of the WIT host trait on the call state.
 
+pub mod beneath;
+pub mod blocking;
+pub mod btrfs;
 pub mod command;
 pub mod environment;
 pub mod fs;
+pub mod grow;
 pub mod http;
 pub mod log;
 pub mod loopdev;
 pub mod mount;
-pub mod paths;
+pub mod mount_options;
+pub mod netmount;
 pub mod quota;
 
 use std::sync::Arc;
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::config::PluginConfig;
-use crate::runtime::bindings::wasmcsi::plugin::types::{Error as WitError, ErrorCode};
+use crate::runtime::bindings::wasmcsi::plugin::types::Error as WitError;
+pub use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
 
 /// Everything one plugin was granted, shared by all its calls.
 pub struct Grants {
@@ -26,7 +32,7 @@ pub struct Grants {
     pub settings: Vec<(String, String)>,
     pub fs: Option<Arc<fs::FsCap>>,
     pub quota: Option<quota::QuotaCap>,
-    pub mount: Option<mount::MountCap>,
+    pub mount: Option<Arc<mount::MountCap>>,
     pub http: Option<http::HttpCap>,
     pub log: bool,
 }
@@ -41,7 +47,7 @@ impl Grants {
             .transpose()?
             .map(Arc::new);
         let quota = match (&caps.quota, &fs) {
-            (Some(_), Some(fs)) => Some(quota::QuotaCap::new(fs.clone())),
+            (Some(grant), Some(fs)) => Some(quota::QuotaCap::new(grant, fs.clone())?),
             _ => None,
         };
         Ok(Grants {
@@ -51,7 +57,7 @@ impl Grants {
             mount: caps
                 .mount
                 .as_ref()
-                .map(|m| mount::MountCap::new(m, fs.clone()))
+                .map(|m| mount::MountCap::new(m, fs.clone()).map(Arc::new))
                 .transpose()?,
             http: caps.http.as_ref().map(http::HttpCap::new).transpose()?,
             log: caps.log.is_some(),

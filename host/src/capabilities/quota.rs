@@ -1,12 +1,19 @@
-//! The `quota` capability: size limits on directories under the plugin
-//! root, enforced by the kernel. btrfs qgroups today; project quotas
-//! (XFS/ext4) are the next kind and answer `unimplemented` until then.
+//! The `quota` capability: size limits on btrfs subvolumes strictly
+//! beneath the plugin root, enforced by the kernel (qgroups), set by ioctl
+//! on the subvolume's descriptor. Quotas are never turned on as a side
+//! effect of a call: that is an explicit act of the config, done at load
+//! (`quota.enableBtrfsQuotas`). Project quotas (XFS/ext4) are the next kind
+//! and answer `unimplemented` until then.
 
-use std::path::Path;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use anyhow::Context;
+
+use super::command::{self, FD_ARG};
 use super::fs::FsCap;
-use super::{command, CapError, CapResult};
+use super::{blocking, btrfs, CapError, CapResult, Grants};
+use crate::config::QuotaGrant;
 use crate::runtime::bindings::wasmcsi::plugin::quota::{Host, QuotaKind, Usage};
 use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
 use crate::runtime::state::CallState;
@@ -16,8 +23,19 @@ pub struct QuotaCap {
 }
 
 impl QuotaCap {
-    pub fn new(fs: Arc<FsCap>) -> QuotaCap {
-        QuotaCap { fs }
+    /// The grant; with `enableBtrfsQuotas`, turns quotas on for the root's
+    /// btrfs filesystem now, once, as the operator asked.
+    pub fn new(grant: &QuotaGrant, fs: Arc<FsCap>) -> anyhow::Result<QuotaCap> {
+        if grant.enable_btrfs_quotas {
+            let root = fs.root.fd();
+            if btrfs::on_btrfs(root).map_err(|e| anyhow::anyhow!(e.message))? {
+                btrfs::enable_quotas(root)
+                    .map_err(|e| anyhow::anyhow!(e.message))
+                    .with_context(|| format!("on {}", fs.root.path().display()))?;
+                tracing::info!(root = %fs.root.path().display(), "btrfs quotas enabled (enableBtrfsQuotas)");
+            }
+        }
+        Ok(QuotaCap { fs })
     }
 }
 
@@ -28,38 +46,12 @@ fn project_quota_not_yet() -> CapError {
     )
 }
 
-/// The qgroup id (`0/<subvolume id>`) of a subvolume.
-async fn qgroup_of(path: &Path) -> Result<String, CapError> {
-    let path = path.to_string_lossy();
-    let id = command::run("btrfs", &["inspect-internal", "rootid", &path])
-        .await
-        .map_err(|e| {
-            CapError::invalid(format!("{path} is not a btrfs subvolume: {}", e.message))
-        })?;
-    Ok(format!("0/{}", id.trim()))
-}
-
-async fn btrfs_set_limit(path: &Path, bytes: u64) -> Result<(), CapError> {
-    qgroup_of(path).await?;
-    let p = path.to_string_lossy();
-    let limit = bytes.to_string();
-    let args = ["qgroup", "limit", limit.as_str(), p.as_ref()];
-    if command::run("btrfs", &args).await.is_ok() {
-        return Ok(());
-    }
-    // Most likely quotas are off on this filesystem: turn them on once.
-    command::run("btrfs", &["quota", "enable", &p]).await?;
-    command::run("btrfs", &args).await.map(drop)
-}
-
-async fn btrfs_usage(path: &Path) -> Result<Usage, CapError> {
-    let qgroup = qgroup_of(path).await?;
-    let p = path.to_string_lossy();
-    // Accounting is updated at transaction commit.
-    command::run("btrfs", &["filesystem", "sync", &p]).await?;
-    let out = command::run("btrfs", &["qgroup", "show", "-reF", "--raw", &p]).await?;
-    parse_qgroup_show(&out, &qgroup)
-        .ok_or_else(|| CapError::not_found(format!("no qgroup {qgroup} for {p} (quotas enabled?)")))
+fn quota_fs(grants: &Grants) -> Result<&FsCap, CapError> {
+    grants
+        .quota
+        .as_ref()
+        .map(|q| q.fs.as_ref())
+        .ok_or_else(|| CapError::not_granted("quota", &grants.plugin))
 }
 
 /// Reads `referenced` and `max referenced` of one qgroup from
@@ -79,30 +71,41 @@ fn parse_qgroup_show(out: &str, qgroup: &str) -> Option<Usage> {
 
 impl Host for CallState {
     async fn set_limit(&mut self, kind: QuotaKind, path: String, bytes: u64) -> CapResult<()> {
-        let quota = self.quota_cap()?;
-        let dir = quota.fs.under_root(&path)?;
-        match kind {
-            QuotaKind::BtrfsQgroup => Ok(btrfs_set_limit(&dir, bytes).await?),
-            QuotaKind::Project => Err(project_quota_not_yet().into()),
+        if kind == QuotaKind::Project {
+            return Err(project_quota_not_yet().into());
         }
+        let grants = self.grants.clone();
+        Ok(blocking::run(move || {
+            let sub = quota_fs(&grants)?.subvolume(&path)?;
+            let id = btrfs::subvolume_id(sub.as_fd())?;
+            btrfs::limit(sub.as_fd(), id, bytes)
+        })
+        .await?)
     }
 
     async fn get_usage(&mut self, kind: QuotaKind, path: String) -> CapResult<Usage> {
-        let quota = self.quota_cap()?;
-        let dir = quota.fs.under_root(&path)?;
-        match kind {
-            QuotaKind::BtrfsQgroup => Ok(btrfs_usage(&dir).await?),
-            QuotaKind::Project => Err(project_quota_not_yet().into()),
+        if kind == QuotaKind::Project {
+            return Err(project_quota_not_yet().into());
         }
-    }
-}
-
-impl CallState {
-    fn quota_cap(&self) -> Result<&QuotaCap, CapError> {
-        self.grants
-            .quota
-            .as_ref()
-            .ok_or_else(|| CapError::not_granted("quota", &self.grants.plugin))
+        let grants = self.grants.clone();
+        let (sub, id) = blocking::run(move || {
+            let sub = quota_fs(&grants)?.subvolume(&path)?;
+            let id = btrfs::subvolume_id(sub.as_fd())?;
+            Ok((sub, id))
+        })
+        .await?;
+        // No forced commit: figures are as of the last transaction (at most
+        // the commit interval old), which is what a stats poll needs.
+        let out = command::run_on_fd_ok(
+            "btrfs",
+            &["qgroup", "show", "-reF", "--raw", FD_ARG],
+            sub.as_fd(),
+        )
+        .await?;
+        let qgroup = format!("0/{id}");
+        Ok(parse_qgroup_show(&out, &qgroup).ok_or_else(|| {
+            CapError::not_found(format!("no qgroup {qgroup} (are quotas enabled?)"))
+        })?)
     }
 }
 

@@ -39,7 +39,7 @@ pub fn add_to_linker(linker: &mut Linker<CallState>) -> Result<()> {
     let added = preopens::add_to_linker::<CallState, SharedPreopens>(linker, |state| {
         let (fs, table) = state.fs_and_table();
         PreopenView {
-            root: fs.map(|fs| (&fs.preopen, fs.root.as_path())),
+            root: fs.map(|fs| (&fs.preopen, fs.root.path())),
             table,
         }
     });

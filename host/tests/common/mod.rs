@@ -98,7 +98,7 @@ plugins:
     settings: {{ mode: {mode}, fsType: {fs} }}
     capabilities:
       fs: {{ root: "{root}" }}
-      quota: {{}}
+      quota: {{ enableBtrfsQuotas: true }}
       mount: {{ types: [xfs, ext4], targetPrefixes: ["{kubelet}"] }}
       log: {{}}
 {extra}"#,
@@ -107,7 +107,10 @@ plugins:
             fs = options.fs_type,
             root = root.display(),
             kubelet = kubelet.display(),
-            extra = options.plugin_extra,
+            // Plugins added by a test may be granted the harness's kubelet dir.
+            extra = options
+                .plugin_extra
+                .replace("${TEST_KUBELET}", &kubelet.display().to_string()),
         );
         std::fs::write(&config, yaml).unwrap();
         let child = spawn(&config, &log, &options.args);
