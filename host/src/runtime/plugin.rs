@@ -19,6 +19,9 @@ use super::state::CallState;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
 
+/// How much earlier than the caller's deadline a call is ended, at most.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
 /// Why a plugin call did not produce an answer of the plugin's own.
 #[derive(Debug, thiserror::Error)]
 pub enum CallFailure {
@@ -166,8 +169,11 @@ impl Plugin {
         E: Exports,
         F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
     {
+        // The caller's deadline less a margin, so that DEADLINE_EXCEEDED
+        // reaches it before it gives up on its own (and sees only CANCELLED).
+        let answer_by = deadline.map(|d| d.saturating_sub((d / 10).min(DEADLINE_MARGIN)));
         let timeout = Duration::from_secs(self.limits.call_timeout_seconds)
-            .min(deadline.unwrap_or(Duration::MAX));
+            .min(answer_by.unwrap_or(Duration::MAX));
         let deadline_failure = || CallFailure::Deadline {
             plugin: self.name.clone(),
             op,
