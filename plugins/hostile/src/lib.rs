@@ -5,6 +5,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
+mod escapes;
+
 use exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest as Controller,
     SnapshotFilter, SnapshotPage, VolumePage,
@@ -225,8 +227,9 @@ impl Node for Hostile {
     fn unstage_volume(_volume_id: String, _staging_path: String) -> Result<()> {
         unimplemented()
     }
-    fn publish_volume(_req: PublishRequest) -> Result<()> {
-        unimplemented()
+    /// The volume id picks an escape attempt (see `escapes`).
+    fn publish_volume(req: PublishRequest) -> Result<()> {
+        escapes::attempt(&req.volume_id, &req.target_path, &req.volume_context)
     }
     fn unpublish_volume(_volume_id: String, _target_path: String) -> Result<()> {
         unimplemented()

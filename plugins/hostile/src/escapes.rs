@@ -1,0 +1,205 @@
+//! Attempts to reach past the grants through the host's capabilities,
+//! chosen by NodePublishVolume's volume id. The grants in the tests are a
+//! real deployment's: an fs root in one place, the mount prefix (the
+//! "kubelet" directory, the publish request's target path is under it)
+//! somewhere else. `canary` (volume context) names a file outside every
+//! grant that must come out untouched.
+//!
+//! Links are made by the plugin itself through WASI, which refuses
+//! absolute link targets but not relative ones climbing out of the root.
+
+use wasip2::filesystem::preopens::get_directories;
+use wasip2::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
+
+use crate::wasmcsi::plugin::types::{Error, ErrorCode, KeyValues};
+use crate::wasmcsi::plugin::{fs, mount, quota};
+use crate::{error, param, Result};
+
+fn root() -> Result<(Descriptor, String)> {
+    get_directories()
+        .into_iter()
+        .next()
+        .ok_or_else(|| error(ErrorCode::Internal, "no preopen"))
+}
+
+fn wasi(what: &str, e: impl std::fmt::Debug) -> Error {
+    error(ErrorCode::Internal, format!("{what}: {e:?}"))
+}
+
+/// `../` enough times to climb from `depth` directories below the root to
+/// `/`, then `target` (absolute, without its leading slash).
+fn climbing(depth: usize, root: &str, target: &str) -> String {
+    let up = root.split('/').filter(|p| !p.is_empty()).count() + depth;
+    format!("{}{}", "../".repeat(up + 4), target.trim_start_matches('/'))
+}
+
+fn make_dir(dir: &Descriptor, path: &str) {
+    let _ = dir.create_directory_at(path);
+}
+
+fn write_file(dir: &Descriptor, path: &str, bytes: &[u8]) -> Result<()> {
+    let file = dir
+        .open_at(
+            PathFlags::empty(),
+            path,
+            OpenFlags::CREATE,
+            DescriptorFlags::READ | DescriptorFlags::WRITE,
+        )
+        .map_err(|e| wasi("open", e))?;
+    file.write(bytes, 0).map_err(|e| wasi("write", e))?;
+    Ok(())
+}
+
+/// Turns `path` into a symlink to `target`, or back into a directory.
+fn swap(dir: &Descriptor, path: &str, target: &str, to_link: bool) {
+    let _ = dir.unlink_file_at(path);
+    let _ = dir.remove_directory_at(path);
+    if to_link {
+        let _ = dir.symlink_at(target, path);
+    } else {
+        let _ = dir.create_directory_at(path);
+    }
+}
+
+/// Runs the escape `name`; `target` is a path under the mount prefix.
+/// `name#n` is `name` (distinct volume ids, so the host's per-volume lock
+/// lets several run at once).
+pub fn attempt(name: &str, target: &str, context: &KeyValues) -> Result<()> {
+    let name = name.split('#').next().unwrap_or(name);
+    let (dir, root) = root()?;
+    let canary = param(context, "canary").unwrap_or("/tmp/wasmcsi-no-canary");
+    let rounds: usize = param(context, "rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
+    match name {
+        // A link of its own, dangling, climbing to the canary; the root's
+        // directory bound under the prefix shows it there; then a file is
+        // bound onto the link (the host must not create or mount through it).
+        "dangling-bind" => {
+            make_dir(&dir, "view");
+            write_file(&dir, "file", b"plugin data")?;
+            let _ = dir.unlink_file_at("view/dangling");
+            dir.symlink_at(&climbing(1, &root, canary), "view/dangling")
+                .map_err(|e| wasi("symlink", e))?;
+            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)?;
+            let result = mount::bind(
+                &format!("{root}/file"),
+                &format!("{target}/view/dangling"),
+                false,
+            );
+            let _ = mount::unmount(&format!("{target}/view"), true);
+            result
+        }
+        // The same through a directory link: mkdir -p of the target must not
+        // follow it either.
+        "link-dir-bind" => {
+            make_dir(&dir, "view");
+            let _ = dir.unlink_file_at("view/out");
+            let outside = canary.rsplit_once('/').map(|(d, _)| d).unwrap_or("/tmp");
+            dir.symlink_at(&climbing(1, &root, outside), "view/out")
+                .map_err(|e| wasi("symlink", e))?;
+            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)?;
+            let result = mount::bind(
+                &format!("{root}/view"),
+                &format!("{target}/view/out/inside"),
+                false,
+            );
+            let _ = mount::unmount(&format!("{target}/view"), true);
+            result
+        }
+        // One half of a two-call race: flips `view/flip` between a
+        // directory and a link out, as fast as it can.
+        "race-swapper" => {
+            make_dir(&dir, "view");
+            let outside = canary.rsplit_once('/').map(|(d, _)| d).unwrap_or("/tmp");
+            let link = climbing(1, &root, outside);
+            for round in 0..rounds * 8 {
+                swap(&dir, "view/flip", &link, round % 2 == 0);
+            }
+            swap(&dir, "view/flip", &link, false);
+            Ok(())
+        }
+        // The other half: binds under the flipping directory (seen under
+        // the prefix through a bind of `view`), and formats an image in it.
+        "race-user" => {
+            make_dir(&dir, "view");
+            write_file(&dir, "file", b"plugin data")?;
+            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)?;
+            for _ in 0..rounds {
+                let t = format!("{target}/view/flip/t");
+                if mount::bind(&format!("{root}/file"), &t, false).is_ok() {
+                    let _ = mount::unmount(&t, true);
+                }
+                let _ = fs::make_filesystem(&format!("{root}/view/flip/canary.img"), "ext4");
+                let _ = fs::probe_filesystem(&format!("{root}/view/flip/canary.img"));
+                let _ = fs::attach_loop(&format!("{root}/view/flip/canary.img"))
+                    .map(|d| fs::detach_loop(&d));
+            }
+            let _ = mount::unmount(&format!("{target}/view"), true);
+            Ok(())
+        }
+        // Options that name devices or paths, or take the node down.
+        "logdev" => mount::mount(
+            "/dev/loop0",
+            &format!("{target}/x"),
+            "xfs",
+            &["logdev=/dev/loop1".to_string()],
+        ),
+        "errors-panic" => mount::mount(
+            "/dev/loop0",
+            &format!("{target}/x"),
+            "ext4",
+            &["errors=panic".to_string()],
+        ),
+        "smuggled-option" => mount::mount(
+            "/dev/loop0",
+            &format!("{target}/x"),
+            "xfs",
+            &["nouuid,logdev=/dev/loop1".to_string()],
+        ),
+        // Devices and places that are not the plugin's.
+        "foreign-device" => mount::mount(
+            param(context, "device").unwrap_or("/dev/loop0"),
+            &format!("{target}/x"),
+            "xfs",
+            &[],
+        ),
+        "disk-device" => mount::mount("/dev/vda", &format!("{target}/x"), "xfs", &[]),
+        "bind-proc" => mount::bind("/proc/self/root", &format!("{target}/x"), false),
+        "bind-foreign-device" => mount::bind(
+            param(context, "device").unwrap_or("/dev/loop0"),
+            &format!("{target}/x"),
+            false,
+        ),
+        // Onto the prefix itself (the test names it as `at`).
+        "mount-on-prefix" => {
+            make_dir(&dir, "view");
+            mount::bind(
+                &format!("{root}/view"),
+                param(context, "at").unwrap_or(target),
+                false,
+            )
+        }
+        // Quota on what is not a subvolume beneath the root.
+        "quota-root" => quota::set_limit(quota::QuotaKind::BtrfsQgroup, &root, 1 << 20),
+        "quota-dir" => {
+            make_dir(&dir, "plain");
+            quota::set_limit(
+                quota::QuotaKind::BtrfsQgroup,
+                &format!("{root}/plain"),
+                1 << 20,
+            )
+        }
+        "quota-usage-root" => quota::get_usage(quota::QuotaKind::BtrfsQgroup, &root).map(drop),
+        "delete-root-subvolume" => fs::delete_subvolume(&root),
+        // The test put a fifo there: the host must not hang opening it.
+        "fifo-image" => fs::make_filesystem(&format!("{root}/fifo.img"), "xfs"),
+        // statfs of the target (the test mounts a filesystem that never
+        // answers there): this call may hang, no other may.
+        "statfs" => fs::statfs(target).map(drop),
+        other => Err(error(
+            ErrorCode::InvalidArgument,
+            format!("no escape called {other:?}"),
+        )),
+    }
+}
