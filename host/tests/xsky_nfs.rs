@@ -13,10 +13,7 @@ use xms_emulator::Faults;
 use xsky::*;
 
 fn tree_size(emu: &xms_emulator::Emulator, name: &str) -> Option<u64> {
-    emu.quota_trees()
-        .iter()
-        .find(|t| t.name == name)
-        .map(|t| t.size)
+    tree_of(emu, name).map(|t| t.size)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,8 +33,9 @@ async fn create_expand_publish_delete() {
     );
     let ctx = &vol.volume_context;
     assert_eq!(ctx["server"], "127.0.0.1");
-    assert_eq!(ctx["share"], "/sdsfs/csi-fs/pvc-life");
-    assert_eq!(tree_size(&emu, "pvc-life"), Some(5 * GIB));
+    let tree = tree_of(&emu, "pvc-life").expect("a marked quota tree");
+    assert_eq!(ctx["share"], format!("/sdsfs/csi-fs/{}", tree.name));
+    assert_eq!(tree.size, 5 * GIB);
 
     // Idempotent: the same request is the same volume; another size is not.
     let again = d
@@ -82,25 +80,37 @@ async fn create_expand_publish_delete() {
         .expect("publish");
     let mounts = d.recorded_mounts();
     assert_eq!(mounts.len(), 1, "{mounts:?}");
-    assert_eq!(mounts[0]["source"], "127.0.0.1:/sdsfs/csi-fs/pvc-life");
+    let source = format!("127.0.0.1:/sdsfs/csi-fs/{}", tree.name);
+    assert_eq!(mounts[0]["source"], source.as_str());
     assert_eq!(mounts[0]["fsType"], "nfs");
     assert_eq!(mounts[0]["target"], target.display().to_string());
     assert_eq!(
         mounts[0]["options"],
         serde_json::json!(["vers=4", "hard", "timeo=600", "ro"])
     );
-    let stats = d
-        .client
-        .node
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_path: target.display().to_string(),
-            ..Default::default()
-        })
-        .await
-        .expect("stats")
-        .into_inner();
-    assert!(stats.usage[0].total > 0, "{stats:?}");
+    // Stats only of the volume's mount: the mount was only recorded, so
+    // nothing is mounted at the target yet (the path's own filesystem is
+    // not the volume's).
+    let err = stats(&mut d, &vol.volume_id, &target).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("not mounted"), "{err:?}");
+    // Something else mounted there is not the volume either.
+    stand_in_mount("tmpfs", &target);
+    let err = stats(&mut d, &vol.volume_id, &target).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let out = std::process::Command::new("umount")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The export, mounted (a tmpfs named like it stands in for NFS): stats
+    // and a condition that was checked.
+    stand_in_mount(&source, &target);
+    let st = stats(&mut d, &vol.volume_id, &target).await.expect("stats");
+    assert!(st.usage[0].total > 0, "{st:?}");
+    let condition = st.volume_condition.expect("a volume condition");
+    assert!(!condition.abnormal, "{condition:?}");
+    assert!(condition.message.contains(&source), "{condition:?}");
     for _ in 0..2 {
         d.client
             .node
@@ -362,7 +372,7 @@ async fn work_that_never_settles_ends_in_deadline_exceeded() {
     let budget_tree = emu
         .quota_trees()
         .into_iter()
-        .find(|t| t.name == "pvc-budget");
+        .find(|t| t.name.starts_with("pvc-budget_w"));
     assert_eq!(
         budget_tree.map(|t| t.status()),
         Some("deleting"),
@@ -606,5 +616,238 @@ async fn folder_mode_snapshot_and_restore() {
     }
     d.delete(&vol.volume_id).await.expect("delete");
     d.delete(&vol.volume_id).await.expect("delete again");
+    finish(&emu, &d);
+}
+
+/// GetCapacity carries no parameters from csi-sanity and never secrets:
+/// the plugin settings give the defaults (shares, or mode and pool) and
+/// the credentials (in deploy/, from a Secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_without_parameters_uses_the_settings() {
+    let emu = emulator().await;
+    let server = [emu.addr().to_string()];
+    let creds = format!(", user: \"{USER}\", password: \"{PASSWORD}\"");
+    let bare = |d: &mut XskyDriver| {
+        let mut c = d.client.controller.clone();
+        async move {
+            c.get_capacity(GetCapacityRequest::default())
+                .await
+                .map(|r| r.into_inner().available_capacity as u64)
+        }
+    };
+
+    // Nothing in the settings: says which setting is missing.
+    let mut d = XskyDriver::start(&server, "").await;
+    let err = bare(&mut d).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("setting shares"), "{err:?}");
+    drop(d);
+
+    // Quota-tree mode: the settings' home shares and credentials.
+    let settings = format!(", shares: \"{SHARE}\"{creds}");
+    let mut d = XskyDriver::start(&server, &settings).await;
+    assert_eq!(bare(&mut d).await.expect("capacity"), 100 * GIB);
+    let vol = d
+        .create("pvc-capless", 30 * GIB, &[])
+        .await
+        .expect("create");
+    assert_eq!(bare(&mut d).await.expect("capacity"), 70 * GIB);
+    d.delete(&vol.volume_id).await.expect("delete");
+    assert!(
+        !d.logs().contains("deprecated"),
+        "settings credentials are not the deprecated parameters"
+    );
+    finish(&emu, &d);
+    drop(d);
+
+    // Folder mode: the settings' pool (1 TiB, of which csi-fs has 100 GiB).
+    let settings = format!(", mode: folder, pool: data_pool{creds}");
+    let mut d = XskyDriver::start(&server, &settings).await;
+    assert_eq!(bare(&mut d).await.expect("capacity"), 924 * GIB);
+    // Parameters still win over the settings.
+    let mut c = d.client.controller.clone();
+    let err = c
+        .get_capacity(GetCapacityRequest {
+            parameters: [("pool".to_string(), "nope".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    finish(&emu, &d);
+}
+
+/// A create whose smallest possible size is past limit_bytes is refused
+/// before anything is made, every time; the same name with other
+/// parameters is ALREADY_EXISTS, not the old volume; cloning a volume is
+/// refused saying what does work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_are_checked_before_anything_is_made() {
+    use wasmcsi::proto::volume_content_source::{Type, VolumeSource};
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+
+    // 512 KiB at most, but a volume is at least 1 MiB: OUT_OF_RANGE, and a
+    // retry says the same (no quota tree was left to be ALREADY_EXISTS).
+    let mut tiny = create_req("pvc-tiny", 0, &[]);
+    tiny.capacity_range = Some(CapacityRange {
+        required_bytes: 0,
+        limit_bytes: 512 << 10,
+    });
+    for _ in 0..2 {
+        let err = d
+            .client
+            .controller
+            .create_volume(tiny.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+        assert!(emu.quota_trees().is_empty(), "{:?}", emu.quota_trees());
+    }
+
+    // Same name, other parameters: ALREADY_EXISTS, in both modes.
+    let vol = d
+        .create("pvc-params", 5 * GIB, &[("mountOptions", "hard")])
+        .await
+        .expect("create");
+    for other in [
+        vec![("mountOptions", "soft")],
+        vec![("mountOptions", "hard"), ("clientGroupName", "k8s-nodes")],
+        vec![("mountOptions", "hard"), ("nfsVersion", "3")],
+    ] {
+        let err = d.create("pvc-params", 5 * GIB, &other).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{other:?}: {err:?}");
+    }
+    let again = d
+        .create("pvc-params", 5 * GIB, &[("mountOptions", "hard")])
+        .await
+        .expect("the same request again");
+    assert_eq!(again.volume_id, vol.volume_id);
+    assert_eq!(emu.quota_trees().len(), 1);
+
+    let folder = [("mode", "folder"), ("pool", "data_pool")];
+    let fvol = d.create("pvc-fparams", GIB, &folder).await.expect("create");
+    let mut other = folder.to_vec();
+    other.push(("clientGroupName", "k8s-nodes"));
+    let err = d.create("pvc-fparams", GIB, &other).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let err = d
+        .create(
+            "pvc-fparams",
+            GIB,
+            &[
+                ("mode", "folder"),
+                ("pool", "data_pool"),
+                ("mountOptions", "soft"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    // Clone from a volume: refused in both modes, saying what works, and
+    // nothing made.
+    for (params, source) in [(&[][..], &vol), (&folder[..], &fvol)] {
+        let mut req = create_req("pvc-clone", GIB, params);
+        req.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(Type::Volume(VolumeSource {
+                volume_id: source.volume_id.clone(),
+            })),
+        });
+        let err = d.client.controller.create_volume(req).await.unwrap_err();
+        eprintln!("clone: {:?}: {}", err.code(), err.message());
+        assert!(
+            matches!(err.code(), Code::Unimplemented | Code::InvalidArgument),
+            "{err:?}"
+        );
+        assert!(
+            !err.message().contains("quota-tree mode only"),
+            "an untrue message: {err:?}"
+        );
+    }
+    assert_eq!(emu.quota_trees().len(), 1);
+    assert_eq!(emu.with_state(|s| s.folders.len()), 2);
+
+    d.delete(&vol.volume_id).await.expect("delete");
+    d.delete(&fvol.volume_id).await.expect("delete");
+    finish(&emu, &d);
+}
+
+/// Folder mode takes only folders xsky-nfs made: a volume named like the
+/// home share's folder is not that folder, and a delete of a folder that
+/// is not ours, or holds what ours never do, touches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_mode_touches_only_its_own_folders() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let folder = [("mode", "folder"), ("pool", "data_pool")];
+
+    let err = d.create("csi-fs", GIB, &folder).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("did not make"), "{err:?}");
+    // The home share's folder by id: refused before any share is touched.
+    let err = d.delete("xsky-nfs:fd-1").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let home = emu.with_state(|s| (s.shares.len(), s.shares[0].pending.is_none()));
+    assert_eq!(home, (1, true), "the home share was touched");
+    // Quota-tree volumes still work.
+    let vol = d.create("pvc-after", GIB, &[]).await.expect("create");
+    d.delete(&vol.volume_id).await.expect("delete");
+
+    // A folder of ours in which someone made a quota tree: the delete
+    // says so and leaves its share in place.
+    let fvol = d.create("pvc-own", GIB, &folder).await.expect("create");
+    let fid: i64 = fvol
+        .volume_id
+        .trim_start_matches("xsky-nfs:fd-")
+        .parse()
+        .unwrap();
+    let racer = emu.with_state(|s| s.race_claim_tree(fid, GIB));
+    let err = d.delete(&fvol.volume_id).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("quota tree"), "{err:?}");
+    let shared = emu.with_state(|s| {
+        s.shares
+            .iter()
+            .any(|sh| sh.folder_id == fid && sh.pending.is_none())
+    });
+    assert!(shared, "the folder's share was removed: {}", emu.summary());
+    emu.with_state(|s| s.quota_trees.retain(|t| t.id != racer));
+    d.delete(&fvol.volume_id).await.expect("delete");
+    finish(&emu, &d);
+}
+
+/// Space taken by another client between the plugin's look and its
+/// request: XMS answers 400, the plugin RESOURCE_EXHAUSTED (which the
+/// provisioner retries), and the retry succeeds once space is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_races_are_not_final() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let folder = [("mode", "folder"), ("pool", "data_pool")];
+    for (name, params, bytes) in [
+        ("pvc-race", &[][..], 90 * GIB),
+        ("pvc-frace", &folder[..], 920 * GIB),
+    ] {
+        emu.set_faults(Faults {
+            race_claim_bytes: bytes,
+            ..Faults::default()
+        });
+        let err = d.create(name, 20 * GIB, params).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{name}: {err:?}");
+        assert_eq!(emu.faults().race_claim_bytes, 0, "the race did not run");
+        let refused = emu
+            .exchanges()
+            .iter()
+            .any(|e| e.status == 400 && !e.injected);
+        assert!(refused, "XMS never refused: the race was not tested");
+        // The other client gives the space back; the retry succeeds.
+        emu.with_state(|s| {
+            s.quota_trees.retain(|t| !t.name.starts_with("racer-"));
+            s.folders.retain(|f| !f.name.starts_with("racer-"));
+        });
+        let vol = d.create(name, 20 * GIB, params).await.expect("retry");
+        d.delete(&vol.volume_id).await.expect("delete");
+    }
     finish(&emu, &d);
 }

@@ -36,6 +36,10 @@ pub struct Faults {
     pub delay_ms: u64,
     /// Work accepted with 202 never settles while set.
     pub never_settle: bool,
+    /// A capacity race: just before the next AddFSQuotaTrees (CreateFolder)
+    /// is served, another client takes this many bytes of its folder (of
+    /// the pool) with a quota tree (a folder) named `racer-<id>`.
+    pub race_claim_bytes: u64,
 }
 
 impl Faults {
@@ -44,6 +48,7 @@ impl Faults {
             "down": self.down, "unauthorized_next": self.unauthorized_next,
             "fail_next": self.fail_next, "fail_status": self.fail_status,
             "delay_ms": self.delay_ms, "never_settle": self.never_settle,
+            "race_claim_bytes": self.race_claim_bytes,
         })
     }
 
@@ -67,6 +72,9 @@ impl Faults {
         }
         if let Some(x) = b("never_settle") {
             self.never_settle = x;
+        }
+        if let Some(x) = n("race_claim_bytes") {
+            self.race_claim_bytes = x;
         }
     }
 }
@@ -313,8 +321,12 @@ async fn handle(
         Some(r) => (r, true),
         None => {
             let q: HashMap<String, String> = query.iter().cloned().collect();
+            let race = std::mem::take(&mut shared.faults.lock().unwrap().race_claim_bytes);
             let mut state = shared.state.lock().unwrap();
             state.settle();
+            if race > 0 {
+                race_claim(&mut state, &method, &path, body.as_ref(), race, &shared);
+            }
             (
                 route(
                     &mut state,
@@ -340,6 +352,36 @@ async fn handle(
         injected: was_injected,
     });
     Ok(respond(status, &v))
+}
+
+/// Runs the `race_claim_bytes` fault when this request is the one it
+/// waits for; otherwise keeps it armed.
+fn race_claim(
+    state: &mut State,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    bytes: u64,
+    shared: &Shared,
+) {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("PUT", ["", "v1", "fs-folders", id, "fs-quota-trees"]) => {
+            if let Ok(id) = id.parse() {
+                state.race_claim_tree(id, bytes);
+                return;
+            }
+        }
+        ("POST", ["", "v1", "fs-folders"]) => {
+            let pool = body
+                .and_then(|b| b["fs_folder"]["pool_id"].as_i64())
+                .unwrap_or(state.pools[0].id);
+            state.race_claim_folder(pool, bytes);
+            return;
+        }
+        _ => {}
+    }
+    shared.faults.lock().unwrap().race_claim_bytes = bytes;
 }
 
 fn not_found(method: &str, path: &str) -> Reply {
@@ -420,6 +462,10 @@ fn route(
             None => (400, json!({"message": "fs_snapshot_id must be an integer"})),
         },
         ("GET", ["pools"]) => s.list_pools(q),
+        ("GET", ["pools", _, "samples"]) => match id(1) {
+            Some(i) => s.pool_samples(i),
+            None => (400, json!({"message": "pool_id must be an integer"})),
+        },
         ("GET", ["fs-gateway-groups"]) => s.list_gateway_groups(q),
         ("GET", ["fs-client-groups"]) => s.list_client_groups(q),
         ("GET", ["fs-quota-trees"]) => s.list_quota_trees(q),

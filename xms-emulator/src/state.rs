@@ -39,6 +39,8 @@ pub struct Folder {
     pub pending: Work,
     /// The snapshot it was cloned from.
     pub snapshot_id: Option<i64>,
+    /// Free text the creator (or a later UpdateFolder) set.
+    pub description: String,
 }
 
 /// Background work on an object: what, and when it is done (`None`: never,
@@ -174,6 +176,7 @@ impl Default for State {
                 created,
                 pending: None,
                 snapshot_id: None,
+                description: String::new(),
             }],
             quota_trees: vec![],
             shares: vec![NfsShare {
@@ -364,6 +367,7 @@ impl State {
         strip_nulls(json!({
             "id": f.id,
             "name": f.name,
+            "description": f.description,
             "size": f.size,
             "status": status_of(&f.pending),
             "action_status": if f.pending.is_some() { status_of(&f.pending) } else { "" },
@@ -706,6 +710,64 @@ impl State {
         (200, json!({ "pools": page(items, query) }))
     }
 
+    /// GET /v1/pools/{id}/samples (GetPoolSamples): one sample, now. The
+    /// emulator counts a folder's whole size as used (what its CreateFolder
+    /// check enforces).
+    pub fn pool_samples(&self, id: i64) -> Reply {
+        let Some(pool) = self.pools.iter().find(|p| p.id == id) else {
+            return error(404, format!("pool {id} not found"));
+        };
+        let used: u64 = self
+            .folders
+            .iter()
+            .filter(|f| f.pool_id == id)
+            .map(|f| f.size)
+            .sum();
+        let sample = json!({
+            "create": now(),
+            "total_kbyte": pool.size / 1024,
+            "used_kbyte": used / 1024,
+            "used_percent": used as f64 * 100.0 / pool.size.max(1) as f64,
+        });
+        (200, json!({ "pool_samples": [sample] }))
+    }
+
+    /// Another client takes `bytes` of folder `folder_id` (a settled quota
+    /// tree named `racer-<id>`), as happens between a client's look at the
+    /// free space and its request. Returns the tree's id.
+    pub fn race_claim_tree(&mut self, folder_id: i64, bytes: u64) -> i64 {
+        let id = self.new_id();
+        let stamp = now();
+        self.quota_trees.push(QuotaTree {
+            id,
+            folder_id,
+            name: format!("racer-{id}"),
+            size: bytes,
+            pending: None,
+            created: stamp.clone(),
+            updated: stamp,
+        });
+        id
+    }
+
+    /// Another client takes `bytes` of pool `pool_id` (a settled folder
+    /// named `racer-<id>`). Returns the folder's id.
+    pub fn race_claim_folder(&mut self, pool_id: i64, bytes: u64) -> i64 {
+        let id = self.new_id();
+        self.folders.push(Folder {
+            id,
+            name: format!("racer-{id}"),
+            size: bytes,
+            pool_id,
+            gateway_group_id: 0,
+            created: now(),
+            pending: None,
+            snapshot_id: None,
+            description: String::new(),
+        });
+        id
+    }
+
     /// POST /v1/fs-folders/ (CreateFolder), optionally from a snapshot.
     pub fn create_folder(&mut self, body: &Value) -> Reply {
         let f = &body["fs_folder"];
@@ -759,6 +821,7 @@ impl State {
             created: now(),
             pending,
             snapshot_id,
+            description: f["description"].as_str().unwrap_or_default().to_string(),
         };
         self.folders.push(folder.clone());
         (202, json!({ "fs_folder": self.folder_view(&folder) }))
@@ -775,8 +838,14 @@ impl State {
                 format!("fs folder {id} is {}", status_of(&folder.pending)),
             );
         }
-        let Some(size) = body["fs_folder"]["size"].as_u64() else {
-            return error(400, "fs_folder.size must be an integer");
+        let req = &body["fs_folder"];
+        let description = req["description"].as_str().map(str::to_string);
+        let size = match (&req["size"], &description) {
+            (Value::Null, Some(_)) => folder.size,
+            (v, _) => match v.as_u64() {
+                Some(s) => s,
+                None => return error(400, "fs_folder.size must be an integer"),
+            },
         };
         if size < self.folder_used(id, None) {
             return error(400, "a folder cannot be smaller than its quota trees");
@@ -803,6 +872,9 @@ impl State {
         let f = self.folders.iter_mut().find(|f| f.id == id).unwrap();
         if size != f.size {
             f.pending = Some((Pending::Resize(size), at));
+        }
+        if let Some(d) = description {
+            f.description = d;
         }
         let f = f.clone();
         (202, json!({ "fs_folder": self.folder_view(&f) }))

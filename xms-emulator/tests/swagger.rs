@@ -137,7 +137,8 @@ fn every_operation_answers_as_the_swagger_says() {
     ));
     assert_eq!(all.last().unwrap().status, 404);
     // Folder mode: folder, share with a client-group ACL, snapshot, clone.
-    let folder = json!({"fs_folder": {"name": "pvc-f", "pool_id": 1, "size": 2 * GIB}});
+    let folder = json!({"fs_folder": {"name": "pvc-f", "pool_id": 1, "size": 2 * GIB,
+        "description": "wasmcsi:xsky-nfs:0123abcd"}});
     all.push(ex(
         "GET",
         "/v1/pools/",
@@ -154,6 +155,33 @@ fn every_operation_answers_as_the_swagger_says() {
     ));
     s.settle();
     let fid = s.folders.last().unwrap().id;
+    assert_eq!(
+        s.get_folder(fid).1["fs_folder"]["description"],
+        "wasmcsi:xsky-nfs:0123abcd",
+        "the description is kept"
+    );
+    all.push(ex(
+        "GET",
+        "/v1/pools/1/samples",
+        &[],
+        None,
+        s.pool_samples(1),
+    ));
+    assert_eq!(
+        all.last().unwrap().response.as_ref().unwrap()["pool_samples"][0]["used_kbyte"],
+        (102 * GIB / 1024),
+        "csi-fs and pvc-f count as used"
+    );
+    let describe = json!({"fs_folder": {"description": "changed"}});
+    all.push(ex(
+        "PATCH",
+        &format!("/v1/fs-folders/{fid}"),
+        &[],
+        Some(describe.clone()),
+        s.update_folder(fid, &describe),
+    ));
+    assert_eq!(s.get_folder(fid).1["fs_folder"]["description"], "changed");
+    assert_eq!(s.folders.last().unwrap().size, 2 * GIB, "size untouched");
     let share = json!({"fs_nfs_share": {"fs_folder_id": fid, "fs_gateway_group_id": 1,
         "fs_nfs_share_acls": [{"type": "client_group", "fs_client_group_id": 1, "permission": "rw", "sync": true, "all_squash": false, "root_squash": false}]}});
     all.push(ex(

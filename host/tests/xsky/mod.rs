@@ -260,6 +260,51 @@ pub fn create_req(name: &str, bytes: u64, params: &[(&str, &str)]) -> CreateVolu
     }
 }
 
+/// The quota tree xsky-nfs made for the CSI volume `name`: named
+/// `<name>_w<8 hex digits>` (the mark and the parameters' fingerprint).
+pub fn tree_of(emu: &Emulator, name: &str) -> Option<xms_emulator::QuotaTree> {
+    emu.quota_trees().into_iter().find(|t| {
+        t.name
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix("_w"))
+            .is_some_and(|fp| fp.len() == 8 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
+/// Mounts a tmpfs named `source` at `target`: with recordNetworkMounts
+/// nothing is mounted where the plugin published, so this stands in for the
+/// NFS mount (mountinfo shows the source as given).
+pub fn stand_in_mount(source: &str, target: &Path) {
+    std::fs::create_dir_all(target).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", source])
+        .arg(target)
+        .output()
+        .expect("running mount");
+    assert!(
+        out.status.success(),
+        "mount tmpfs {source} on {}: {}",
+        target.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn stats(
+    d: &mut XskyDriver,
+    id: &str,
+    path: &Path,
+) -> Result<NodeGetVolumeStatsResponse, tonic::Status> {
+    d.client
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
 /// `request` with a gRPC deadline.
 pub fn with_timeout<T>(request: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(request);

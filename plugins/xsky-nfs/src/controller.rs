@@ -13,9 +13,9 @@ use crate::exports::wasmcsi::plugin::controller::{
 use crate::folder;
 use crate::host::{log, Host, Wasm};
 use crate::params::{self, CredentialSource, HomeShare};
-use crate::volume::{tree_name, Kind, VolumeId};
+use crate::volume::{fingerprint, marked_tree_name, tree_mark, Kind, VolumeId};
 use crate::wasmcsi::plugin::log::Level;
-use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, KeyValues, Secrets};
+use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, ContentSource, KeyValues, Secrets};
 use crate::xms::{self, Added, Folder, Tree};
 use crate::XskyNfs;
 
@@ -38,7 +38,7 @@ impl Guest for XskyNfs {
         get_volume(&Wasm, &volume_id, &secrets)
     }
     fn list_volumes(_starting_token: String, _max_entries: u32) -> Result<VolumePage> {
-        Err(unimplemented("list-volumes"))
+        Err(unimplemented("ListVolumes"))
     }
     fn get_capacity(parameters: KeyValues) -> Result<u64> {
         get_capacity(&Wasm, &parameters)
@@ -71,8 +71,54 @@ impl Guest for XskyNfs {
 pub fn unimplemented(what: &str) -> crate::error::Error {
     fail(
         ErrorCode::Unimplemented,
-        format!("xsky-nfs does not implement {what} (quota-tree mode only)"),
+        format!("xsky-nfs does not implement {what}"),
     )
+}
+
+/// CreateVolume from another volume, in either mode: XMS clones a folder
+/// only from one of its snapshots, and a clone made through a snapshot of
+/// our own would pin the source (a folder with snapshots cannot be
+/// deleted), so xsky-nfs does not clone volumes.
+pub fn clone_unsupported() -> crate::error::Error {
+    unimplemented(
+        "volumes cloned from volumes (XMS clones folders only from snapshots): \
+         take a VolumeSnapshot and restore it, in mode folder",
+    )
+}
+
+/// A size the request's range does not allow (the 1 MiB minimum, or a
+/// snapshot's size, rounded past `limit_bytes`): refused before anything
+/// is made.
+pub fn out_of_range(name: &str, size: u64, range: &CapacityRange) -> crate::error::Error {
+    fail(
+        ErrorCode::OutOfRange,
+        format!(
+            "volume {name:?}: the smallest volume xsky-nfs can make for this request is {size} bytes, \
+             above its limit_bytes {}",
+            range.limit_bytes.unwrap_or(0)
+        ),
+    )
+}
+
+/// An XMS 400 on a request that takes space, when a fresh look shows the
+/// space is gone: another client took it meanwhile. That is no invalid
+/// argument but a condition that may pass (RESOURCE_EXHAUSTED, which the
+/// provisioner retries with backoff); any other 400 stays as it was.
+pub fn capacity_race(
+    e: crate::error::Error,
+    room_now: Option<u64>,
+    size: u64,
+) -> crate::error::Error {
+    match room_now {
+        Some(room) if e.code == ErrorCode::InvalidArgument && room < size => fail(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "{} (another client took the space meanwhile: {room} bytes left)",
+                e.message
+            ),
+        ),
+        _ => e,
+    }
 }
 
 /// The size to create: required, else the limit, else 1 GiB; at least 1 MiB.
@@ -212,6 +258,9 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
         ));
     }
     let options = params::mount_options(p, &settings)?;
+    if let Some(ContentSource::Volume(_)) = &req.content_source {
+        return Err(clone_unsupported());
+    }
     // Servers named by the StorageClass travel in the volume id unless
     // they are the settings' own.
     let id_servers = match params::get(p, "xmsServers") {
@@ -243,13 +292,30 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
         return folder::create_volume(host, &mut c, &req, plan);
     }
     if req.content_source.is_some() {
-        return Err(unimplemented(
-            "volumes from snapshots in quota-tree mode (use mode folder)",
+        return Err(invalid(
+            "mode quota-tree cannot restore snapshots (quota trees have none): \
+             use a StorageClass with mode folder",
         ));
     }
     let shares = params::shares(pick("shares").unwrap_or(""))?;
     let size = wanted_size(&req.capacity);
-    let name = tree_name(&req.name);
+    if !fits(size, &req.capacity) {
+        return Err(out_of_range(&req.name, size, &req.capacity));
+    }
+    // What else the request asked for is marked in the tree's name: the
+    // same name with other parameters is another volume (ALREADY_EXISTS).
+    let mut share_list: Vec<String> = shares
+        .iter()
+        .map(|s| format!("{}:/sdsfs/{}/", s.host, s.folder))
+        .collect();
+    share_list.sort();
+    let fp = fingerprint(&[
+        ("mode", "quota-tree"),
+        ("shares", &share_list.join(",")),
+        ("mountOptions", &options.join(",")),
+        ("clientGroupName", pick("clientGroupName").unwrap_or("")),
+    ]);
+    let name = marked_tree_name(&req.name, &fp);
     let doing = format!("creating volume {:?} (quota tree {name})", req.name);
 
     if let Some(group) = pick("clientGroupName") {
@@ -263,14 +329,24 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
     for share in &shares {
         homes.push(resolve_home(&mut c, share).context(|| doing.clone())?);
     }
+    // Only trees xsky-nfs made for this name count (marked names).
     let found = homes.iter().find_map(|h| {
         h.trees
             .iter()
-            .find(|t| t.name == name)
+            .find(|t| tree_mark(&t.name, &req.name).is_some())
             .map(|t| (h, t.clone()))
     });
     if let Some((home, tree)) = found {
-        return existing(&mut c, home, &tree, &req, &id_servers, &options, &doing);
+        return existing(
+            &mut c,
+            home,
+            &tree,
+            &req,
+            &fp,
+            &id_servers,
+            &options,
+            &doing,
+        );
     }
     let best = homes
         .iter()
@@ -295,9 +371,16 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
             ("bytes", &size.to_string()),
         ],
     );
-    if let Added::Exists =
-        xms::add_tree(&mut c, &best.folder, &name, size).context(|| doing.clone())?
-    {
+    let added = match xms::add_tree(&mut c, &best.folder, &name, size) {
+        Ok(a) => a,
+        Err(e) => {
+            let room = xms::list_trees(&mut c, &best.folder)
+                .ok()
+                .map(|trees| xms::folder_free(&best.folder, &trees));
+            return Err(capacity_race(e, room, size)).context(|| doing.clone());
+        }
+    };
+    if let Added::Exists = added {
         // Made meanwhile by a concurrent call: answer as for a retry.
         let home = resolve_home(&mut c, &best.share)?;
         let tree = home
@@ -311,7 +394,16 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
                     format!("{doing}: XMS says the quota tree exists but does not list it"),
                 )
             })?;
-        return existing(&mut c, &home, &tree, &req, &id_servers, &options, &doing);
+        return existing(
+            &mut c,
+            &home,
+            &tree,
+            &req,
+            &fp,
+            &id_servers,
+            &options,
+            &doing,
+        );
     }
     let tree = xms::list_trees(&mut c, &best.folder)?
         .into_iter()
@@ -356,17 +448,30 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
     }
 }
 
-/// A tree of the volume's name exists: the same volume if it fits the
-/// request, ALREADY_EXISTS otherwise.
+/// A tree xsky-nfs made for the volume's name exists: the same volume if
+/// it was made with the same parameters and its size fits the request,
+/// ALREADY_EXISTS otherwise.
+#[allow(clippy::too_many_arguments)]
 fn existing(
     c: &mut Client,
     home: &Home,
     tree: &Tree,
     req: &CreateVolumeRequest,
+    fp: &str,
     id_servers: &[String],
     options: &[String],
     doing: &str,
 ) -> Result<Volume> {
+    if tree_mark(&tree.name, &req.name) != Some(fp) {
+        return Err(fail(
+            ErrorCode::AlreadyExists,
+            format!(
+                "volume {:?} exists (quota tree {} in folder {}) with other parameters \
+                 (shares, mount options or client group)",
+                req.name, tree.name, home.folder.name
+            ),
+        ));
+    }
     if !fits(tree.size, &req.capacity) {
         return Err(fail(
             ErrorCode::AlreadyExists,
@@ -474,7 +579,13 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
             ("to", &target.to_string()),
         ],
     );
-    xms::resize_tree(&mut c, tree.id, target).context(|| doing.clone())?;
+    if let Err(e) = xms::resize_tree(&mut c, tree.id, target) {
+        let room = xms::list_trees(&mut c, &folder).ok().map(|trees| {
+            let others: Vec<Tree> = trees.into_iter().filter(|t| t.id != tree.id).collect();
+            xms::folder_free(&folder, &others)
+        });
+        return Err(capacity_race(e, room, target)).context(|| doing.clone());
+    }
     let grown = xms::wait_tree(&mut c, tree.id, &doing, |t| {
         t.is_none_or(|t| t.settled() && t.size >= target)
     })?
@@ -512,25 +623,51 @@ pub fn get_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result
     })
 }
 
-/// The most bytes one new volume can get: the largest free room among the
-/// home shares' folders.
+/// The most bytes one new volume can get with these parameters; with none
+/// (csi-sanity, or a CO that sends no topology or class), with the plugin
+/// settings' defaults. GetCapacity carries no secrets: the credentials
+/// are the settings' `user`/`password` (in deploy/, from a Secret).
+/// Quota-tree mode: the largest free room among the home shares' folders;
+/// folder mode: the pool's free bytes.
 pub fn get_capacity(host: &dyn Host, parameters: &KeyValues) -> Result<u64> {
     let settings = host.settings();
     let pick = |k: &str| params::get(parameters, k).or_else(|| params::get(&settings, k));
-    let shares = params::shares(pick("shares").unwrap_or(""))?;
     let servers = match params::get(parameters, "xmsServers") {
         Some(list) => params::servers(list)?,
         None => vec![],
     };
-    // GetCapacity carries no secrets: credentials come from the settings
-    // (or the deprecated parameters).
-    let mut c = client(host, &servers, &[], parameters)?;
-    let mut best = 0;
-    for share in &shares {
-        let home = resolve_home(&mut c, share)?;
-        best = best.max(xms::folder_free(&home.folder, &home.trees));
+    match pick("mode").unwrap_or("quota-tree") {
+        "quota-tree" => {
+            let shares = params::shares(pick("shares").ok_or_else(|| {
+                precondition(
+                    "GetCapacity in mode quota-tree needs home shares: \
+                     the parameter shares, or the plugin setting shares for requests without parameters",
+                )
+            })?)?;
+            let mut c = client(host, &servers, &[], parameters)?;
+            let mut best = 0;
+            for share in &shares {
+                let home = resolve_home(&mut c, share)?;
+                best = best.max(xms::folder_free(&home.folder, &home.trees));
+            }
+            Ok(best)
+        }
+        "folder" => {
+            let pool = pick("pool").ok_or_else(|| {
+                precondition(
+                    "GetCapacity in mode folder needs a pool: the parameter pool, \
+                     or the plugin setting pool for requests without parameters",
+                )
+            })?;
+            let mut c = client(host, &servers, &[], parameters)?;
+            let id = xms::find_pool(&mut c, pool)?
+                .ok_or_else(|| precondition(format!("pool {pool:?}: XMS has no such pool")))?;
+            xms::pool_free(&mut c, id)
+        }
+        other => Err(invalid(format!(
+            "mode {other:?} must be quota-tree or folder"
+        ))),
     }
-    Ok(best)
 }
 
 #[cfg(test)]

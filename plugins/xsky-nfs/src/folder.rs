@@ -6,14 +6,16 @@
 use serde_json::Value;
 
 use crate::client::Client;
-use crate::controller::{fits, unimplemented, wanted_size, CLEANUP_GRACE};
+use crate::controller::{
+    capacity_race, clone_unsupported, fits, out_of_range, wanted_size, CLEANUP_GRACE,
+};
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandResult, Snapshot, SnapshotFilter,
     SnapshotPage, Volume,
 };
 use crate::host::{log, Host};
-use crate::volume::{tree_name, Kind, VolumeId};
+use crate::volume::{fingerprint, folder_description, folder_mark, tree_name, Kind, VolumeId};
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{CapacityRange, ContentSource};
 use crate::xms::{self, until_gone, until_settled};
@@ -58,110 +60,192 @@ pub fn create_volume(
 ) -> Result<Volume> {
     let name = tree_name(&req.name);
     let doing = format!("creating volume {:?} (folder {name})", req.name);
-    let pool_id = xms::find_pool(c, plan.pool)?
-        .ok_or_else(|| precondition(format!("pool {:?}: XMS has no such pool", plan.pool)))?;
-    let (gw_id, vip) = xms::find_gateway_group(c, plan.gateway_group)?.ok_or_else(|| {
-        precondition(format!(
-            "gatewayGroup {:?}: XMS has no such gateway group",
-            plan.gateway_group.unwrap_or("(any)")
-        ))
-    })?;
-    let client_group = match plan.client_group {
-        Some(g) => Some(xms::find_client_group(c, g)?.ok_or_else(|| {
-            precondition(format!(
-                "clientGroupName {g:?}: XMS has no such client group"
-            ))
-        })?),
-        None => None,
-    };
     let mut range = req.capacity;
-    let source = match &req.content_source {
+    let snapshot = match &req.content_source {
         None => None,
-        Some(ContentSource::Volume(_)) => {
-            return Err(unimplemented("cloning volumes (only from snapshots)"))
-        }
+        Some(ContentSource::Volume(_)) => return Err(clone_unsupported()),
         Some(ContentSource::Snapshot(sid)) => {
             let id = VolumeId::parse(sid)?;
             if id.kind != Kind::Snapshot {
                 return Err(invalid(format!("{sid} is not an xsky-nfs snapshot")));
             }
-            let snap = get_snapshot(c, id.tree_id)?.ok_or_else(|| {
-                fail(
-                    ErrorCode::NotFound,
-                    format!("snapshot {sid} does not exist"),
-                )
-            })?;
-            if range.required_bytes.is_none_or(|r| r < size_of(&snap)) {
-                range.required_bytes = Some(size_of(&snap));
-            }
             Some((sid.clone(), id.tree_id))
         }
     };
+    // What the request asks for besides name and size, kept in the
+    // folder's description with the mark that xsky-nfs made it.
+    let fp = fingerprint(&[
+        ("mode", "folder"),
+        ("pool", plan.pool),
+        ("gatewayGroup", plan.gateway_group.unwrap_or("")),
+        ("clientGroupName", plan.client_group.unwrap_or("")),
+        ("mountOptions", &plan.options.join(",")),
+        (
+            "snapshot",
+            &snapshot
+                .as_ref()
+                .map(|s| s.1.to_string())
+                .unwrap_or_default(),
+        ),
+    ]);
+    // A folder of that name first: only ours, made with these parameters,
+    // is this volume (a home share's folder, say, is not).
+    if let Some(f) = xms::find_folder_record(c, &name)? {
+        return existing(c, &f, req, &fp, &plan, &doing);
+    }
+    let pool_id = xms::find_pool(c, plan.pool)?
+        .ok_or_else(|| precondition(format!("pool {:?}: XMS has no such pool", plan.pool)))?;
+    let (gw_id, vip) = gateway(c, &plan)?;
+    let client_group = client_group(c, &plan)?;
+    if let Some((sid, snap_id)) = &snapshot {
+        let snap = get_snapshot(c, *snap_id)?.ok_or_else(|| {
+            fail(
+                ErrorCode::NotFound,
+                format!("snapshot {sid} does not exist"),
+            )
+        })?;
+        if range.required_bytes.is_none_or(|r| r < size_of(&snap)) {
+            range.required_bytes = Some(size_of(&snap));
+        }
+    }
     let size = wanted_size(&range);
-    let folder = match xms::find_folder_record(c, &name)? {
-        Some(f) => f,
-        None => match xms::create_folder(c, &name, pool_id, size, source.as_ref().map(|s| s.1))
-            .context(|| doing.clone())?
-        {
-            Some(f) => {
+    if !fits(size, &req.capacity) {
+        return Err(out_of_range(&req.name, size, &req.capacity));
+    }
+    let made = match xms::create_folder(
+        c,
+        &name,
+        pool_id,
+        size,
+        snapshot.as_ref().map(|s| s.1),
+        &folder_description(&fp),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            let room = xms::pool_free(c, pool_id).ok();
+            return Err(capacity_race(e, room, size)).context(|| doing.clone());
+        }
+    };
+    let Some(f) = made else {
+        // Made meanwhile by a concurrent call: answer as for a retry.
+        let f = xms::find_folder_record(c, &name)?.ok_or_else(|| {
+            fail(
+                ErrorCode::Aborted,
+                format!("{doing}: the folder exists but is not listed"),
+            )
+        })?;
+        return existing(c, &f, req, &fp, &plan, &doing);
+    };
+    log(
+        host,
+        Level::Info,
+        "created folder",
+        &[("name", &name), ("bytes", &size.to_string())],
+    );
+    let folder = match finish_create(c, id_of(&f), gw_id, client_group, &doing) {
+        Ok(f) => f,
+        Err(e) => {
+            c.grace(CLEANUP_GRACE);
+            if let Err(ce) = remove(c, id_of(&f), &doing) {
                 log(
                     host,
-                    Level::Info,
-                    "created folder",
-                    &[("name", &name), ("bytes", &size.to_string())],
+                    Level::Error,
+                    "could not remove the folder of a failed create",
+                    &[("name", &name), ("error", &ce.message)],
                 );
-                match finish_create(c, id_of(&f), gw_id, client_group, &doing) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        c.grace(CLEANUP_GRACE);
-                        if let Err(ce) = remove(c, id_of(&f), &doing) {
-                            log(
-                                host,
-                                Level::Error,
-                                "could not remove the folder of a failed create",
-                                &[("name", &name), ("error", &ce.message)],
-                            );
-                        }
-                        return Err(e);
-                    }
-                }
             }
-            None => xms::find_folder_record(c, &name)?.ok_or_else(|| {
-                fail(
-                    ErrorCode::Aborted,
-                    format!("{doing}: the folder exists but is not listed"),
-                )
-            })?,
-        },
+            return Err(e);
+        }
     };
-    // An existing folder of that name: the same volume if it fits.
-    let same_source = folder["fs_snapshot"]["id"].as_i64() == source.as_ref().map(|s| s.1);
-    if !fits(size_of(&folder), &req.capacity) || !same_source {
-        return Err(fail(
+    volume(&folder, &vip, &plan, snapshot.map(|s| s.0))
+}
+
+fn gateway(c: &mut Client, plan: &Plan) -> Result<(i64, String)> {
+    xms::find_gateway_group(c, plan.gateway_group)?.ok_or_else(|| {
+        precondition(format!(
+            "gatewayGroup {:?}: XMS has no such gateway group",
+            plan.gateway_group.unwrap_or("(any)")
+        ))
+    })
+}
+
+fn client_group(c: &mut Client, plan: &Plan) -> Result<Option<i64>> {
+    match plan.client_group {
+        Some(g) => Ok(Some(xms::find_client_group(c, g)?.ok_or_else(|| {
+            precondition(format!(
+                "clientGroupName {g:?}: XMS has no such client group"
+            ))
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn description_of(v: &Value) -> &str {
+    v["description"].as_str().unwrap_or_default()
+}
+
+/// A folder of the volume's name exists: the same volume if xsky-nfs made
+/// it with the same parameters and its size fits; ALREADY_EXISTS
+/// otherwise, with nothing touched.
+fn existing(
+    c: &mut Client,
+    folder: &Value,
+    req: &CreateVolumeRequest,
+    fp: &str,
+    plan: &Plan,
+    doing: &str,
+) -> Result<Volume> {
+    let name = folder["name"].as_str().unwrap_or_default();
+    let refuse = |why: String| {
+        Err(fail(
             ErrorCode::AlreadyExists,
-            format!(
-                "volume {:?} exists (folder {name}, {} bytes) and does not fit the request",
-                req.name,
-                size_of(&folder)
-            ),
+            format!("volume {:?}: folder {name} exists, {why}", req.name),
+        ))
+    };
+    match folder_mark(description_of(folder)) {
+        None => return refuse("and xsky-nfs did not make it (no mark in its description)".into()),
+        Some(mark) if mark != fp => {
+            return refuse(
+                "made for a request with other parameters (pool, gateway group, client group, \
+                 mount options or source snapshot)"
+                    .into(),
+            )
+        }
+        Some(_) => {}
+    }
+    if !fits(size_of(folder), &req.capacity) {
+        return refuse(format!(
+            "with {} bytes, which does not fit the request",
+            size_of(folder)
         ));
     }
-    let folder = finish_create(c, id_of(&folder), gw_id, client_group, &doing)?;
+    let (gw_id, vip) = gateway(c, plan)?;
+    let client_group = client_group(c, plan)?;
+    let folder = finish_create(c, id_of(folder), gw_id, client_group, doing)?;
+    let snapshot = match &req.content_source {
+        Some(ContentSource::Snapshot(sid)) => Some(sid.clone()),
+        _ => None,
+    };
+    volume(&folder, &vip, plan, snapshot)
+}
+
+fn volume(folder: &Value, vip: &str, plan: &Plan, snapshot: Option<String>) -> Result<Volume> {
+    let name = folder["name"].as_str().unwrap_or_default().to_string();
     Ok(Volume {
         volume_id: VolumeId {
             kind: Kind::Folder,
-            tree_id: id_of(&folder),
-            servers: plan.id_servers,
+            tree_id: id_of(folder),
+            servers: plan.id_servers.clone(),
         }
         .encode()?,
-        capacity_bytes: size_of(&folder),
+        capacity_bytes: size_of(folder),
         volume_context: vec![
-            ("server".into(), vip),
+            ("server".into(), vip.to_string()),
             ("share".into(), format!("/sdsfs/{name}")),
             ("mountOptions".into(), plan.options.join(",")),
-            ("folder".into(), name.clone()),
+            ("folder".into(), name),
         ],
-        content_source: source.map(|s| ContentSource::Snapshot(s.0)),
+        content_source: snapshot.map(ContentSource::Snapshot),
     })
 }
 
@@ -222,10 +306,21 @@ fn remove(c: &mut Client, folder_id: i64, doing: &str) -> Result<()> {
     xms::wait_for(c, doing, |c| get_folder(c, folder_id), until_gone).map(drop)
 }
 
+/// Deletes a folder volume: only a folder xsky-nfs made (marked), and only
+/// once everything the delete needs is checked (no snapshots, no quota
+/// trees, no shares but its own whole-folder share), so that a refused
+/// delete leaves the folder exactly as it was.
 pub fn delete_volume(c: &mut Client, id: &VolumeId, volume_id: &str) -> Result<()> {
     let doing = format!("deleting volume {volume_id}");
-    if get_folder(c, id.tree_id)?.is_none() {
+    let Some(folder) = get_folder(c, id.tree_id)? else {
         return Ok(());
+    };
+    let name = folder["name"].as_str().unwrap_or_default().to_string();
+    if folder_mark(description_of(&folder)).is_none() {
+        return Err(precondition(format!(
+            "{doing}: folder {name} was not made by xsky-nfs (no mark in its description); \
+             refusing to delete it"
+        )));
     }
     // XMS keeps a folder with snapshots: say so before touching its share.
     let snapshots = xms::list_snapshots(c, Some(id.tree_id))?;
@@ -233,6 +328,26 @@ pub fn delete_volume(c: &mut Client, id: &VolumeId, volume_id: &str) -> Result<(
         return Err(precondition(format!(
             "{doing}: it still has {} snapshot(s); delete them first",
             snapshots.len()
+        )));
+    }
+    let f = xms::Folder {
+        id: id.tree_id,
+        name: name.clone(),
+        size: size_of(&folder),
+    };
+    let trees = xms::list_trees(c, &f)?;
+    if !trees.is_empty() {
+        return Err(precondition(format!(
+            "{doing}: folder {name} holds {} quota tree(s), which xsky-nfs folder volumes never have; \
+             refusing to delete it",
+            trees.len()
+        )));
+    }
+    let shares = xms::folder_shares(c, id.tree_id)?;
+    if shares.len() > 1 {
+        return Err(precondition(format!(
+            "{doing}: folder {name} has {} NFS shares, xsky-nfs makes one; refusing to delete it",
+            shares.len()
         )));
     }
     remove(c, id.tree_id, &doing).context(|| doing.clone())
@@ -269,7 +384,14 @@ pub fn expand_volume(
     if size_of(&folder) >= target {
         return Ok(done(size_of(&folder)));
     }
-    xms::resize_folder(c, id.tree_id, target).context(|| doing.clone())?;
+    if let Err(e) = xms::resize_folder(c, id.tree_id, target) {
+        // Room for the folder: what it has plus what its pool has free.
+        let room = folder["pool"]["id"]
+            .as_i64()
+            .and_then(|pool| xms::pool_free(c, pool).ok())
+            .map(|free| free + size_of(&folder));
+        return Err(capacity_race(e, room, target)).context(|| doing.clone());
+    }
     let grown = xms::wait_for(
         c,
         &doing,

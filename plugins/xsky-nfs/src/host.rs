@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::wasmcsi::plugin::fs::FsStats;
 use crate::wasmcsi::plugin::http::{Request, Response};
 use crate::wasmcsi::plugin::log::Level;
+use crate::wasmcsi::plugin::mount::MountEntry;
 use crate::wasmcsi::plugin::{environment, fs, http, log, mount};
 
 pub trait Host {
@@ -15,6 +16,7 @@ pub trait Host {
     fn send(&self, req: Request) -> Result<Response>;
     fn mount(&self, source: &str, target: &str, fs_type: &str, options: &[String]) -> Result<()>;
     fn unmount(&self, target: &str, remove_target: bool) -> Result<()>;
+    fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>>;
     fn statfs(&self, path: &str) -> Result<FsStats>;
     fn now(&self) -> Instant {
         Instant::now()
@@ -41,6 +43,9 @@ impl Host for Wasm {
     }
     fn unmount(&self, target: &str, remove_target: bool) -> Result<()> {
         mount::unmount(target, remove_target)
+    }
+    fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>> {
+        mount::mounted_at(target)
     }
     fn statfs(&self, path: &str) -> Result<FsStats> {
         fs::statfs(path)

@@ -32,11 +32,11 @@ impl Guest for XskyNfs {
         ))
     }
     fn get_volume_stats(
-        _volume_id: String,
+        volume_id: String,
         volume_path: String,
         _staging_path: Option<String>,
     ) -> Result<VolumeStats> {
-        get_volume_stats(&Wasm, &volume_path)
+        get_volume_stats(&Wasm, &volume_id, &volume_path)
     }
 }
 
@@ -95,10 +95,54 @@ pub fn publish_volume(host: &dyn Host, req: PublishRequest) -> Result<()> {
         .context(|| format!("mounting {source} on {}", req.target_path))
 }
 
-pub fn get_volume_stats(host: &dyn Host, volume_path: &str) -> Result<VolumeStats> {
-    let st = host
-        .statfs(volume_path)
-        .context(|| format!("statfs {volume_path}"))?;
+/// Stats of a published volume, and its condition. Only a path where an
+/// NFS export of the array is mounted is the volume's (the share is
+/// `/sdsfs/<folder>[/<quota tree>]`): an unmounted path, or one with
+/// something else on it, is NOT_FOUND rather than the stats of whatever
+/// filesystem holds it. Mounted but not answering statfs (a stale or
+/// unreachable export) is an abnormal condition. A statfs that hangs on a
+/// dead server is bounded by the host's call timeout, not here.
+pub fn get_volume_stats(
+    host: &dyn Host,
+    volume_id: &str,
+    volume_path: &str,
+) -> Result<VolumeStats> {
+    let entry = host
+        .mounted_at(volume_path)
+        .context(|| format!("volume {volume_id}: looking at {volume_path}"))?;
+    let Some(entry) = entry else {
+        return Err(fail(
+            ErrorCode::NotFound,
+            format!("volume {volume_id} is not mounted at {volume_path}"),
+        ));
+    };
+    if !is_array_export(&entry.source) {
+        return Err(fail(
+            ErrorCode::NotFound,
+            format!(
+                "volume {volume_id} is not mounted at {volume_path}: {} ({}) is",
+                entry.source, entry.fs_type
+            ),
+        ));
+    }
+    let st = match host.statfs(volume_path) {
+        Ok(st) => st,
+        Err(e) => {
+            return Ok(VolumeStats {
+                total_bytes: 0,
+                available_bytes: 0,
+                used_bytes: 0,
+                total_inodes: 0,
+                available_inodes: 0,
+                used_inodes: 0,
+                healthy: false,
+                message: format!(
+                    "{} is mounted at {volume_path} but does not answer: {}",
+                    entry.source, e.message
+                ),
+            })
+        }
+    };
     Ok(VolumeStats {
         total_bytes: st.total_bytes,
         available_bytes: st.available_bytes,
@@ -107,6 +151,35 @@ pub fn get_volume_stats(host: &dyn Host, volume_path: &str) -> Result<VolumeStat
         available_inodes: st.free_inodes,
         used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
         healthy: true,
-        message: String::new(),
+        message: format!("{} mounted and answering", entry.source),
     })
+}
+
+/// `host:/sdsfs/<folder>[/<tree>]`, as publish mounts it.
+pub fn is_array_export(source: &str) -> bool {
+    match source.split_once(":/") {
+        Some((host, path)) => {
+            !host.is_empty()
+                && path
+                    .trim_end_matches('/')
+                    .strip_prefix("sdsfs/")
+                    .is_some_and(|rest| !rest.is_empty())
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_exports() {
+        assert!(is_array_export("10.0.0.9:/sdsfs/csi-fs/pvc-1_w0123abcd"));
+        assert!(is_array_export("10.0.0.9:/sdsfs/pvc-f/"));
+        assert!(!is_array_export("10.0.0.9:/sdsfs/"));
+        assert!(!is_array_export("/dev/sda1"));
+        assert!(!is_array_export("tmpfs"));
+        assert!(!is_array_export("10.0.0.9:/export/x"));
+    }
 }

@@ -139,7 +139,9 @@ pub fn credentials(
     }
     Err(precondition(
         "no XMS credentials: pass the CSI secrets user and password \
-         (csi.storage.k8s.io/provisioner-secret-name and friends)",
+         (csi.storage.k8s.io/provisioner-secret-name and friends), and set the \
+         plugin settings user and password for the calls that carry no secrets \
+         (GetCapacity)",
     ))
 }
 
@@ -273,6 +275,13 @@ mod tests {
             ("u2", CredentialSource::DeprecatedParameters)
         );
         assert!(credentials(&[], &kv(&[("user", "u")]), &[]).is_err());
+        // No secrets (GetCapacity): the settings'.
+        let settings = kv(&[("user", "u3"), ("password", "p3")]);
+        let (c, src) = credentials(&[], &[], &settings).unwrap();
+        assert_eq!((c.user.as_str(), src), ("u3", CredentialSource::Settings));
+        // Settings left empty (an unset ${XMS_PASSWORD:-}) are no credentials.
+        let empty = kv(&[("user", "u3"), ("password", "")]);
+        assert!(credentials(&[], &[], &empty).is_err());
     }
 
     #[test]

@@ -90,10 +90,64 @@ impl VolumeId {
     }
 }
 
+/// A short digest of what a create asked for besides name and size
+/// (mount options, shares, client group, ...): a repeated CreateVolume
+/// with other parameters must not be answered with the old volume.
+pub fn fingerprint(parts: &[(&str, &str)]) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in parts {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Quota trees cannot carry a description, so xsky-nfs marks its own in
+/// the name: `<tree_name>_w<fingerprint>` (8 hex digits). A tree without
+/// the mark is never taken for a volume.
+pub fn marked_tree_name(csi_name: &str, fingerprint: &str) -> String {
+    let base = name_within(csi_name, MAX_NAME - 2 - fingerprint.len());
+    format!("{base}_w{fingerprint}")
+}
+
+/// The fingerprint in a quota tree name made by `marked_tree_name` for
+/// this CSI name, if the tree is one.
+pub fn tree_mark<'t>(tree: &'t str, csi_name: &str) -> Option<&'t str> {
+    let (base, fp) = tree.rsplit_once("_w")?;
+    let ours = fp.len() == 8
+        && fp.bytes().all(|b| b.is_ascii_hexdigit())
+        && base == name_within(csi_name, MAX_NAME - 10);
+    ours.then_some(fp)
+}
+
+/// What a folder made by xsky-nfs carries as its description:
+/// `wasmcsi:xsky-nfs:<fingerprint>`.
+pub const FOLDER_MARK: &str = "wasmcsi:xsky-nfs:";
+
+pub fn folder_description(fingerprint: &str) -> String {
+    format!("{FOLDER_MARK}{fingerprint}")
+}
+
+/// The fingerprint in a folder description, if xsky-nfs made the folder.
+pub fn folder_mark(description: &str) -> Option<&str> {
+    description
+        .strip_prefix(FOLDER_MARK)
+        .filter(|fp| fp.len() == 8 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The quota tree name for a CSI volume name: deterministic, so a retried
 /// CreateVolume finds what an earlier attempt made. Names that are not
 /// plain `[A-Za-z0-9_-]` or are too long get a hash suffix.
 pub fn tree_name(csi_name: &str) -> String {
+    name_within(csi_name, MAX_NAME)
+}
+
+fn name_within(csi_name: &str, max: usize) -> String {
     let clean: String = csi_name
         .chars()
         .map(|c| {
@@ -104,12 +158,12 @@ pub fn tree_name(csi_name: &str) -> String {
             }
         })
         .collect();
-    if clean == csi_name && clean.len() <= MAX_NAME {
+    if clean == csi_name && clean.len() <= max {
         return clean;
     }
     let digest = Sha256::digest(csi_name.as_bytes());
     let hash: String = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
-    let keep = MAX_NAME - hash.len() - 1;
+    let keep = max - hash.len() - 1;
     let prefix: String = clean.chars().take(keep).collect();
     format!("{prefix}-{hash}")
 }
@@ -156,5 +210,24 @@ mod tests {
         assert_ne!(tree_name("a.b"), tree_name("a-b"));
         let long = tree_name(&"x".repeat(200));
         assert_eq!(long.len(), MAX_NAME);
+    }
+
+    #[test]
+    fn marks_say_who_made_it_and_with_what() {
+        let fp = fingerprint(&[("mountOptions", "vers=4")]);
+        assert_eq!(fp.len(), 8);
+        assert_ne!(fp, fingerprint(&[("mountOptions", "vers=3")]));
+        let name = marked_tree_name("pvc-1", &fp);
+        assert_eq!(name, format!("pvc-1_w{fp}"));
+        assert_eq!(tree_mark(&name, "pvc-1"), Some(fp.as_str()));
+        assert_eq!(tree_mark("pvc-1", "pvc-1"), None, "unmarked");
+        assert_eq!(tree_mark(&name, "pvc-2"), None, "another volume");
+        let long = "y".repeat(200);
+        let name = marked_tree_name(&long, &fp);
+        assert_eq!(name.len(), MAX_NAME);
+        assert_eq!(tree_mark(&name, &long), Some(fp.as_str()));
+        assert_eq!(folder_mark(&folder_description(&fp)), Some(fp.as_str()));
+        assert_eq!(folder_mark(""), None);
+        assert_eq!(folder_mark("home share of the CSI volumes"), None);
     }
 }

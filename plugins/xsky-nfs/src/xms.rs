@@ -314,6 +314,24 @@ pub fn find_gateway_group(c: &mut Client, name: Option<&str>) -> Result<Option<(
     .and_then(|g| Some((g["id"].as_i64()?, g["vip"].as_str()?.to_string()))))
 }
 
+/// GetPoolSamples: the pool's free bytes in its latest sample.
+pub fn pool_free(c: &mut Client, pool_id: i64) -> Result<u64> {
+    let samples = get_list(
+        c,
+        &format!("/v1/pools/{pool_id}/samples"),
+        "pool_samples",
+        &format!("reading the samples of pool {pool_id}"),
+    )?;
+    let latest = samples.last().ok_or_else(|| {
+        fail(
+            ErrorCode::Unavailable,
+            format!("pool {pool_id} has no samples yet"),
+        )
+    })?;
+    let kib = |k: &str| latest[k].as_u64().unwrap_or(0);
+    Ok(kib("total_kbyte").saturating_sub(kib("used_kbyte")) * 1024)
+}
+
 /// ListFSClientGroups: the id of the group of that name.
 pub fn find_client_group(c: &mut Client, name: &str) -> Result<Option<i64>> {
     Ok(client_group_record(c, name)?.and_then(|g| g["id"].as_i64()))
@@ -350,8 +368,11 @@ pub fn create_folder(
     pool_id: i64,
     size: u64,
     snapshot: Option<i64>,
+    description: &str,
 ) -> Result<Option<Value>> {
-    let mut folder = json!({ "name": name, "pool_id": pool_id, "size": size });
+    let mut folder = json!({
+        "name": name, "pool_id": pool_id, "size": size, "description": description,
+    });
     if let Some(id) = snapshot {
         folder["fs_snapshot_id"] = json!(id);
     }
