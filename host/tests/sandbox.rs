@@ -366,7 +366,8 @@ async fn floods_are_bounded_per_call_and_cost_only_their_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_answers_are_internal_errors_naming_the_plugin() {
-    let s = start(10).await;
+    let settings = "    settings: { reportCapacity: true }\n";
+    let s = start_with(10, &hostile_wasm(), settings, "").await;
     let pid = driver_pid(&s.d);
     good_round(&s.d, "pvc-warm").await.unwrap();
     let sampler = Sampler::start(pid);
