@@ -114,6 +114,17 @@ pub struct Limits {
     /// Plugin calls running at once; more wait.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_calls: u32,
+    /// WASI handles (open files, directories, streams) one call may hold at
+    /// once; each is at most a host file descriptor or two.
+    #[serde(default = "default_max_open_handles")]
+    pub max_open_handles: u32,
+    /// Log lines one call may write; the rest are counted, and one line
+    /// says how many were dropped when the call ends.
+    #[serde(default = "default_log_lines")]
+    pub log_lines_per_call: u32,
+    /// Log bytes (messages and fields, after cutting) one call may write.
+    #[serde(default = "default_log_bytes")]
+    pub log_bytes_per_call: u64,
 }
 
 fn default_memory_bytes() -> u64 {
@@ -125,6 +136,15 @@ fn default_call_timeout() -> u64 {
 fn default_max_concurrent() -> u32 {
     16
 }
+fn default_max_open_handles() -> u32 {
+    128
+}
+fn default_log_lines() -> u32 {
+    256
+}
+fn default_log_bytes() -> u64 {
+    64 << 10
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -132,6 +152,9 @@ impl Default for Limits {
             memory_bytes: default_memory_bytes(),
             call_timeout_seconds: default_call_timeout(),
             max_concurrent_calls: default_max_concurrent(),
+            max_open_handles: default_max_open_handles(),
+            log_lines_per_call: default_log_lines(),
+            log_bytes_per_call: default_log_bytes(),
         }
     }
 }
@@ -335,6 +358,15 @@ impl PluginConfig {
         }
         if l.max_concurrent_calls == 0 || l.max_concurrent_calls > 1024 {
             bail!("limits.maxConcurrentCalls must be between 1 and 1024");
+        }
+        // A call needs a few handles before the plugin opens anything
+        // (its root, stdio); a large bound would let a plugin hold many
+        // host file descriptors per call again.
+        if !(16..=4096).contains(&l.max_open_handles) {
+            bail!("limits.maxOpenHandles must be between 16 and 4096");
+        }
+        if l.log_bytes_per_call > (64 << 20) {
+            bail!("limits.logBytesPerCall must be at most 64 MiB");
         }
         let caps = &self.capabilities;
         if let Some(fs) = &caps.fs {
@@ -595,5 +627,42 @@ plugins:
         assert!(error_of(&GOOD.replace("https://10.0.0.1", "ftp://x")).contains("origins"));
         assert!(error_of(&GOOD.replace("settings:", "bogus: 1\n    settings:")).contains("bogus"));
         assert!(error_of(&GOOD.replace("size: 5", "size: [1]")).contains("settings.size"));
+        let limits = |l: &str| {
+            GOOD.replace(
+                "    settings:",
+                &format!("    limits: {{ {l} }}\n    settings:"),
+            )
+        };
+        assert!(error_of(&limits("maxOpenHandles: 3")).contains("limits.maxOpenHandles"));
+        assert!(error_of(&limits("maxOpenHandles: 100000")).contains("limits.maxOpenHandles"));
+        assert!(error_of(&limits("logBytesPerCall: 1000000000")).contains("limits.logBytesPerCall"));
+    }
+
+    #[test]
+    fn per_call_bounds_have_small_defaults_and_can_be_set() {
+        let c = Config::parse(GOOD, &env, &Overrides::default()).unwrap();
+        let l = &c.plugins[0].limits;
+        assert_eq!(
+            (
+                l.max_open_handles,
+                l.log_lines_per_call,
+                l.log_bytes_per_call
+            ),
+            (128, 256, 64 << 10)
+        );
+        let text = GOOD.replace(
+            "    settings:",
+            "    limits: { maxOpenHandles: 64, logLinesPerCall: 10, logBytesPerCall: 2048 }\n    settings:",
+        );
+        let c = Config::parse(&text, &env, &Overrides::default()).unwrap();
+        let l = &c.plugins[0].limits;
+        assert_eq!(
+            (
+                l.max_open_handles,
+                l.log_lines_per_call,
+                l.log_bytes_per_call
+            ),
+            (64, 10, 2048)
+        );
     }
 }

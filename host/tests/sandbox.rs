@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use hostile::*;
 use tonic::Code;
+use wasmcsi::proto::*;
 
 async fn expect_failure(s: &Sandbox, misdeed: &str, url: Option<&str>, want: Code, says: &str) {
     let started = Instant::now();
@@ -179,4 +180,306 @@ async fn no_call_sees_what_an_earlier_call_left_in_memory() {
             "a concurrent call saw another call's memory: {detail}"
         );
     }
+}
+
+/// The hostile plugin's CreateVolume `misdeed` as the CO sees it.
+async fn create(s: &Sandbox, misdeed: &str) -> Result<Volume, tonic::Status> {
+    s.d.client
+        .clone()
+        .controller
+        .create_volume(hostile_req(misdeed, None))
+        .await
+        .map(|r| r.into_inner().volume.unwrap())
+}
+
+/// A refusal of a plugin's answer: INTERNAL, naming the plugin, short,
+/// saying `says`, with no raw control character or invisible one.
+fn assert_garbage_refused<T: std::fmt::Debug>(
+    case: &str,
+    result: Result<T, tonic::Status>,
+    says: &str,
+) {
+    let err = result.expect_err(case);
+    let msg = err.message();
+    eprintln!("{case}: {:?}: {msg}", err.code());
+    assert_eq!(err.code(), Code::Internal, "{case}: {msg}");
+    assert!(
+        msg.contains("plugin hostile"),
+        "{case}: names no plugin: {msg}"
+    );
+    assert!(msg.contains(says), "{case}: {msg:?} does not say {says:?}");
+    assert!(msg.len() < 400, "{case}: a {} byte message", msg.len());
+    assert!(
+        !msg.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{case}: raw control characters in {msg:?}"
+    );
+}
+
+/// After a case the driver holds what it held before (a few descriptors of
+/// slack for connections), its RSS is sane, and the log grew by at most
+/// `log_budget` bytes.
+fn assert_back_to(case: &str, s: &Sandbox, pid: u32, before: Footprint, log_budget: u64) {
+    let after = footprint(pid, &s.d);
+    eprintln!(
+        "{case}: fds {} -> {}, rss {} -> {} KiB, log +{} bytes",
+        before.fds,
+        after.fds,
+        before.rss_kib,
+        after.rss_kib,
+        after.log_bytes - before.log_bytes
+    );
+    assert!(
+        after.fds <= before.fds + 8,
+        "{case}: the driver holds {} descriptors, {} before",
+        after.fds,
+        before.fds
+    );
+    assert!(
+        after.rss_kib < 1 << 20,
+        "{case}: the driver's RSS is {} KiB",
+        after.rss_kib
+    );
+    let grew = after.log_bytes - before.log_bytes;
+    assert!(
+        grew <= log_budget,
+        "{case}: the log grew by {grew} bytes (budget {log_budget})"
+    );
+}
+
+/// The lines the log gained since `from` bytes.
+fn log_since(s: &Sandbox, from: u64) -> String {
+    let all = std::fs::read(&s.d.log).unwrap();
+    String::from_utf8_lossy(&all[from as usize..]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_are_bounded_per_call_and_cost_only_their_call() {
+    let s = start(10).await;
+    let pid = driver_pid(&s.d);
+    // Warm up (first calls compile nothing, but open the loop-control
+    // device, connections, ...), then measure.
+    good_round(&s.d, "pvc-warm").await.unwrap();
+    let base = footprint(pid, &s.d);
+    let sampler = Sampler::start(pid);
+
+    // Descriptors: each call may hold HANDLES WASI handles; two floods at
+    // once, five times over, with good calls running throughout.
+    let before = footprint(pid, &s.d);
+    let floods = async {
+        let mut results = Vec::new();
+        for _ in 0..5 {
+            let (a, b) = tokio::join!(create(&s, "fd-flood"), create(&s, "fd-flood"));
+            results.extend([a, b]);
+        }
+        results
+    };
+    let (results, rounds) = during(&s.d, "fd-flood", floods).await;
+    for r in results {
+        let err = r.expect_err("an fd flood succeeded");
+        eprintln!("fd-flood: {:?}: {}", err.code(), err.message());
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("hostile"), "{err:?}");
+        assert!(
+            err.message().contains(&format!("{HANDLES} WASI handles")),
+            "{err:?}"
+        );
+    }
+    let (peak_fds, _) = sampler.peak();
+    eprintln!(
+        "fd-flood: {rounds} good rounds, peak {peak_fds} fds (base {})",
+        base.fds
+    );
+    // Two floods and one good hostile call at HANDLES each, plus what
+    // local-dir and gRPC use meanwhile.
+    assert!(
+        peak_fds <= base.fds + 3 * HANDLES + 64,
+        "the driver held {peak_fds} descriptors during the flood (base {})",
+        base.fds
+    );
+    assert_back_to("fd-flood", &s, pid, before, 64 << 10);
+
+    // Log: two floods of hundreds of 64 KiB lines with 64 KiB fields; each
+    // call writes its budget (64 KiB and 256 lines, plus line prefixes),
+    // then one line saying how many were dropped.
+    let before = footprint(pid, &s.d);
+    let (results, rounds) = during(&s.d, "log-flood", async {
+        tokio::join!(create(&s, "log-flood"), create(&s, "log-flood"))
+    })
+    .await;
+    for r in [results.0, results.1] {
+        assert_eq!(
+            r.expect("a log flood is no error").volume_id,
+            "hostile:log-flood"
+        );
+    }
+    eprintln!("log-flood: {rounds} good rounds");
+    assert_back_to(
+        "log-flood",
+        &s,
+        pid,
+        before,
+        2 * (64 << 10) + 2 * 256 * 400 + (64 << 10),
+    );
+    let log = log_since(&s, before.log_bytes);
+    assert_eq!(
+        log.matches("plugin log lines dropped").count(),
+        2,
+        "one dropped-lines line per flooding call"
+    );
+    assert!(
+        log.contains("log-flood") && log.contains("forged"),
+        "the first lines are kept"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2026-01-01") && !line.contains("\u{1b}[2J"),
+            "a plugin forged a log line: {line:?}"
+        );
+        assert!(line.len() < 16 << 10, "a {} byte log line", line.len());
+    }
+
+    // A 16 MiB error message: cut before it is a status or a log line.
+    let before = footprint(pid, &s.d);
+    let (result, _) = during(&s.d, "big-error", create(&s, "big-error")).await;
+    let err = result.expect_err("big-error");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(
+        err.message()
+            .starts_with("hostile: big error\\nFORGED-ERROR EEE"),
+        "{}",
+        &err.message()[..80]
+    );
+    assert!(err.message().contains("more bytes cut"));
+    assert!(
+        err.message().len() < 1200,
+        "a {} byte status message",
+        err.message().len()
+    );
+    assert_back_to("big-error", &s, pid, before, 64 << 10);
+
+    let (peak_fds, peak_rss) = sampler.peak();
+    eprintln!(
+        "floods: peak {peak_fds} fds, peak RSS {peak_rss} KiB (base {} fds, {} KiB)",
+        base.fds, base.rss_kib
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_answers_are_internal_errors_naming_the_plugin() {
+    let settings = "    settings: { reportCapacity: true }\n";
+    let s = start_with(10, &hostile_wasm(), settings, "").await;
+    let pid = driver_pid(&s.d);
+    good_round(&s.d, "pvc-warm").await.unwrap();
+    let sampler = Sampler::start(pid);
+    let before = footprint(pid, &s.d);
+
+    let creates = [
+        ("huge-id", "16777216 bytes long"),
+        ("control-id", "\\u{0}"),
+        ("empty-id", "empty"),
+        ("max-capacity", "over 2^63-1"),
+        ("small-capacity", "1 bytes when 1048576 were required"),
+        ("big-context", "100000 entries"),
+        ("big-context-value", "over CSI's 4096"),
+        ("control-context", "\\u{1b}"),
+        ("bad-source", "content source volume id"),
+    ];
+    let (results, rounds) = during(&s.d, "garbage", async {
+        let mut out = Vec::new();
+        for (misdeed, says) in creates {
+            out.push((misdeed, says, create(&s, misdeed).await));
+        }
+        out
+    })
+    .await;
+    for (misdeed, says, result) in results {
+        assert_garbage_refused(misdeed, result, says);
+    }
+    eprintln!("garbage creates: {rounds} good rounds");
+
+    let mut client = s.d.client.clone();
+    let snapshot = |name: &str| CreateSnapshotRequest {
+        source_volume_id: "hostile:null".into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    for (name, says) in [
+        ("snap-max-size", "over 2^63-1"),
+        ("snap-far-future", "year 9999"),
+        ("snap-bad-source", "\\u{202e}"),
+        ("snap-huge-id", "bytes long"),
+    ] {
+        let result = client.controller.create_snapshot(snapshot(name)).await;
+        assert_garbage_refused(name, result, says);
+    }
+    let ok = client
+        .controller
+        .create_snapshot(snapshot("snap-ok"))
+        .await
+        .expect("a sane snapshot passes")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(
+        (ok.snapshot_id.as_str(), ok.size_bytes),
+        ("hostile:sn-snap-ok", 1 << 20)
+    );
+
+    let list = |token: &str, max: i32| ListVolumesRequest {
+        starting_token: token.into(),
+        max_entries: max,
+    };
+    for (token, max, says) in [
+        ("hostile:too-many", 5, "15 volumes when at most 5"),
+        // No limit from the CO: the host still asks a bounded page.
+        ("hostile:too-many", 0, "510 volumes when at most 500"),
+        ("hostile:huge-token", 0, "next-page token"),
+        ("hostile:control-token", 0, "\\u{a}"),
+    ] {
+        let result = client.controller.list_volumes(list(token, max)).await;
+        assert_garbage_refused(token, result, says);
+    }
+
+    let mut capacity = GetCapacityRequest::default();
+    capacity
+        .parameters
+        .insert("plugin".into(), "hostile".into());
+    capacity.parameters.insert("answer".into(), "max".into());
+    let result = client.controller.get_capacity(capacity).await;
+    assert_garbage_refused("capacity", result, "over 2^63-1");
+
+    let stats = |id: &str| NodeGetVolumeStatsRequest {
+        volume_id: id.into(),
+        volume_path: s.hostile_root.path().display().to_string(),
+        ..Default::default()
+    };
+    let result = client
+        .node
+        .node_get_volume_stats(stats("hostile:stats-max"))
+        .await;
+    assert_garbage_refused("stats-max", result, "used bytes");
+    let sick = client
+        .node
+        .node_get_volume_stats(stats("hostile:stats-big-message"))
+        .await
+        .expect("a long condition message is cut, not refused")
+        .into_inner()
+        .volume_condition
+        .unwrap();
+    assert!(sick.abnormal);
+    assert!(
+        sick.message.starts_with("sick\\nFORGED sss"),
+        "{}",
+        &sick.message[..40]
+    );
+    assert!(
+        sick.message.len() < 1200,
+        "a {} byte condition message",
+        sick.message.len()
+    );
+
+    assert_back_to("garbage", &s, pid, before, 256 << 10);
+    still_serving(&s.d, "garbage").await;
+    let (peak_fds, peak_rss) = sampler.peak();
+    eprintln!("garbage: peak {peak_fds} fds, peak RSS {peak_rss} KiB");
 }

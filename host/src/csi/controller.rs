@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 
-use super::{convert, deadline, status, traced, validate, Driver};
+use super::{convert, deadline, returns, status, traced, validate, Driver};
 use crate::dispatch::PLUGIN_PARAMETER;
 use crate::proto::controller_server::Controller;
 use crate::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
@@ -16,9 +16,6 @@ use crate::runtime::bindings::wasmcsi::plugin::types as wit;
 use crate::runtime::Plugin;
 
 pub struct ControllerService(pub Arc<Driver>);
-
-/// Plugin-local ids must fit in a CSI id next to the plugin name.
-const MAX_LOCAL_ID: usize = 96;
 
 /// The CSI id of a create's content source, if it has one.
 fn source_id(source: Option<&VolumeContentSource>) -> Option<&str> {
@@ -39,16 +36,6 @@ fn plugin_parameters(parameters: &HashMap<String, String>) -> Vec<(String, Strin
         .collect();
     out.sort();
     out
-}
-
-fn check_local_id(plugin: &Plugin, id: &str) -> Result<(), Status> {
-    if id.is_empty() || id.len() > MAX_LOCAL_ID {
-        return Err(Status::internal(format!(
-            "plugin {} returned an invalid id {id:?} (1-{MAX_LOCAL_ID} bytes)",
-            plugin.name
-        )));
-    }
-    Ok(())
 }
 
 impl ControllerService {
@@ -173,15 +160,12 @@ impl ControllerService {
         let mut entries = Vec::new();
         while index < plugins.len() {
             let plugin = plugins[index].clone();
-            let remaining = if max_entries == 0 {
-                0
-            } else {
-                max_entries - entries.len() as u32
-            };
-            if max_entries != 0 && remaining == 0 {
+            if max_entries != 0 && entries.len() >= max_entries as usize {
                 return Ok((entries, format!("{}:{token}", plugin.name)));
             }
-            let (page, next) = fetch(plugin.clone(), token.clone(), remaining).await?;
+            // Never more than a bounded page, even when the CO set no limit.
+            let ask = returns::page_ask(max_entries, entries.len());
+            let (page, next) = fetch(plugin.clone(), token.clone(), ask).await?;
             entries.extend(page);
             if !next.is_empty() {
                 return Ok((entries, format!("{}:{next}", plugin.name)));
@@ -252,15 +236,7 @@ impl Controller for ControllerService {
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
-            check_local_id(&plugin, &volume.volume_id)?;
-            if let Some(limit) = capacity.limit_bytes {
-                if volume.capacity_bytes > limit {
-                    return Err(Status::internal(format!(
-                        "plugin {} made {} bytes, above limit_bytes {limit}",
-                        plugin.name, volume.capacity_bytes
-                    )));
-                }
-            }
+            returns::created_volume(&plugin.name, &volume, &capacity)?;
             let topology = self.topology_of(&plugin);
             Ok(CreateVolumeResponse {
                 volume: Some(convert::volume(&plugin, volume, topology)),
@@ -384,6 +360,16 @@ impl Controller for ControllerService {
                             })
                             .await
                             .map_err(status::of(&plugin.name))?;
+                        returns::page(
+                            &plugin.name,
+                            "volumes",
+                            page.volumes.len(),
+                            max,
+                            &page.next_token,
+                        )?;
+                        for v in &page.volumes {
+                            returns::volume(&plugin.name, v)?;
+                        }
                         let topology = self.topology_of(&plugin);
                         let entries = page
                             .volumes
@@ -441,7 +427,11 @@ impl Controller for ControllerService {
                 .await
                 .map_err(status::of(&plugin.name))?;
             Ok(GetCapacityResponse {
-                available_capacity: convert::bytes(available),
+                available_capacity: returns::bytes(
+                    &plugin.name,
+                    "an available capacity of",
+                    available,
+                )?,
                 maximum_volume_size: None,
                 minimum_volume_size,
             })
@@ -518,7 +508,7 @@ impl Controller for ControllerService {
                     })
                     .await
                     .map_err(status::of(&plugin.name))?;
-                check_local_id(&plugin, &snapshot.snapshot_id)?;
+                returns::snapshot(&plugin.name, &snapshot)?;
                 Ok(CreateSnapshotResponse {
                     snapshot: Some(convert::snapshot(&plugin, snapshot)),
                 })
@@ -617,6 +607,16 @@ impl Controller for ControllerService {
                                 })
                                 .await
                                 .map_err(status::of(&plugin.name))?;
+                            returns::page(
+                                &plugin.name,
+                                "snapshots",
+                                page.snapshots.len(),
+                                max,
+                                &page.next_token,
+                            )?;
+                            for s in &page.snapshots {
+                                returns::snapshot(&plugin.name, s)?;
+                            }
                             let entries = page
                                 .snapshots
                                 .into_iter()
@@ -699,7 +699,11 @@ impl Controller for ControllerService {
                     .await
                     .map_err(status::of(&plugin.name))?;
                 Ok(ControllerExpandVolumeResponse {
-                    capacity_bytes: convert::bytes(result.capacity_bytes),
+                    capacity_bytes: returns::expanded(
+                        &plugin.name,
+                        result.capacity_bytes,
+                        &capacity,
+                    )?,
                     node_expansion_required: result.node_expansion_required,
                 })
             },

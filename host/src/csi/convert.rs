@@ -1,4 +1,6 @@
-//! Plugin (WIT) values as CSI protobuf messages.
+//! Plugin (WIT) values as CSI protobuf messages. A value a plugin returned
+//! comes here only after `returns` has checked it, so nothing is cut or
+//! saturated silently on its way to the CO.
 
 use std::collections::HashMap;
 
@@ -18,6 +20,8 @@ pub fn pairs(map: &HashMap<String, String>) -> Vec<(String, String)> {
     v
 }
 
+/// A host-made byte count as CSI's int64 (plugin-made ones go through
+/// `returns::bytes`, which refuses what does not fit).
 pub fn bytes(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod convert;
 pub mod identity;
 pub mod node;
+pub mod returns;
 pub mod status;
 pub mod validate;
 

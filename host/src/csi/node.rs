@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, deadline, status, traced, validate, Driver};
+use super::{convert, deadline, returns, status, traced, validate, Driver};
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
@@ -231,6 +231,7 @@ impl Node for NodeService {
                 )
                 .await
                 .map_err(status::of(&plugin.name))?;
+            returns::stats(&plugin.name, &stats)?;
             Ok(NodeGetVolumeStatsResponse {
                 usage: vec![
                     usage(
@@ -248,7 +249,7 @@ impl Node for NodeService {
                 ],
                 volume_condition: Some(VolumeCondition {
                     abnormal: !stats.healthy,
-                    message: stats.message,
+                    message: returns::condition_message(&stats.message),
                 }),
             })
         })
@@ -299,7 +300,7 @@ impl Node for NodeService {
                 .await
                 .map_err(status::of(&plugin.name))?;
             Ok(NodeExpandVolumeResponse {
-                capacity_bytes: convert::bytes(bytes),
+                capacity_bytes: returns::bytes(&plugin.name, "an expanded capacity of", bytes)?,
             })
         })
         .await

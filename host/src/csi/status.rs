@@ -1,10 +1,12 @@
 //! Plugin outcomes as gRPC statuses: a plugin's error code maps one-to-one;
 //! runtime failures map to DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or INTERNAL
-//! and always name the plugin.
+//! and always name the plugin. A message a plugin wrote (its error, a panic
+//! line) is escaped and cut to `MAX_ERROR_MESSAGE` bytes first.
 
 use tonic::{Code, Status};
 
 use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
+use crate::runtime::limits::{clip, MAX_ERROR_MESSAGE};
 use crate::runtime::CallFailure;
 
 pub fn code_of(code: ErrorCode) -> Code {
@@ -27,11 +29,17 @@ pub fn code_of(code: ErrorCode) -> Code {
 /// The status for a failed plugin call made by `plugin`.
 pub fn from_failure(plugin: &str, failure: CallFailure) -> Status {
     match failure {
-        CallFailure::Plugin(e) => Status::new(code_of(e.code), format!("{plugin}: {}", e.message)),
+        CallFailure::Plugin(e) => Status::new(
+            code_of(e.code),
+            format!("{plugin}: {}", clip(&e.message, MAX_ERROR_MESSAGE)),
+        ),
         f @ CallFailure::Deadline { .. } => Status::deadline_exceeded(f.to_string()),
-        f @ CallFailure::Memory { .. } => Status::resource_exhausted(f.to_string()),
+        f @ (CallFailure::Memory { .. } | CallFailure::Handles { .. }) => {
+            Status::resource_exhausted(f.to_string())
+        }
+        // The detail may hold a panic message (up to the stderr capture).
         f @ (CallFailure::Crashed { .. } | CallFailure::Instantiate { .. }) => {
-            Status::internal(f.to_string())
+            Status::internal(clip(&f.to_string(), 2 * MAX_ERROR_MESSAGE))
         }
     }
 }
@@ -39,4 +47,30 @@ pub fn from_failure(plugin: &str, failure: CallFailure) -> Status {
 /// `?`-friendly form: `plugin.call(...).await.map_err(status::of(&plugin.name))`.
 pub fn of(plugin: &str) -> impl FnOnce(CallFailure) -> Status + '_ {
     move |f| from_failure(plugin, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::wasmcsi::plugin::types::Error as PluginError;
+
+    #[test]
+    fn a_huge_plugin_message_is_cut_and_escaped() {
+        let message = format!("line one\nline two{}", "x".repeat(16 << 20));
+        let status = from_failure(
+            "p",
+            CallFailure::Plugin(PluginError {
+                code: ErrorCode::NotFound,
+                message,
+            }),
+        );
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().len() <= MAX_ERROR_MESSAGE + 64,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().starts_with("p: line one\\nline two"));
+        assert!(status.message().ends_with("more bytes cut]"));
+    }
 }

@@ -25,8 +25,8 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// Why a plugin call did not produce an answer of the plugin's own.
 #[derive(Debug, thiserror::Error)]
 pub enum CallFailure {
-    /// The plugin answered with an error.
-    #[error("{}", .0.message)]
+    /// The plugin answered with an error (its message cut when shown).
+    #[error("{}", super::limits::clip(&.0.message, super::limits::MAX_ERROR_MESSAGE))]
     Plugin(PluginError),
     #[error("plugin {plugin} did not finish {op} within {after:?}")]
     Deadline {
@@ -39,6 +39,12 @@ pub enum CallFailure {
         plugin: String,
         op: &'static str,
         detail: String,
+    },
+    #[error("plugin {plugin} held more than {limit} WASI handles (open files, directories, streams) at once in {op}: limits.maxOpenHandles")]
+    Handles {
+        plugin: String,
+        op: &'static str,
+        limit: u32,
     },
     #[error("plugin {plugin} failed in {op}: {detail}")]
     Crashed {
@@ -149,6 +155,8 @@ impl Plugin {
             })
             .await
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
+        crate::csi::returns::plugin_info(&plugin.name, &plugin.info)
+            .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {}", e.message()))?;
         Ok(plugin)
     }
 
@@ -185,13 +193,12 @@ impl Plugin {
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            let state =
-                CallState::new(self.grants.clone(), self.limits.memory_bytes).map_err(|e| {
-                    CallFailure::Instantiate {
-                        plugin: self.name.clone(),
-                        detail: format!("{e:#}"),
-                    }
-                })?;
+            let state = CallState::new(self.grants.clone(), &self.limits).map_err(|e| {
+                CallFailure::Instantiate {
+                    plugin: self.name.clone(),
+                    detail: format!("{e:#}"),
+                }
+            })?;
             let mut store = Store::new(self.pre.engine(), state);
             store.limiter(|s| &mut s.limiter);
             // Every epoch tick the guest yields to the executor, so a busy
@@ -243,13 +250,14 @@ impl Plugin {
             Err(CallFailure::Plugin(_)) => "plugin_error",
             Err(CallFailure::Deadline { .. }) => "deadline",
             Err(CallFailure::Memory { .. }) => "memory",
+            Err(CallFailure::Handles { .. }) => "handles",
             Err(CallFailure::Crashed { .. }) => "trap",
             Err(CallFailure::Instantiate { .. }) => "instantiate",
         };
         let plugin = self.name.as_str();
         crate::metrics::inc(
             "wasmcsi_plugin_calls_total",
-            "Plugin calls by plugin, operation and outcome (ok, plugin_error, deadline, memory, trap, instantiate).",
+            "Plugin calls by plugin, operation and outcome (ok, plugin_error, deadline, memory, handles, trap, instantiate).",
             &[("plugin", plugin), ("op", op), ("outcome", outcome)],
         );
         crate::metrics::observe(
@@ -286,6 +294,18 @@ impl Plugin {
                 plugin,
                 op,
                 detail: cause,
+            };
+        }
+        // The handle table is full: wasmtime-wasi traps rather than answer
+        // the guest's open with an error.
+        if let Some(wasmtime::component::ResourceTableError::Full) =
+            error.root_cause().downcast_ref()
+        {
+            tracing::warn!(plugin = %plugin, op, "plugin call held too many WASI handles");
+            return CallFailure::Handles {
+                plugin,
+                op,
+                limit: self.limits.max_open_handles,
             };
         }
         // For a Rust panic, stderr says why; the trap only says "unreachable".

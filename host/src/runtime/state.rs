@@ -1,6 +1,6 @@
 //! The data of one call's store: WASI context (only the plugin root is
 //! visible, through `preopens`), the grants the capabilities check, and the
-//! call's limits.
+//! call's limits: memory, the WASI handles it may hold, its log budget.
 
 use std::sync::Arc;
 
@@ -10,32 +10,47 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::MemoryLimiter;
 use crate::capabilities::fs::FsCap;
+use crate::capabilities::log::CallLog;
 use crate::capabilities::Grants;
+use crate::config::Limits;
 
 /// How much of a plugin's stderr (panic messages) is kept for the error.
+/// Past it the stream is closed to the plugin: a write fails, no more is
+/// stored.
 const STDERR_CAPTURE: usize = 16 << 10;
 
 pub struct CallState {
     pub grants: Arc<Grants>,
     pub limiter: MemoryLimiter,
     pub stderr: MemoryOutputPipe,
+    pub log: CallLog,
     wasi: WasiCtx,
+    /// Every WASI handle of the call (descriptors, streams, pollables),
+    /// bounded by `limits.maxOpenHandles`: a guest that opens one more file
+    /// than that traps, and only its own call fails.
     table: ResourceTable,
 }
 
 impl CallState {
-    pub fn new(grants: Arc<Grants>, memory_bytes: u64) -> anyhow::Result<CallState> {
+    pub fn new(grants: Arc<Grants>, limits: &Limits) -> anyhow::Result<CallState> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         // No environment, no arguments, no network, no stdin/stdout: only
-        // stderr (captured). The granted root comes from `preopens`.
-        wasi.stderr(stderr.clone());
+        // stderr (captured). The granted root comes from `preopens`. No
+        // socket can even be created (each would be a host descriptor).
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_open_handles as usize);
         Ok(CallState {
+            log: CallLog::new(&grants.plugin, limits),
             grants,
-            limiter: MemoryLimiter::new(memory_bytes),
+            limiter: MemoryLimiter::new(limits.memory_bytes),
             stderr,
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
         })
     }
 

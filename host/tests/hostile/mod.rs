@@ -66,6 +66,10 @@ pub fn serve_big_body(body_bytes: usize) -> String {
     format!("http://{addr}")
 }
 
+/// The hostile plugin's `limits.maxOpenHandles` in these drivers (not the
+/// default, so a test shows the setting is what counts).
+pub const HANDLES: usize = 64;
+
 pub struct Sandbox {
     pub d: TestDriver,
     pub origin: String,
@@ -93,8 +97,9 @@ pub async fn start_with(
     let extra = format!(
         r#"  - name: hostile
     path: {wasm}
-    limits: {{ memoryBytes: {mem}, callTimeoutSeconds: {timeout_seconds}, maxConcurrentCalls: 4 }}
+    limits: {{ memoryBytes: {mem}, callTimeoutSeconds: {timeout_seconds}, maxConcurrentCalls: 4, maxOpenHandles: {HANDLES} }}
     capabilities:
+      log: {{}}
       fs: {{ root: "{root}" }}
       mount: {{ types: [xfs], targetPrefixes: ["{root}/mnt"] }}
       http: {{ origins: ["{origin}"] }}
@@ -154,4 +159,174 @@ pub async fn still_serving(d: &TestDriver, tag: &str) {
         })
         .await
         .expect("local-dir delete");
+}
+
+/// The pid of the `wasmcsi serve` process started with this driver's
+/// config (found by its command line, so only our own driver is measured).
+pub fn driver_pid(d: &TestDriver) -> u32 {
+    let config = d.config.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "serve") && args.iter().any(|a| *a == config) {
+            return pid;
+        }
+    }
+    panic!("no wasmcsi serve process runs with {config}");
+}
+
+/// What the driver process holds right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Footprint {
+    pub fds: usize,
+    pub rss_kib: u64,
+    pub log_bytes: u64,
+}
+
+pub fn footprint(pid: u32, d: &TestDriver) -> Footprint {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let log_bytes = std::fs::metadata(&d.log).map(|m| m.len()).unwrap_or(0);
+    Footprint {
+        fds,
+        rss_kib,
+        log_bytes,
+    }
+}
+
+/// Samples the driver's descriptors and RSS every few milliseconds until
+/// dropped; `peak` is the largest of each seen so far.
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::sync::Arc<std::sync::Mutex<(usize, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub fn start(pid: u32) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peak = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0u64)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|dir| dir.count())
+                    .unwrap_or(0);
+                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0);
+                let mut peak = p.lock().unwrap();
+                *peak = (peak.0.max(fds), peak.1.max(rss));
+                drop(peak);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Sampler {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// Largest (descriptor count, RSS in KiB) seen.
+    pub fn peak(&self) -> (usize, u64) {
+        *self.peak.lock().unwrap()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One round of good calls: Probe, the hostile plugin's well-behaved
+/// call, and a local-dir volume made and deleted. The error of the first
+/// that fails, if any.
+pub async fn good_round(d: &TestDriver, tag: &str) -> Result<(), String> {
+    let mut client = d.client.clone();
+    let ready = client
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .map_err(|e| format!("probe: {e}"))?
+        .into_inner()
+        .ready;
+    if ready != Some(true) {
+        return Err(format!("probe answered ready={ready:?}"));
+    }
+    client
+        .controller
+        .create_volume(hostile_req("null", None))
+        .await
+        .map_err(|e| format!("hostile null: {e}"))?;
+    let vol = client
+        .controller
+        .create_volume(create_req(tag, 16 * MIB, &[("plugin", "local-dir")]))
+        .await
+        .map_err(|e| format!("local-dir create {tag}: {e}"))?
+        .into_inner()
+        .volume
+        .ok_or("local-dir create answered no volume")?;
+    client
+        .controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: vol.volume_id,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("local-dir delete {tag}: {e}"))?;
+    Ok(())
+}
+
+/// Runs `misdeed` while good calls run beside it, round after round until
+/// it is done (at least one round, all of it inside the misdeed when the
+/// misdeed lasts long enough). Returns the misdeed's output and how many
+/// good rounds ran; panics on the first good call that failed.
+pub async fn during<T>(
+    d: &TestDriver,
+    tag: &str,
+    misdeed: impl std::future::Future<Output = T>,
+) -> (T, usize) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let good = async {
+        let mut rounds = 0;
+        loop {
+            if let Err(e) = good_round(d, &format!("pvc-during-{tag}-{rounds}")).await {
+                panic!("a good call failed during {tag}: {e}\n{}", d.logs());
+            }
+            rounds += 1;
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                return rounds;
+            }
+        }
+    };
+    let bad = async {
+        let out = misdeed.await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    };
+    let (out, rounds) = tokio::join!(bad, good);
+    (out, rounds)
 }

@@ -1,7 +1,9 @@
 //! `hostile`: a plugin that misbehaves on request, for the sandbox tests.
-//! CreateVolume's `name` picks the misdeed (see [`Misdeed`]); every other
-//! call answers at once. The host must turn each misdeed into one failed
-//! request and keep serving.
+//! CreateVolume's `name` picks the misdeed (see `misbehave`); so do
+//! CreateSnapshot's name, ListVolumes' starting token, GetCapacity's
+//! `answer` parameter and the volume id of NodeGetVolumeStats, for the
+//! garbage those calls can return. Every other call answers at once. The
+//! host must turn each misdeed into one failed request and keep serving.
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
@@ -15,7 +17,10 @@ use exports::wasmcsi::plugin::identity::{Features, Guest as Identity, PluginInfo
 use exports::wasmcsi::plugin::node::{
     ExpandRequest as NodeExpandRequest, Guest as Node, PublishRequest, StageRequest, VolumeStats,
 };
-use wasmcsi::plugin::types::{AccessMode, Error, ErrorCode, KeyValues, Secrets, Snapshot, Volume};
+use wasmcsi::plugin::log::{self, Level};
+use wasmcsi::plugin::types::{
+    AccessMode, ContentSource, Error, ErrorCode, KeyValues, Secrets, Snapshot, Volume,
+};
 use wasmcsi::plugin::{environment, fs, http, mount};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -62,7 +67,92 @@ fn volume(id: &str, detail: String) -> Volume {
     }
 }
 
+/// `prefix` and then 16 MiB of `fill`, in one allocation (the plugin's
+/// memory limit leaves no room for a second copy).
+fn big(prefix: &str, fill: char) -> String {
+    let mut s = String::with_capacity(prefix.len() + (16 << 20));
+    s.push_str(prefix);
+    s.extend(std::iter::repeat_n(fill, 16 << 20));
+    s
+}
+
+/// Opens files under the root through WASI until refused, keeping them
+/// all. A host that bounds the call's handles ends the call (a trap) or
+/// refuses an open; then the call holds what it got for a while, so that
+/// good calls run while its descriptors are held.
+fn flood_descriptors(root: &str) -> Result<Volume> {
+    let dir = format!("{root}/fd-flood");
+    let _ = std::fs::create_dir_all(&dir);
+    let file = format!("{dir}/file");
+    std::fs::write(&file, b"x").map_err(|e| error(ErrorCode::Internal, format!("{file}: {e}")))?;
+    let mut held = Vec::new();
+    let refusal = loop {
+        match std::fs::File::open(&file) {
+            Ok(f) => held.push(f),
+            Err(e) => break e,
+        }
+        if held.len() >= 1_000_000 {
+            return Ok(volume("fd-flood", format!("held {} files", held.len())));
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Err(error(
+        ErrorCode::ResourceExhausted,
+        format!("refused after {} open files: {refusal}", held.len()),
+    ))
+}
+
+/// Log lines that are too many, too long, with too many and too long
+/// fields, and one that tries to forge a line of its own.
+fn flood_log() -> Result<Volume> {
+    let message = format!("flood{}", "m".repeat(64 << 10));
+    let big_fields: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("key{i}{}", "k".repeat(1000)), "v".repeat(64 << 10)))
+        .collect();
+    log::log(
+        Level::Error,
+        "forged\n2026-01-01T00:00:00Z ERROR wasmcsi: FORGED-LINE\u{1b}[2J",
+        &[("k\nFORGED-FIELD".into(), "v\nFORGED-VALUE".into())],
+    );
+    for _ in 0..500 {
+        log::log(Level::Warn, &message, &big_fields);
+    }
+    let many: Vec<(String, String)> = (0..50_000).map(|i| (format!("f{i}"), "v".into())).collect();
+    for _ in 0..5 {
+        log::log(Level::Info, "many fields", &many);
+    }
+    for _ in 0..20_000 {
+        log::log(Level::Info, "short", &[]);
+    }
+    Ok(volume("log-flood", "logged".into()))
+}
+
+/// A volume whose id, capacity or context is garbage.
+fn garbage(name: &str) -> Option<Volume> {
+    let mut v = volume(name, String::new());
+    match name {
+        "huge-id" => v.volume_id = "A".repeat(16 << 20),
+        "control-id" => v.volume_id = "bad\0id\nFORGED".into(),
+        "empty-id" => v.volume_id = String::new(),
+        "max-capacity" => v.capacity_bytes = u64::MAX,
+        "small-capacity" => v.capacity_bytes = 1,
+        "big-context" => {
+            v.volume_context = (0..100_000)
+                .map(|i| (format!("key{i}"), "value".into()))
+                .collect()
+        }
+        "big-context-value" => v.volume_context = vec![("k".into(), "v".repeat(1 << 20))],
+        "control-context" => v.volume_context = vec![("k".into(), "a\u{1b}[2J".into())],
+        "bad-source" => v.content_source = Some(ContentSource::Volume("x\0y".into())),
+        _ => return None,
+    }
+    Some(v)
+}
+
 fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
+    if let Some(v) = garbage(&req.name) {
+        return Ok(v);
+    }
     let url = param(&req.parameters, "url").unwrap_or("http://127.0.0.1:9/");
     let root = environment::root().unwrap_or_default();
     match req.name.as_str() {
@@ -85,6 +175,12 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
             Ok(volume("recursion", n.to_string()))
         }
         "panic" => panic!("hostile plugin panics on purpose"),
+        "fd-flood" => flood_descriptors(&root),
+        "log-flood" => flood_log(),
+        "big-error" => Err(error(
+            ErrorCode::Internal,
+            big("big error\nFORGED-ERROR ", 'E'),
+        )),
         // The host's answer is passed on unchanged: the test checks its code.
         "http" | "big-response" => {
             let resp = http::send(&http::Request {
@@ -176,10 +272,25 @@ fn settings_text() -> String {
 
 impl Identity for Hostile {
     fn info() -> PluginInfo {
+        // Capacity only when asked: the reload tests tell hostile from
+        // local-dir by GetCapacity being unimplemented.
+        let capacity = if environment::settings()
+            .iter()
+            .any(|(k, v)| k == "reportCapacity" && v == "true")
+        {
+            Features::GET_CAPACITY
+        } else {
+            Features::empty()
+        };
         PluginInfo {
             name: "hostile".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            features: Features::empty(),
+            // Only for the garbage these calls can return; each answers
+            // plainly unless its misdeed is asked for.
+            features: Features::LIST_VOLUMES
+                | Features::SNAPSHOTS
+                | Features::VOLUME_STATS
+                | capacity,
             access_modes: vec![AccessMode::SingleNodeWriter],
             min_volume_bytes: 1 << 20,
         }
@@ -203,20 +314,56 @@ impl Controller for Hostile {
     fn get_volume(volume_id: String, _secrets: Secrets) -> Result<Volume> {
         Ok(volume(&volume_id, String::new()))
     }
-    fn list_volumes(_starting_token: String, _max_entries: u32) -> Result<VolumePage> {
-        unimplemented()
+    /// The starting token picks the misdeed; none: an empty page.
+    fn list_volumes(starting_token: String, max_entries: u32) -> Result<VolumePage> {
+        let (count, next_token) = match starting_token.as_str() {
+            "too-many" => (max_entries as usize + 10, String::new()),
+            "huge-token" => (1, "T".repeat(1 << 20)),
+            "control-token" => (1, "t\nFORGED".into()),
+            _ => (0, String::new()),
+        };
+        let volumes = (0..count)
+            .map(|i| volume(&format!("v{i}"), String::new()))
+            .collect();
+        Ok(VolumePage {
+            volumes,
+            next_token,
+        })
     }
-    fn get_capacity(_parameters: KeyValues) -> Result<u64> {
-        unimplemented()
+    /// With the `reportCapacity` setting: `answer=max` asks for a capacity no
+    /// int64 holds.
+    fn get_capacity(parameters: KeyValues) -> Result<u64> {
+        match param(&parameters, "answer") {
+            Some("max") => Ok(u64::MAX),
+            _ => Ok(1 << 30),
+        }
     }
-    fn create_snapshot(_req: CreateSnapshotRequest) -> Result<Snapshot> {
-        unimplemented()
+    /// The name picks the misdeed; any other name: a sane snapshot.
+    fn create_snapshot(req: CreateSnapshotRequest) -> Result<Snapshot> {
+        let mut s = Snapshot {
+            snapshot_id: format!("sn-{}", req.name),
+            source_volume_id: req.source_volume_id,
+            size_bytes: 1 << 20,
+            creation_time: 1_700_000_000,
+            ready_to_use: true,
+        };
+        match req.name.as_str() {
+            "snap-max-size" => s.size_bytes = u64::MAX,
+            "snap-far-future" => s.creation_time = u64::MAX,
+            "snap-bad-source" => s.source_volume_id = "\u{202e}gro".into(),
+            "snap-huge-id" => s.snapshot_id = "S".repeat(16 << 20),
+            _ => {}
+        }
+        Ok(s)
     }
     fn delete_snapshot(_snapshot_id: String, _secrets: Secrets) -> Result<()> {
-        unimplemented()
+        Ok(())
     }
     fn list_snapshots(_filter: SnapshotFilter) -> Result<SnapshotPage> {
-        unimplemented()
+        Ok(SnapshotPage {
+            snapshots: vec![],
+            next_token: String::new(),
+        })
     }
 }
 
@@ -237,11 +384,30 @@ impl Node for Hostile {
     fn expand_volume(_req: NodeExpandRequest) -> Result<u64> {
         unimplemented()
     }
+    /// The volume id picks the misdeed; any other: sane stats.
     fn get_volume_stats(
-        _volume_id: String,
+        volume_id: String,
         _volume_path: String,
         _staging_path: Option<String>,
     ) -> Result<VolumeStats> {
-        unimplemented()
+        let mut stats = VolumeStats {
+            total_bytes: 1 << 30,
+            available_bytes: 1 << 29,
+            used_bytes: 1 << 29,
+            total_inodes: 1000,
+            available_inodes: 500,
+            used_inodes: 500,
+            healthy: true,
+            message: String::new(),
+        };
+        match volume_id.as_str() {
+            "stats-max" => stats.used_bytes = u64::MAX,
+            "stats-big-message" => {
+                stats.healthy = false;
+                stats.message = big("sick\nFORGED ", 's');
+            }
+            _ => {}
+        }
+        Ok(stats)
     }
 }

@@ -1,0 +1,421 @@
+//! What a plugin may answer. Every value a plugin returns is checked here
+//! before any of it reaches the CO: ids, sizes, volume contexts, snapshot
+//! fields, stats and pages. A value that breaks a rule is a bug in the
+//! plugin: the call fails with INTERNAL naming the plugin and the rule, and
+//! quotes at most a short escaped excerpt of the value, never all of it (a
+//! 16 MiB id echoed into gRPC trailers makes clients refuse the answer).
+//!
+//! Not rules here, on purpose: `:` and `/` in ids (the host splits a CSI id
+//! at its first `:` only, and plugin names hold none, so
+//! `xsky-nfs:fd-7@10.0.0.1:8056` routes right), and relations between
+//! stats values (a quota can be over-filled; a filesystem reports what it
+//! reports).
+
+use std::fmt::Display;
+
+use tonic::Status;
+
+use crate::runtime::bindings::exports::wasmcsi::plugin::identity::PluginInfo;
+use crate::runtime::bindings::exports::wasmcsi::plugin::node::VolumeStats;
+use crate::runtime::bindings::wasmcsi::plugin::types as wit;
+use crate::runtime::limits::{clip, is_invisible};
+
+/// A plugin-local id, as the WIT bounds it: with the plugin name (at most
+/// 30 bytes) and `:` a CSI id stays within CSI's 128-byte string limit.
+pub const MAX_LOCAL_ID: usize = 96;
+/// CSI "Size Limits": a map<string, string> at most 4 KiB in all, a string
+/// (here: a key) at most 128 bytes.
+const MAX_MAP_BYTES: usize = 4096;
+const MAX_KEY: usize = 128;
+/// A plugin's page token travels as `<plugin>:<token>`, a CSI string.
+const MAX_TOKEN: usize = 96;
+/// Most entries the host asks of one plugin page, whatever the CO asked:
+/// entries of up to ~4.3 KiB (id and context) keep an answer well under
+/// the 4 MiB a gRPC client takes by default.
+pub const MAX_PAGE: u32 = 500;
+/// The last second a protobuf Timestamp can hold: 9999-12-31T23:59:59Z.
+const MAX_TIMESTAMP: u64 = 253_402_300_799;
+/// How much of a bad value an error quotes.
+const EXCERPT: usize = 64;
+/// A volume condition's message is the plugin's prose: cut, not refused.
+const MAX_CONDITION_MESSAGE: usize = 1024;
+
+fn bug(plugin: &str, what: impl Display) -> Status {
+    Status::internal(format!(
+        "plugin {plugin} answered {what} (a bug in the plugin)"
+    ))
+}
+
+fn quote(value: &str) -> String {
+    format!("\"{}\"", clip(value, EXCERPT))
+}
+
+/// A character no id, key or token may hold.
+fn bad_in_name(c: char) -> bool {
+    c.is_control() || c.is_whitespace() || is_invisible(c)
+}
+
+/// A character no value may hold: CSI's banned set for names (control
+/// characters but tab, newline and carriage return), and invisible ones.
+fn bad_in_value(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\t' | '\n' | '\r')) || is_invisible(c)
+}
+
+/// Why `name` (an id, key or token) breaks the rules, if it does.
+fn name_fault(name: &str, max: usize) -> Option<String> {
+    if name.is_empty() {
+        return Some("empty".into());
+    }
+    if name.len() > max {
+        return Some(format!("{} bytes long, over {max}", name.len()));
+    }
+    name.chars()
+        .find(|c| bad_in_name(*c))
+        .map(|c| format!("holding the character {}", c.escape_unicode()))
+}
+
+/// Who the plugin says it is, asked once at load: its version goes into
+/// GetPluginInfo's manifest, its minimum size into GetCapacity.
+pub fn plugin_info(plugin: &str, info: &PluginInfo) -> Result<(), Status> {
+    for (what, value) in [("name", &info.name), ("version", &info.version)] {
+        if let Some(fault) = name_fault(value, 64) {
+            return Err(bug(
+                plugin,
+                format_args!("a plugin {what} {} {fault}", quote(value)),
+            ));
+        }
+    }
+    bytes(plugin, "a minimum volume size of", info.min_volume_bytes).map(|_| ())
+}
+
+/// A plugin-local volume or snapshot id.
+pub fn id(plugin: &str, what: &str, id: &str) -> Result<(), Status> {
+    match name_fault(id, MAX_LOCAL_ID) {
+        None => Ok(()),
+        Some(fault) => Err(bug(plugin, format_args!("a {what} {} {fault}", quote(id)))),
+    }
+}
+
+/// A byte count the CO gets as an int64.
+pub fn bytes(plugin: &str, what: &str, n: u64) -> Result<i64, Status> {
+    i64::try_from(n).map_err(|_| bug(plugin, format_args!("{what} {n}, over 2^63-1")))
+}
+
+/// A volume context: CSI's map limits, sane keys and values, no key twice.
+fn context(plugin: &str, pairs: &[(String, String)]) -> Result<(), Status> {
+    let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_MAP_BYTES {
+        return Err(bug(
+            plugin,
+            format_args!(
+                "a volume context of {} entries and {total} bytes, over CSI's {MAX_MAP_BYTES}",
+                pairs.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in pairs {
+        if let Some(fault) = name_fault(key, MAX_KEY) {
+            return Err(bug(
+                plugin,
+                format_args!("a volume context key {} {fault}", quote(key)),
+            ));
+        }
+        if let Some(c) = value.chars().find(|c| bad_in_value(*c)) {
+            return Err(bug(
+                plugin,
+                format_args!(
+                    "a volume context value {} for {key} holding the character {}",
+                    quote(value),
+                    c.escape_unicode()
+                ),
+            ));
+        }
+        if !seen.insert(key) {
+            return Err(bug(
+                plugin,
+                format_args!("the volume context key {key} twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn content_source(plugin: &str, source: Option<&wit::ContentSource>) -> Result<(), Status> {
+    match source {
+        None => Ok(()),
+        Some(wit::ContentSource::Snapshot(s)) => id(plugin, "content source snapshot id", s),
+        Some(wit::ContentSource::Volume(v)) => id(plugin, "content source volume id", v),
+    }
+}
+
+/// A volume as any call returns it (listed, looked up).
+pub fn volume(plugin: &str, v: &wit::Volume) -> Result<(), Status> {
+    id(plugin, "volume id", &v.volume_id)?;
+    bytes(plugin, "a capacity of", v.capacity_bytes)?;
+    context(plugin, &v.volume_context)?;
+    content_source(plugin, v.content_source.as_ref())
+}
+
+/// A volume made for `range`: its capacity within it (0, "unknown" in
+/// CSI, only when nothing was required).
+pub fn created_volume(
+    plugin: &str,
+    v: &wit::Volume,
+    range: &wit::CapacityRange,
+) -> Result<(), Status> {
+    volume(plugin, v)?;
+    let made = v.capacity_bytes;
+    if let Some(required) = range.required_bytes {
+        if made < required {
+            return Err(bug(
+                plugin,
+                format_args!("a volume of {made} bytes when {required} were required"),
+            ));
+        }
+    }
+    if let Some(limit) = range.limit_bytes {
+        if made > limit {
+            return Err(bug(
+                plugin,
+                format_args!("a volume of {made} bytes, above limit_bytes {limit}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot as any call returns it.
+pub fn snapshot(plugin: &str, s: &wit::Snapshot) -> Result<(), Status> {
+    id(plugin, "snapshot id", &s.snapshot_id)?;
+    id(plugin, "snapshot source volume id", &s.source_volume_id)?;
+    bytes(plugin, "a snapshot size of", s.size_bytes)?;
+    if s.creation_time > MAX_TIMESTAMP {
+        return Err(bug(
+            plugin,
+            format_args!(
+                "a snapshot creation time of {} s after 1970, past the year 9999",
+                s.creation_time
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The capacity a controller expansion reached: at least what was asked
+/// (a target at or below the current size answers the current size).
+pub fn expanded(plugin: &str, capacity: u64, range: &wit::CapacityRange) -> Result<i64, Status> {
+    let n = bytes(plugin, "an expanded capacity of", capacity)?;
+    match range.required_bytes {
+        Some(required) if capacity < required => Err(bug(
+            plugin,
+            format_args!("an expanded capacity of {capacity} bytes when {required} were required"),
+        )),
+        _ => Ok(n),
+    }
+}
+
+/// Volume stats: every count fits an int64. No relation between them is
+/// required (used can pass total on an over-filled quota).
+pub fn stats(plugin: &str, s: &VolumeStats) -> Result<(), Status> {
+    let counts = [
+        ("total bytes", s.total_bytes),
+        ("available bytes", s.available_bytes),
+        ("used bytes", s.used_bytes),
+        ("total inodes", s.total_inodes),
+        ("available inodes", s.available_inodes),
+        ("used inodes", s.used_inodes),
+    ];
+    for (what, n) in counts {
+        bytes(plugin, &format!("volume stats with {what}"), n)?;
+    }
+    Ok(())
+}
+
+/// A volume condition's message, escaped and cut.
+pub fn condition_message(message: &str) -> String {
+    clip(message, MAX_CONDITION_MESSAGE)
+}
+
+/// The page size to ask of a plugin when the CO asked for `max` (0: no
+/// limit) and the page so far holds `taken`.
+pub fn page_ask(max: u32, taken: usize) -> u32 {
+    let taken = u32::try_from(taken).unwrap_or(u32::MAX);
+    if max == 0 {
+        MAX_PAGE
+    } else {
+        max.saturating_sub(taken).min(MAX_PAGE)
+    }
+}
+
+/// A page: no more entries than asked, a usable next token.
+pub fn page(plugin: &str, what: &str, len: usize, asked: u32, token: &str) -> Result<(), Status> {
+    if len > asked as usize {
+        return Err(bug(
+            plugin,
+            format_args!("{len} {what} when at most {asked} were asked"),
+        ));
+    }
+    match (token.is_empty(), name_fault(token, MAX_TOKEN)) {
+        (false, Some(fault)) => Err(bug(
+            plugin,
+            format_args!("a next-page token {} {fault}", quote(token)),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn vol(id: &str, capacity: u64, context: Vec<(String, String)>) -> wit::Volume {
+        wit::Volume {
+            volume_id: id.into(),
+            capacity_bytes: capacity,
+            volume_context: context,
+            content_source: None,
+        }
+    }
+
+    fn range(required: Option<u64>, limit: Option<u64>) -> wit::CapacityRange {
+        wit::CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        }
+    }
+
+    /// The error's message, checked to be INTERNAL, short and naming `p`.
+    fn refused(result: Result<(), Status>) -> String {
+        let status = result.expect_err("accepted");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().starts_with("plugin p answered"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().len() < 400, "{}", status.message());
+        status.message().to_string()
+    }
+
+    #[test]
+    fn ids_real_plugins_make_pass() {
+        for good in [
+            "pvc-1a2b",
+            "qt-17",
+            "fd-7@10.0.0.1:8056,https://x.example/a",
+            "sn-3",
+            "é",
+        ] {
+            id("p", "volume id", good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        id("p", "volume id", &"a".repeat(96)).unwrap();
+    }
+
+    #[test]
+    fn bad_ids_are_refused_with_an_excerpt() {
+        let huge = refused(id("p", "volume id", &"A".repeat(16 << 20)));
+        assert!(huge.contains("16777216 bytes long"), "{huge}");
+        assert!(refused(id("p", "volume id", "")).contains("empty"));
+        let nul = refused(id("p", "volume id", "a\0b"));
+        assert!(nul.contains("\\u{0}"), "{nul}");
+        assert!(!nul.contains('\0'));
+        assert!(refused(id("p", "volume id", "a b")).contains("\\u{20}"));
+        assert!(refused(id("p", "volume id", "a\u{202e}b")).contains("\\u{202e}"));
+    }
+
+    #[test]
+    fn a_created_volume_fits_its_range() {
+        let r = range(Some(10), Some(20));
+        created_volume("p", &vol("v", 10, vec![]), &r).unwrap();
+        created_volume("p", &vol("v", 20, vec![]), &r).unwrap();
+        assert!(refused(created_volume("p", &vol("v", 9, vec![]), &r)).contains("9 bytes when 10"));
+        assert!(refused(created_volume("p", &vol("v", 21, vec![]), &r))
+            .contains("above limit_bytes 20"));
+        let max = refused(created_volume(
+            "p",
+            &vol("v", u64::MAX, vec![]),
+            &range(None, None),
+        ));
+        assert!(max.contains("over 2^63-1"), "{max}");
+        // 0 is CSI's "unknown", fine when nothing was required.
+        created_volume("p", &vol("v", 0, vec![]), &range(None, None)).unwrap();
+        refused(created_volume(
+            "p",
+            &vol("v", 0, vec![]),
+            &range(Some(1), None),
+        ));
+    }
+
+    #[test]
+    fn volume_contexts_keep_within_csi_limits() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let real = vec![
+            kv("mode", "image"),
+            kv("fsType", "xfs"),
+            kv("node", &"n".repeat(192)),
+            kv("share", "/sdsfs/f/t"),
+        ];
+        volume("p", &vol("v", 1, real)).unwrap();
+        let many: Vec<_> = (0..100_000).map(|i| kv(&format!("k{i}"), "v")).collect();
+        assert!(refused(volume("p", &vol("v", 1, many))).contains("100000 entries"));
+        refused(volume("p", &vol("v", 1, vec![kv("", "x")])));
+        refused(volume("p", &vol("v", 1, vec![kv(&"k".repeat(129), "x")])));
+        refused(volume("p", &vol("v", 1, vec![kv("k", "a\u{1b}[2J")])));
+        refused(volume("p", &vol("v", 1, vec![kv("k", "1"), kv("k", "2")])));
+        volume("p", &vol("v", 1, vec![kv("k", "two\nlines\tok")])).unwrap();
+    }
+
+    #[test]
+    fn snapshots_and_sizes() {
+        let snap = |size: u64, time: u64| wit::Snapshot {
+            snapshot_id: "sn-1".into(),
+            source_volume_id: "fd-1".into(),
+            size_bytes: size,
+            creation_time: time,
+            ready_to_use: true,
+        };
+        snapshot("p", &snap(1 << 30, 1_700_000_000)).unwrap();
+        snapshot("p", &snap(0, 0)).unwrap();
+        refused(snapshot("p", &snap(u64::MAX, 1)));
+        refused(snapshot("p", &snap(1, u64::MAX)));
+        assert_eq!(expanded("p", 20, &range(Some(10), None)).unwrap(), 20);
+        assert!(expanded("p", 5, &range(Some(10), None)).is_err());
+        assert!(expanded("p", u64::MAX, &range(None, None)).is_err());
+    }
+
+    #[test]
+    fn pages_are_no_bigger_than_asked() {
+        assert_eq!(page_ask(0, 0), MAX_PAGE);
+        assert_eq!(page_ask(10, 3), 7);
+        assert_eq!(page_ask(100_000, 0), MAX_PAGE);
+        page("p", "volumes", 7, 7, "pvc-b").unwrap();
+        refused(page("p", "volumes", 8, 7, ""));
+        refused(page("p", "volumes", 1, 7, &"t".repeat(1 << 20)));
+        refused(page("p", "volumes", 1, 7, "a\nb"));
+    }
+
+    #[test]
+    fn stats_fit_int64_but_need_not_add_up() {
+        let s = VolumeStats {
+            total_bytes: 100,
+            available_bytes: 0,
+            used_bytes: 150,
+            total_inodes: 0,
+            available_inodes: 0,
+            used_inodes: 0,
+            healthy: true,
+            message: String::new(),
+        };
+        stats("p", &s).unwrap();
+        refused(stats(
+            "p",
+            &VolumeStats {
+                used_inodes: u64::MAX,
+                ..s
+            },
+        ));
+        assert!(condition_message(&"m".repeat(1 << 20)).len() < 1100);
+    }
+}
