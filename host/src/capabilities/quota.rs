@@ -27,9 +27,18 @@ impl QuotaCap {
     /// btrfs filesystem now, once, as the operator asked.
     pub fn new(grant: &QuotaGrant, fs: Arc<FsCap>) -> anyhow::Result<QuotaCap> {
         if grant.enable_btrfs_quotas {
-            let root = fs.root.fd();
-            if btrfs::on_btrfs(root).map_err(|e| anyhow::anyhow!(e.message))? {
-                btrfs::enable_quotas(root)
+            // ioctls need a real descriptor, not the root's O_PATH one.
+            let root = rustix::fs::openat(
+                fs.root.fd(),
+                ".",
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .with_context(|| format!("opening {}", fs.root.path().display()))?;
+            if btrfs::on_btrfs(root.as_fd()).map_err(|e| anyhow::anyhow!(e.message))? {
+                btrfs::enable_quotas(root.as_fd())
                     .map_err(|e| anyhow::anyhow!(e.message))
                     .with_context(|| format!("on {}", fs.root.path().display()))?;
                 tracing::info!(root = %fs.root.path().display(), "btrfs quotas enabled (enableBtrfsQuotas)");
