@@ -97,7 +97,7 @@ async fn each_misdeed_costs_one_request() {
         "symlink",
         None,
         Code::PermissionDenied,
-        "outside the allowed",
+        "symlink",
     )
     .await;
     expect_failure(&s, "dotdot", None, Code::InvalidArgument, "..").await;
