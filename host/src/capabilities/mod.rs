@@ -3,6 +3,7 @@
 //! checks, and its implementation of the WIT host trait on the call state.
 
 pub mod command;
+pub mod copies;
 pub mod environment;
 pub mod fs;
 pub mod http;
