@@ -247,17 +247,17 @@ async fn snapshot_and_restore(d: &mut TestDriver, params: &[(&str, &str)], size:
     let all = list(d, "", "", "", 0).await;
     assert_eq!(
         listed(&all),
-        [snap.snapshot_id.clone(), snap2.snapshot_id.clone()]
+        [snap.snapshot_id.as_str(), snap2.snapshot_id.as_str()]
     );
     let of_restored = list(d, "", &restored.volume_id, "", 0).await;
-    assert_eq!(listed(&of_restored), [snap2.snapshot_id.clone()]);
+    assert_eq!(listed(&of_restored), [snap2.snapshot_id.as_str()]);
     let by_id = list(d, &snap.snapshot_id, "", "", 0).await;
-    assert_eq!(listed(&by_id), [snap.snapshot_id.clone()]);
+    assert_eq!(listed(&by_id), [snap.snapshot_id.as_str()]);
     let page1 = list(d, "", "", "", 1).await;
-    assert_eq!(listed(&page1), [snap.snapshot_id.clone()]);
+    assert_eq!(listed(&page1), [snap.snapshot_id.as_str()]);
     assert!(!page1.next_token.is_empty());
     let page2 = list(d, "", "", &page1.next_token, 1).await;
-    assert_eq!(listed(&page2), [snap2.snapshot_id.clone()]);
+    assert_eq!(listed(&page2), [snap2.snapshot_id.as_str()]);
     assert!(page2.next_token.is_empty());
 
     // A snapshot in use by nothing (a restore is a copy) goes.
