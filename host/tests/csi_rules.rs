@@ -74,13 +74,14 @@ async fn identity_and_capabilities() {
         C::ListVolumes,
         C::GetCapacity,
         C::CloneVolume,
+        C::CreateDeleteSnapshot,
+        C::ListSnapshots,
     ] {
         assert!(
             rpcs.contains(&(want as i32)),
             "{want:?} missing from {rpcs:?}"
         );
     }
-    assert!(!rpcs.contains(&(C::CreateDeleteSnapshot as i32)));
 
     let node = d
         .client
@@ -292,7 +293,7 @@ async fn controller_error_codes() {
         ),
         Code::InvalidArgument
     );
-    // Snapshots are not offered by local-dir.
+    // A snapshot of a volume that does not exist.
     assert_eq!(
         code(
             c.create_snapshot(CreateSnapshotRequest {
@@ -302,7 +303,7 @@ async fn controller_error_codes() {
             })
             .await
         ),
-        Code::Unimplemented
+        Code::NotFound
     );
 }
 

@@ -6,6 +6,7 @@ pub mod beneath;
 pub mod blocking;
 pub mod btrfs;
 pub mod command;
+pub mod copies;
 pub mod environment;
 pub mod fs;
 pub mod grow;

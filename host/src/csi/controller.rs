@@ -105,16 +105,26 @@ impl ControllerService {
         let Some(kind) = source.and_then(|s| s.r#type.as_ref()) else {
             return Ok(None);
         };
-        if !plugin.has(Features::CLONE) {
+        let (id, make, feature, what): (&str, fn(String) -> wit::ContentSource, _, _) = match kind {
+            Type::Snapshot(s) => (
+                &s.snapshot_id,
+                wit::ContentSource::Snapshot,
+                Features::RESTORE_SNAPSHOT,
+                "a snapshot",
+            ),
+            Type::Volume(v) => (
+                &v.volume_id,
+                wit::ContentSource::Volume,
+                Features::CLONE_VOLUME,
+                "another volume",
+            ),
+        };
+        if !plugin.has(feature) {
             return Err(Status::invalid_argument(format!(
-                "plugin {} cannot create volumes from a snapshot or volume",
+                "plugin {} cannot create volumes from {what}",
                 plugin.name
             )));
         }
-        let (id, make): (&str, fn(String) -> wit::ContentSource) = match kind {
-            Type::Snapshot(s) => (&s.snapshot_id, wit::ContentSource::Snapshot),
-            Type::Volume(v) => (&v.volume_id, wit::ContentSource::Volume),
-        };
         match self.driver().dispatch.for_id(id) {
             Some((owner, local)) if owner.name == plugin.name => Ok(Some(make(local.to_string()))),
             Some((owner, _)) => Err(Status::invalid_argument(format!(
@@ -457,7 +467,8 @@ impl Controller for ControllerService {
                 rpc::Type::CreateDeleteSnapshot,
             ),
             (d.any_has(Features::SNAPSHOTS), rpc::Type::ListSnapshots),
-            (d.any_has(Features::CLONE), rpc::Type::CloneVolume),
+            (d.any_has(Features::SNAPSHOTS), rpc::Type::GetSnapshot),
+            (d.any_has(Features::CLONE_VOLUME), rpc::Type::CloneVolume),
             (
                 d.offers_single_node_writer_modes(),
                 rpc::Type::SingleNodeMultiWriter,
@@ -496,6 +507,8 @@ impl Controller for ControllerService {
                     .dispatch
                     .lock(&format!("snapshot {}/{name}", plugin.name), deadline)
                     .await?;
+                // The source cannot be deleted or expanded while it is copied.
+                let _source_guard = self.driver().dispatch.lock(source, deadline).await?;
                 let call = wit_ctl::CreateSnapshotRequest {
                     source_volume_id: local.to_string(),
                     name,
@@ -720,11 +733,44 @@ impl Controller for ControllerService {
 
     async fn get_snapshot(
         &self,
-        _request: Request<GetSnapshotRequest>,
+        request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        Err(Status::unimplemented(
-            "GetSnapshot is not offered; use ListSnapshots",
-        ))
+        let deadline = deadline(&request);
+        let req = request.into_inner();
+        traced("GetSnapshot", &req.snapshot_id.clone(), async move {
+            let id = validate::required(&req.snapshot_id, "snapshot_id")?;
+            let missing = || Status::not_found(format!("snapshot {id} does not exist"));
+            let (plugin, local) = self.driver().dispatch.for_id(id).ok_or_else(missing)?;
+            if !plugin.has(Features::SNAPSHOTS) {
+                return Err(Status::unimplemented(format!(
+                    "plugin {} does not take snapshots",
+                    plugin.name
+                )));
+            }
+            // The plugin's list filtered on the one id is its get.
+            let filter = wit_ctl::SnapshotFilter {
+                snapshot_id: Some(local.to_string()),
+                source_volume_id: None,
+                starting_token: String::new(),
+                max_entries: 1,
+                secrets: convert::pairs(&req.secrets),
+            };
+            let page = plugin
+                .call("list-snapshots", deadline, move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_list_snapshots(s, &filter).await })
+                })
+                .await
+                .map_err(status::of(&plugin.name))?;
+            let snapshot = page
+                .snapshots
+                .into_iter()
+                .find(|s| s.snapshot_id == local)
+                .ok_or_else(missing)?;
+            Ok(GetSnapshotResponse {
+                snapshot: Some(convert::snapshot(&plugin, snapshot)),
+            })
+        })
+        .await
     }
 
     async fn controller_modify_volume(

@@ -75,6 +75,9 @@ pub struct Settings {
     pub fs_type: FsType,
     pub default_volume_bytes: u64,
     pub max_volume_bytes: Option<u64>,
+    /// Image mode: how many times the root's available space the sparse
+    /// images may be provisioned for (1.0: no overcommit).
+    pub overcommit_ratio: f64,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             fs_type: FsType::Xfs,
             default_volume_bytes: 1 << 30,
             max_volume_bytes: None,
+            overcommit_ratio: 1.0,
         }
     }
 }
@@ -119,10 +123,18 @@ impl Settings {
                             bad("is not a size (bytes, or with Ki/Mi/Gi/Ti/K/M/G/T)")
                         })?)
                 }
+                "overcommitRatio" => {
+                    s.overcommit_ratio = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or_else(|| bad("is not a positive number"))?
+                }
                 _ => {
                     return Err(precondition(format!(
                         "local-dir settings in the driver config: unknown key {key:?} \
-                         (known: mode, fsType, defaultVolumeBytes, maxVolumeBytes)"
+                         (known: mode, fsType, defaultVolumeBytes, maxVolumeBytes, \
+                         overcommitRatio)"
                     )))
                 }
             }

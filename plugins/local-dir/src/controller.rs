@@ -1,11 +1,12 @@
-//! Controller export: create (also as a clone of another volume), delete,
-//! expand, get and list volumes, and capacity. The mode-specific storage
-//! work is the backend's.
+//! Controller export: create (also as a clone of another volume or a
+//! restore of a snapshot), delete, expand, get and list volumes, capacity,
+//! and snapshots (see `snapshot`). The mode-specific storage work is the
+//! backend's.
 
 use crate::backend::{self, Backend, UNKNOWN_MIN};
 use crate::config::{self, Wanted};
 use crate::env::Env;
-use crate::error::{fail, invalid, not_found, Context, Error, ErrorCode, Result};
+use crate::error::{fail, invalid, Context, Error, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest, Snapshot,
     SnapshotFilter, SnapshotPage, Volume, VolumePage,
@@ -14,6 +15,7 @@ use crate::id;
 use crate::meta::{Meta, State};
 use crate::page;
 use crate::size::{self, Bounds};
+use crate::snapshot;
 use crate::store;
 use crate::wasmcsi::plugin::types::{
     AccessType, ContentSource, KeyValues, Secrets, VolumeCapability,
@@ -39,14 +41,14 @@ impl Guest for LocalDir {
     fn get_capacity(parameters: KeyValues) -> Result<u64> {
         get_capacity(&Env::load()?, parameters)
     }
-    fn create_snapshot(_req: CreateSnapshotRequest) -> Result<Snapshot> {
-        Err(no_snapshots())
+    fn create_snapshot(req: CreateSnapshotRequest) -> Result<Snapshot> {
+        snapshot::create(&Env::load()?, req)
     }
-    fn delete_snapshot(_snapshot_id: String, _secrets: Secrets) -> Result<()> {
-        Err(no_snapshots())
+    fn delete_snapshot(snapshot_id: String, _secrets: Secrets) -> Result<()> {
+        snapshot::delete(&Env::load()?, &snapshot_id)
     }
-    fn list_snapshots(_filter: SnapshotFilter) -> Result<SnapshotPage> {
-        Err(no_snapshots())
+    fn list_snapshots(filter: SnapshotFilter) -> Result<SnapshotPage> {
+        snapshot::list(&Env::load()?, filter)
     }
 }
 
@@ -74,10 +76,11 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
         }
         match meta.state {
             State::Ready => {
-                if meta.source.as_ref() != source {
+                let made_from = Source::of(&meta);
+                if made_from != source {
                     return Err(clash(format!(
                         "it was made from {}, not {}",
-                        source_text(meta.source.as_ref()),
+                        source_text(made_from),
                         source_text(source)
                     )));
                 }
@@ -114,19 +117,25 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
         .context(|| format!("create-volume {:?}", req.name))?;
     // Only a volume still to be made needs its source (a repeat of a done
     // clone answers even when the source is gone since).
-    let capacity = match source {
-        Some(from) => {
-            let from_meta = clone_source_meta(env, &req.name, from, &wanted)?;
-            clone_capacity(&req.name, from, &from_meta, capacity, limit)?
+    let mut meta = Meta::new(&req.name, &wanted, capacity);
+    if let Some(from) = source {
+        let (size, fs_type) = source_of_copy(env, &req.name, from, &wanted)?;
+        meta.capacity_bytes = copy_capacity(&req.name, from, size, capacity, limit)?;
+        meta.fs_type = fs_type;
+        match from {
+            Source::Volume(v) => meta.source = Some(v.to_string()),
+            Source::Snapshot(s) => meta.snapshot = Some(s.to_string()),
         }
-        None => capacity,
-    };
+    }
+    let capacity = meta.capacity_bytes;
     store::check_root(&env.layout)?;
     backend.precheck(env, &wanted)?;
+    if wanted.mode == config::Mode::Image {
+        check_room(env, &settings, &id, capacity)
+            .context(|| format!("create-volume {:?}", req.name))?;
+    }
     backend::teardown(env, &id)?;
 
-    let mut meta = Meta::new(&req.name, &wanted, capacity);
-    meta.source = source.cloned();
     if let Err(e) = make(env, backend, &id, &mut meta) {
         return Err(clean_up_failed_create(env, &id, e));
     }
@@ -248,12 +257,66 @@ pub fn get_capacity(env: &Env, parameters: KeyValues) -> Result<u64> {
     let settings = env.settings()?;
     let wanted = config::resolve(&settings, &parameters, &[]).context(|| "get-capacity".into())?;
     backend::for_mode(wanted.mode)?;
+    if wanted.mode == config::Mode::Image {
+        // The same rule create-volume applies.
+        return room(env, &settings, None).context(|| "get-capacity".into());
+    }
     let root = env.layout.root();
     let stats = env
         .host
         .statfs(root)
         .context(|| format!("get-capacity: statfs of {root}"))?;
     Ok(stats.available_bytes)
+}
+
+/// Image mode's room for new volumes: the root's available space times
+/// the overcommit ratio, less what the existing images (sparse) may still
+/// claim — their size minus what they already take, which statfs counts.
+/// `except` is left out (a create being redone).
+fn room(env: &Env, settings: &config::Settings, except: Option<&str>) -> Result<u64> {
+    let root = env.layout.root();
+    let stats = env
+        .host
+        .statfs(root)
+        .context(|| format!("statfs of {root}"))?;
+    let mut claims: u64 = 0;
+    for id in store::list_ids(&env.layout)? {
+        if Some(id.as_str()) == except {
+            continue;
+        }
+        let meta = match store::read_meta(&env.layout, &id) {
+            Ok(Some(meta)) if meta.mode == config::Mode::Image && meta.state != State::Deleting => {
+                meta
+            }
+            _ => continue,
+        };
+        let image = env.layout.image(&id);
+        let taken = match env.host.allocated_bytes(&image) {
+            Ok(bytes) => bytes,
+            Err(e) if e.code == ErrorCode::NotFound => 0,
+            Err(e) => return Err(e).context(|| format!("volume {id}: measuring {image}")),
+        };
+        claims = claims.saturating_add(meta.capacity_bytes.saturating_sub(taken));
+    }
+    let offered = (stats.available_bytes as f64 * settings.overcommit_ratio) as u64;
+    Ok(offered.saturating_sub(claims))
+}
+
+/// Refuses an image create the root's space cannot hold (see `room`).
+fn check_room(env: &Env, settings: &config::Settings, id: &str, capacity: u64) -> Result<()> {
+    let room = room(env, settings, Some(id))?;
+    if capacity > room {
+        return Err(fail(
+            ErrorCode::ResourceExhausted,
+            format!(
+                "{} asked, but the local-dir root has room for {} more (available space                  times overcommitRatio {}, less what existing images may still fill)",
+                size::human(capacity),
+                size::human(room),
+                settings.overcommit_ratio
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes meta `creating`, makes the storage, then marks it `ready`.
@@ -291,72 +354,118 @@ fn volume(env: &Env, id: &str, meta: &Meta) -> Volume {
         volume_id: id.to_string(),
         capacity_bytes: meta.capacity_bytes,
         volume_context: meta.volume_context(&env.node_id()),
-        content_source: meta.source.clone().map(ContentSource::Volume),
+        content_source: match (&meta.source, &meta.snapshot) {
+            (Some(v), _) => Some(ContentSource::Volume(v.clone())),
+            (None, Some(s)) => Some(ContentSource::Snapshot(s.clone())),
+            (None, None) => None,
+        },
     }
 }
 
-/// The volume a create clones, if any. local-dir keeps no snapshots, so
-/// none is ever found.
-fn requested_source(req: &CreateVolumeRequest) -> Result<Option<&String>> {
-    match &req.content_source {
-        None => Ok(None),
-        Some(ContentSource::Snapshot(snapshot)) => Err(not_found(format!(
-            "create-volume {:?}: snapshot {snapshot} does not exist (local-dir keeps no \
-             snapshots)",
-            req.name
-        ))),
-        Some(ContentSource::Volume(from)) => {
-            id::check(from)
-                .context(|| format!("create-volume {:?} from volume {from}", req.name))?;
-            Ok(Some(from))
+/// What a create copies: another volume or a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source<'a> {
+    Volume(&'a str),
+    Snapshot(&'a str),
+}
+
+impl<'a> Source<'a> {
+    fn of(meta: &'a Meta) -> Option<Source<'a>> {
+        match (&meta.source, &meta.snapshot) {
+            (Some(v), _) => Some(Source::Volume(v)),
+            (None, Some(s)) => Some(Source::Snapshot(s)),
+            (None, None) => None,
         }
     }
 }
 
-/// The meta of the volume a create clones; only subvolumes clone (an XFS
-/// image's copy would carry its source's UUID, which the node refuses to
-/// mount twice).
-fn clone_source_meta(env: &Env, name: &str, from: &str, wanted: &Wanted) -> Result<Meta> {
-    let doing = || format!("create-volume {name:?} from volume {from}");
-    let from_meta = store::ready_meta(&env.layout, from).context(doing)?;
-    if from_meta.mode != config::Mode::Subvolume || wanted.mode != config::Mode::Subvolume {
+/// The volume or snapshot a create copies, if any.
+fn requested_source(req: &CreateVolumeRequest) -> Result<Option<Source<'_>>> {
+    let (id, source, what) = match &req.content_source {
+        None => return Ok(None),
+        Some(ContentSource::Snapshot(s)) => (s, Source::Snapshot(s), "snapshot"),
+        Some(ContentSource::Volume(v)) => (v, Source::Volume(v), "volume"),
+    };
+    id::check(id).context(|| format!("create-volume {:?} from {what} {id}", req.name))?;
+    Ok(Some(source))
+}
+
+/// The size and filesystem of what a create copies. Copies stay in their
+/// source's mode (a btrfs snapshot is no image, nor the reverse) and keep
+/// its filesystem.
+fn source_of_copy(
+    env: &Env,
+    name: &str,
+    from: Source,
+    wanted: &Wanted,
+) -> Result<(u64, Option<config::FsType>)> {
+    let doing = || format!("create-volume {name:?} from {}", source_text(Some(from)));
+    let (mode, fs_type, size) = match from {
+        Source::Volume(v) => {
+            let m = store::ready_meta(&env.layout, v).context(doing)?;
+            (m.mode, m.fs_type, m.capacity_bytes)
+        }
+        Source::Snapshot(s) => {
+            let m = snapshot::ready(env, s).context(doing)?;
+            (m.mode, m.fs_type, m.size_bytes)
+        }
+    };
+    if mode != wanted.mode {
         return Err(invalid(format!(
-            "{}: only subvolume-mode volumes can be cloned, into subvolume mode (the source \
-             is {}, the new volume {})",
+            "{}: the source is a {} volume and the new volume would be {}; copies stay in \
+             their source's mode",
             doing(),
-            from_meta.mode.as_str(),
+            mode.as_str(),
             wanted.mode.as_str()
         )));
     }
-    Ok(from_meta)
+    if let (Some(have), Some(asked)) = (fs_type, wanted.fs_type) {
+        if have != asked {
+            return Err(invalid(format!(
+                "{}: the source holds {}, not the requested {}",
+                doing(),
+                have.as_str(),
+                asked.as_str()
+            )));
+        }
+    }
+    // A raw-block source has no filesystem to mount.
+    if fs_type.is_none() && wanted.fs_type.is_some() {
+        return Err(invalid(format!(
+            "{}: the source is a raw block volume without a filesystem",
+            doing()
+        )));
+    }
+    Ok((size, fs_type))
 }
 
-/// A clone holds at least its source's data: the request is raised to the
+/// A copy holds at least its source's data: the request is raised to the
 /// source's size, unless its limit forbids that.
-fn clone_capacity(
+fn copy_capacity(
     name: &str,
-    from: &str,
-    from_meta: &Meta,
+    from: Source,
+    size: u64,
     asked: u64,
     limit: Option<u64>,
 ) -> Result<u64> {
-    let capacity = asked.max(from_meta.capacity_bytes);
+    let capacity = asked.max(size);
     if let Some(limit) = limit.filter(|&l| capacity > l) {
         return Err(fail(
             ErrorCode::OutOfRange,
             format!(
-                "create-volume {name:?}: the source volume {from} holds {} bytes, more than the \
+                "create-volume {name:?}: the source {} holds {size} bytes, more than the \
                  limit of {limit}",
-                from_meta.capacity_bytes
+                source_text(Some(from))
             ),
         ));
     }
     Ok(capacity)
 }
 
-fn source_text(source: Option<&String>) -> String {
+fn source_text(source: Option<Source>) -> String {
     match source {
-        Some(id) => format!("volume {id}"),
+        Some(Source::Volume(id)) => format!("volume {id}"),
+        Some(Source::Snapshot(id)) => format!("snapshot {id}"),
         None => "nothing".into(),
     }
 }
@@ -373,12 +482,5 @@ fn invalid_cap(id: &str, why: &str) -> Error {
     fail(
         ErrorCode::InvalidArgument,
         format!("expand-volume {id}: the capability does not fit the volume: {why}"),
-    )
-}
-
-fn no_snapshots() -> Error {
-    fail(
-        ErrorCode::Unimplemented,
-        "local-dir does not support snapshots",
     )
 }

@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use crate::error::{fail, ErrorCode, Result};
 use crate::host::Host;
+use crate::wasmcsi::plugin::copies::CopyMethod;
 use crate::wasmcsi::plugin::fs::FsStats;
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::mount::MountEntry;
@@ -29,11 +30,21 @@ pub struct State {
     /// Image → (filesystem type, filesystem size).
     pub filesystems: BTreeMap<String, (String, u64)>,
     pub subvolumes: BTreeSet<String>,
+    /// Read-only subvolumes (snapshots).
+    pub read_only: BTreeSet<String>,
+    /// Images whose filesystem UUID was renewed.
+    pub new_uuids: BTreeSet<String>,
+    /// Mount points frozen during a copy (the fake checks it thaws them).
+    pub frozen: Vec<String>,
     pub limits: BTreeMap<String, u64>,
     pub used: BTreeMap<String, u64>,
     /// Mount target → what is mounted there.
     pub mounts: BTreeMap<String, MountEntry>,
+    /// Mount target → the options it was mounted with.
+    pub mount_options: BTreeMap<String, Vec<String>>,
     pub refuse_online_ext4: bool,
+    /// What statfs answers as available outside mounts (default: half of 1 TiB).
+    pub root_available: Option<u64>,
     /// Capability calls made so far.
     pub calls: usize,
     pub fail_at: Option<usize>,
@@ -114,10 +125,11 @@ impl Host for Fake {
         self.step("statfs")?;
         let s = self.0.borrow();
         let total = match s.mounts.get(path) {
-            Some(e) if e.source.starts_with("/dev/loop") && e.fs_type != "devtmpfs" => {
-                let (img, _) = &s.loops[&e.source];
-                s.filesystems[img].1
-            }
+            Some(e) if e.source.starts_with("/dev/loop") && e.fs_type != "devtmpfs" => s
+                .loops
+                .get(&e.source)
+                .and_then(|(img, _)| s.filesystems.get(img))
+                .map_or(1 << 40, |f| f.1),
             Some(_) => 1 << 40,
             None if std::path::Path::new(path).exists() => 1 << 40,
             None => {
@@ -127,10 +139,14 @@ impl Host for Fake {
                 ))
             }
         };
+        let available = match s.root_available.filter(|_| !s.mounts.contains_key(path)) {
+            Some(bytes) => bytes,
+            None => total / 2 - 1,
+        };
         Ok(FsStats {
             total_bytes: total,
             free_bytes: total / 2,
-            available_bytes: total / 2 - 1,
+            available_bytes: available,
             total_inodes: 1000,
             free_inodes: 900,
         })
@@ -265,9 +281,66 @@ impl Host for Fake {
         Ok(())
     }
 
+    fn copy_image(&self, source: &str, destination: &str) -> Result<CopyMethod> {
+        self.step("copy-image")?;
+        if self.device_of(destination).is_some() {
+            return Err(err(ErrorCode::FailedPrecondition, "destination attached"));
+        }
+        std::fs::copy(source, destination).map_err(|e| err(ErrorCode::NotFound, e.to_string()))?;
+        let mut s = self.st();
+        // The copy is consistent when the source's mount is frozen for it.
+        let device = s
+            .loops
+            .iter()
+            .find(|(_, (img, _))| img == source)
+            .map(|(dev, _)| dev.clone());
+        if let Some(dev) = device {
+            let mounts: Vec<String> = s
+                .mounts
+                .iter()
+                .filter(|(_, e)| e.source == dev)
+                .map(|(t, _)| t.clone())
+                .collect();
+            s.frozen.extend(mounts.into_iter().take(1));
+        }
+        if let Some(fs) = s.filesystems.get(source).cloned() {
+            s.filesystems.insert(destination.into(), fs);
+        }
+        Ok(CopyMethod::Sparse)
+    }
+
+    fn read_only_snapshot(&self, source: &str, path: &str) -> Result<()> {
+        self.snapshot_subvolume(source, path)?;
+        self.st().read_only.insert(path.into());
+        Ok(())
+    }
+
+    fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()> {
+        self.step("new-filesystem-uuid")?;
+        let mut s = self.st();
+        if s.loops.values().any(|(img, _)| img == image) {
+            return Err(err(ErrorCode::FailedPrecondition, "attached"));
+        }
+        match s.filesystems.get(image) {
+            Some((t, _)) if t == fs_type => {}
+            _ => return Err(err(ErrorCode::InvalidArgument, "no such filesystem")),
+        }
+        s.new_uuids.insert(image.into());
+        Ok(())
+    }
+
+    fn allocated_bytes(&self, path: &str) -> Result<u64> {
+        self.step("allocated-bytes")?;
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .map(|m| m.blocks() * 512)
+            .map_err(|e| err(ErrorCode::NotFound, format!("{path}: {e}")))
+    }
+
     fn delete_subvolume(&self, path: &str) -> Result<()> {
         self.step("delete-subvolume")?;
         let mut s = self.st();
+        s.read_only.remove(path);
         if !s.subvolumes.remove(path) {
             return Err(err(ErrorCode::InvalidArgument, "not a subvolume"));
         }
@@ -316,6 +389,7 @@ impl Host for Fake {
                 read_only: options.iter().any(|o| o == "ro"),
             },
         );
+        s.mount_options.insert(target.into(), options.to_vec());
         Ok(())
     }
 

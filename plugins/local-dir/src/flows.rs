@@ -15,6 +15,7 @@ use crate::fake::{Fake, CRASH};
 use crate::meta::State;
 use crate::node;
 use crate::size::MIB;
+use crate::snapshot;
 use crate::store;
 use crate::wasmcsi::plugin::types::{
     AccessMode, AccessType, CapacityRange, ContentSource, MountAccess, VolumeCapability,
@@ -247,7 +248,8 @@ fn create_refusals() {
         from(ContentSource::Volume("Not/An-Id".into())),
         ErrorCode::InvalidArgument
     );
-    create(&env, "b", MIB, mount_cap("")).unwrap();
+    // A raw block image has no filesystem for a mount clone.
+    create(&env, "b", MIB, block_cap()).unwrap();
     assert_eq!(
         from(ContentSource::Volume("b".into())),
         ErrorCode::InvalidArgument
@@ -445,18 +447,20 @@ fn image_mount_lifecycle_is_idempotent() {
         )),
         ErrorCode::AlreadyExists
     );
-    let stats = node::get_volume_stats(&env, "pvc-l".into(), target.clone()).unwrap();
+    let stats = node::get_volume_stats(&env, "pvc-l".into(), target.clone(), Some(staging.clone()))
+        .unwrap();
     assert!(stats.healthy);
     assert_eq!(stats.total_bytes, 300 * MIB);
     assert_eq!(stats.used_inodes, 100);
     for _ in 0..2 {
         node::unpublish_volume(&env, "pvc-l".into(), target.clone()).unwrap();
     }
-    let stats = node::get_volume_stats(&env, "pvc-l".into(), target.clone()).unwrap();
+    let stats = node::get_volume_stats(&env, "pvc-l".into(), target.clone(), Some(staging.clone()))
+        .unwrap();
     assert!(!stats.healthy && stats.message.contains("not mounted"));
     let missing = format!("{}/nowhere", w.root);
     assert_eq!(
-        code(node::get_volume_stats(&env, "pvc-l".into(), missing)),
+        code(node::get_volume_stats(&env, "pvc-l".into(), missing, None)),
         ErrorCode::NotFound
     );
     for _ in 0..2 {
@@ -519,7 +523,7 @@ fn raw_block_volumes() {
         )
         .unwrap();
     }
-    let stats = node::get_volume_stats(&env, "pvc-b".into(), target.clone()).unwrap();
+    let stats = node::get_volume_stats(&env, "pvc-b".into(), target.clone(), None).unwrap();
     assert_eq!((stats.total_bytes, stats.healthy), (MIB, true));
     let grown = node::expand_volume(
         &env,
@@ -663,7 +667,7 @@ fn subvolume_volumes() {
     )
     .unwrap();
     w.fake.st().used.insert(data.clone(), MIB);
-    let stats = node::get_volume_stats(&env, "pvc-v".into(), target.clone()).unwrap();
+    let stats = node::get_volume_stats(&env, "pvc-v".into(), target.clone(), None).unwrap();
     assert_eq!(
         (
             stats.total_bytes,
@@ -799,9 +803,10 @@ fn list_pages_and_capacity() {
         ErrorCode::Aborted
     );
 
+    // The three sparse 1 MiB images may still claim 3 MiB of the root.
     assert_eq!(
         controller::get_capacity(&env, vec![]).unwrap(),
-        (1 << 39) - 1
+        (1 << 39) - 1 - 3 * MIB
     );
     let bad = vec![("colour".into(), "red".into())];
     assert_eq!(
@@ -835,4 +840,420 @@ fn controller_expand_without_local_meta_only_rounds() {
         )),
         ErrorCode::OutOfRange
     );
+}
+
+// ---- snapshots, restores, image clones, room and condition ----
+
+fn snap_req(
+    name: &str,
+    source: &str,
+) -> crate::exports::wasmcsi::plugin::controller::CreateSnapshotRequest {
+    crate::exports::wasmcsi::plugin::controller::CreateSnapshotRequest {
+        source_volume_id: source.into(),
+        name: name.into(),
+        parameters: vec![],
+        secrets: vec![],
+    }
+}
+
+fn filter(
+    snapshot: Option<&str>,
+    source: Option<&str>,
+    token: &str,
+    max: u32,
+) -> crate::exports::wasmcsi::plugin::controller::SnapshotFilter {
+    crate::exports::wasmcsi::plugin::controller::SnapshotFilter {
+        snapshot_id: snapshot.map(Into::into),
+        source_volume_id: source.map(Into::into),
+        starting_token: token.into(),
+        max_entries: max,
+        secrets: vec![],
+    }
+}
+
+fn from_req(
+    name: &str,
+    required: u64,
+    limit: Option<u64>,
+    source: ContentSource,
+) -> CreateVolumeRequest {
+    let mut r = create_req(name, required, mount_cap(""));
+    r.capacity.limit_bytes = limit;
+    r.content_source = Some(source);
+    r
+}
+
+fn ids(page: &crate::exports::wasmcsi::plugin::controller::SnapshotPage) -> Vec<&str> {
+    page.snapshots
+        .iter()
+        .map(|s| s.snapshot_id.as_str())
+        .collect()
+}
+
+fn head(path: &str, n: usize) -> Vec<u8> {
+    std::fs::read(path).unwrap()[..n].to_vec()
+}
+
+fn write_at_start(path: &str, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn image_snapshot_restore_and_clone() {
+    let w = World::new("isnap", "xfs");
+    let env = w.env();
+    let staging = w.path("stage");
+    create(&env, "pvc-src", MIB, mount_cap("")).unwrap();
+    let src_image = env.layout.image("pvc-src");
+    write_at_start(&src_image, b"before");
+    node::stage_volume(&env, stage_req("pvc-src", &staging, mount_cap(""))).unwrap();
+
+    let snap = snapshot::create(&env, snap_req("snap-1", "pvc-src")).unwrap();
+    assert_eq!(
+        (snap.snapshot_id.as_str(), snap.source_volume_id.as_str()),
+        ("snap-1", "pvc-src")
+    );
+    assert_eq!((snap.size_bytes, snap.ready_to_use), (300 * MIB, true));
+    assert!(snap.creation_time > 1_600_000_000);
+    assert_eq!(
+        w.fake.st().frozen,
+        std::slice::from_ref(&staging),
+        "taken frozen"
+    );
+    // Same name, same source: the same snapshot; another source: refused.
+    let again = snapshot::create(&env, snap_req("snap-1", "pvc-src")).unwrap();
+    assert_eq!(again.creation_time, snap.creation_time);
+    create(&env, "pvc-other", MIB, mount_cap("")).unwrap();
+    assert_eq!(
+        code(snapshot::create(&env, snap_req("snap-1", "pvc-other"))),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        code(snapshot::create(&env, snap_req("snap-x", "pvc-gone"))),
+        ErrorCode::NotFound
+    );
+    write_at_start(&src_image, b"after!");
+
+    // Restore, larger: the snapshot's data, a new UUID, the new size, and
+    // the filesystem grows at the first stage.
+    let snap_src = ContentSource::Snapshot("snap-1".into());
+    let vol = controller::create_volume(&env, from_req("pvc-r", 400 * MIB, None, snap_src.clone()))
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, 400 * MIB);
+    assert!(matches!(&vol.content_source, Some(ContentSource::Snapshot(s)) if s == "snap-1"));
+    let image = env.layout.image("pvc-r");
+    assert_eq!(head(&image, 6), b"before");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 400 * MIB);
+    assert!(
+        w.meta("pvc-r").unwrap().nouuid,
+        "an XFS copy mounts with nouuid"
+    );
+    assert!(w.fake.st().new_uuids.is_empty());
+    let restaging = w.path("stage-r");
+    node::stage_volume(&env, stage_req("pvc-r", &restaging, mount_cap(""))).unwrap();
+    assert_eq!(w.fake.st().filesystems[&image].1, 400 * MIB, "grown");
+    assert!(w.fake.st().mount_options[&restaging].contains(&"nouuid".to_string()));
+    assert!(!w.meta("pvc-r").unwrap().grow_pending);
+    // Repeats: the same volume; another source: refused.
+    let repeat =
+        controller::create_volume(&env, from_req("pvc-r", 400 * MIB, None, snap_src.clone()))
+            .unwrap();
+    assert_eq!(repeat.capacity_bytes, 400 * MIB);
+    assert_eq!(
+        code(controller::create_volume(
+            &env,
+            from_req(
+                "pvc-r",
+                400 * MIB,
+                None,
+                ContentSource::Volume("pvc-src".into())
+            )
+        )),
+        ErrorCode::AlreadyExists
+    );
+    // Below the snapshot's size, or of a snapshot that is not there.
+    assert_eq!(
+        code(controller::create_volume(
+            &env,
+            from_req("pvc-t", MIB, Some(200 * MIB), snap_src.clone())
+        )),
+        ErrorCode::OutOfRange
+    );
+    assert_eq!(
+        code(controller::create_volume(
+            &env,
+            from_req("pvc-t", MIB, None, ContentSource::Snapshot("nope".into()))
+        )),
+        ErrorCode::NotFound
+    );
+    // Another filesystem than the snapshot's.
+    let mut ext4 = from_req("pvc-t", MIB, None, snap_src.clone());
+    ext4.capabilities = vec![mount_cap("ext4")];
+    assert_eq!(
+        code(controller::create_volume(&env, ext4)),
+        ErrorCode::InvalidArgument
+    );
+
+    // An image clone of the mounted source: its current data, frozen.
+    w.fake.st().frozen.clear();
+    let clone = controller::create_volume(
+        &env,
+        from_req("pvc-c", MIB, None, ContentSource::Volume("pvc-src".into())),
+    )
+    .unwrap();
+    assert_eq!(clone.capacity_bytes, 300 * MIB);
+    let clone_image = env.layout.image("pvc-c");
+    assert_eq!(head(&clone_image, 6), b"after!");
+    assert!(w.meta("pvc-c").unwrap().nouuid);
+    assert_eq!(w.fake.st().frozen, std::slice::from_ref(&staging));
+
+    // The source goes; the snapshot stays and still restores.
+    node::unstage_volume(&env, "pvc-src".into(), staging).unwrap();
+    controller::delete_volume(&env, "pvc-src".into()).unwrap();
+    controller::create_volume(&env, from_req("pvc-r2", MIB, None, snap_src.clone())).unwrap();
+    assert_eq!(head(&env.layout.image("pvc-r2"), 6), b"before");
+    snapshot::delete(&env, "snap-1").unwrap();
+    snapshot::delete(&env, "snap-1").unwrap();
+    assert!(!std::path::Path::new(&env.layout.snap_dir("snap-1")).exists());
+    assert_eq!(code(snapshot::ready(&env, "snap-1")), ErrorCode::NotFound);
+}
+
+#[test]
+fn snapshots_list_with_filters_and_pages() {
+    let w = World::new("lsnap", "btrfs");
+    w.set("mode", "subvolume");
+    let env = w.env();
+    for v in ["pvc-a", "pvc-b"] {
+        create(&env, v, MIB, mount_cap("")).unwrap();
+    }
+    for (s, v) in [("s3", "pvc-a"), ("s1", "pvc-a"), ("s2", "pvc-b")] {
+        snapshot::create(&env, snap_req(s, v)).unwrap();
+        assert!(w.fake.st().read_only.contains(&env.layout.snap_data(s)));
+    }
+    let all = snapshot::list(&env, filter(None, None, "", 0)).unwrap();
+    assert_eq!(
+        (ids(&all), all.next_token.as_str()),
+        (vec!["s1", "s2", "s3"], "")
+    );
+    let of_a = snapshot::list(&env, filter(None, Some("pvc-a"), "", 0)).unwrap();
+    assert_eq!(ids(&of_a), ["s1", "s3"]);
+    let one = snapshot::list(&env, filter(Some("s2"), None, "", 0)).unwrap();
+    assert_eq!(ids(&one), ["s2"]);
+    assert_eq!(one.snapshots[0].source_volume_id, "pvc-b");
+    let none = snapshot::list(&env, filter(Some("s2"), Some("pvc-a"), "", 0)).unwrap();
+    assert!(none.snapshots.is_empty());
+    for missing in ["s9", "Not/An-Id"] {
+        let page = snapshot::list(&env, filter(Some(missing), None, "", 0)).unwrap();
+        assert!(page.snapshots.is_empty(), "{missing}");
+    }
+    let p1 = snapshot::list(&env, filter(None, None, "", 2)).unwrap();
+    assert_eq!((ids(&p1), p1.next_token.as_str()), (vec!["s1", "s2"], "s2"));
+    let p2 = snapshot::list(&env, filter(None, None, &p1.next_token, 2)).unwrap();
+    assert_eq!((ids(&p2), p2.next_token.as_str()), (vec!["s3"], ""));
+    assert_eq!(
+        code(snapshot::list(&env, filter(None, None, "Bad!", 2))),
+        ErrorCode::Aborted
+    );
+
+    // Restore into a subvolume with its own limit, larger than the snapshot.
+    std::fs::write(format!("{}/f", env.layout.snap_data("s2")), "kept").unwrap();
+    let vol = controller::create_volume(
+        &env,
+        from_req("pvc-r", 4 * MIB, None, ContentSource::Snapshot("s2".into())),
+    )
+    .unwrap();
+    assert_eq!(vol.capacity_bytes, 4 * MIB);
+    let data = env.layout.data("pvc-r");
+    assert_eq!(
+        std::fs::read_to_string(format!("{data}/f")).unwrap(),
+        "kept"
+    );
+    assert_eq!(w.fake.st().limits[&data], 4 * MIB);
+    assert!(
+        !w.fake.st().read_only.contains(&data),
+        "restores are writable"
+    );
+    // An image-mode restore of a subvolume snapshot is refused.
+    let mut r = from_req("pvc-i", MIB, None, ContentSource::Snapshot("s2".into()));
+    r.parameters = vec![("mode".into(), "image".into())];
+    assert_eq!(
+        code(controller::create_volume(&env, r)),
+        ErrorCode::InvalidArgument
+    );
+    for s in ["s1", "s2", "s3"] {
+        snapshot::delete(&env, s).unwrap();
+    }
+    assert!(snapshot::list(&env, filter(None, None, "", 0))
+        .unwrap()
+        .snapshots
+        .is_empty());
+    assert!(!w
+        .fake
+        .st()
+        .subvolumes
+        .iter()
+        .any(|s| s.contains("/snapshots/")));
+}
+
+#[test]
+fn snapshot_and_restore_retried_after_crash_anywhere_finish() {
+    for (tag, fs, mode) in [("kimg", "xfs", "image"), ("ksub", "btrfs", "subvolume")] {
+        let setup = |w: &World| {
+            w.set("mode", mode);
+            create(&w.env(), "pvc-s", MIB, mount_cap("")).unwrap();
+        };
+        let probe = World::new(&format!("{tag}-probe"), fs);
+        setup(&probe);
+        let n = probe.calls_of(|env| snapshot::create(env, snap_req("snap", "pvc-s")).unwrap());
+        let restore = |env: &Env| {
+            controller::create_volume(
+                env,
+                from_req("pvc-r", MIB, None, ContentSource::Snapshot("snap".into())),
+            )
+        };
+        let m = probe.calls_of(|env| restore(env).unwrap());
+        for at in 1..=n {
+            let w = World::new(&format!("{tag}-s{at}"), fs);
+            setup(&w);
+            assert!(w
+                .run(Some(at), |env| snapshot::create(
+                    env,
+                    snap_req("snap", "pvc-s")
+                ))
+                .is_none());
+            let env = w.env();
+            // Half-made snapshots are not listed.
+            let listed = snapshot::list(&env, filter(None, None, "", 0)).unwrap();
+            assert!(listed.snapshots.len() <= 1);
+            snapshot::create(&env, snap_req("snap", "pvc-s")).unwrap();
+            assert_eq!(
+                ids(&snapshot::list(&env, filter(None, None, "", 0)).unwrap()),
+                ["snap"],
+                "{tag}: crash at call {at}"
+            );
+        }
+        for at in 1..=m {
+            let w = World::new(&format!("{tag}-r{at}"), fs);
+            setup(&w);
+            snapshot::create(&w.env(), snap_req("snap", "pvc-s")).unwrap();
+            assert!(w.run(Some(at), restore).is_none());
+            let vol = w.run(None, restore).unwrap().unwrap();
+            assert_eq!(vol.capacity_bytes, w.meta("pvc-s").unwrap().capacity_bytes);
+            assert_eq!(w.meta("pvc-r").unwrap().state, State::Ready);
+        }
+    }
+}
+
+#[test]
+fn image_creates_stay_within_the_roots_room() {
+    let w = World::new("room", "xfs");
+    let env = w.env();
+    w.fake.st().root_available = Some(1 << 30);
+    assert_eq!(controller::get_capacity(&env, vec![]).unwrap(), 1 << 30);
+    create(&env, "pvc-1", 600 * MIB, mount_cap("")).unwrap();
+    // Sparse: nothing of it is written yet, so it may still claim 600 MiB.
+    assert_eq!(
+        controller::get_capacity(&env, vec![]).unwrap(),
+        (1 << 30) - 600 * MIB
+    );
+    let e = create(&env, "pvc-2", 600 * MIB, mount_cap("")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ResourceExhausted, "{}", e.message);
+    assert!(w.meta("pvc-2").is_none(), "nothing made");
+    // What get-capacity offers can be made.
+    let offered = controller::get_capacity(&env, vec![]).unwrap();
+    create(&env, "pvc-3", offered, mount_cap("")).unwrap();
+    assert_eq!(controller::get_capacity(&env, vec![]).unwrap(), 0);
+    // Overcommit by configuration.
+    w.set("overcommitRatio", "2");
+    create(&env, "pvc-2", 600 * MIB, mount_cap("")).unwrap();
+    assert_eq!(
+        controller::get_capacity(&env, vec![]).unwrap(),
+        (2 << 30) - (600 + 600) * MIB - offered
+    );
+    // A repeat of a made volume is no new claim.
+    create(&env, "pvc-2", 600 * MIB, mount_cap("")).unwrap();
+    w.set("overcommitRatio", "0");
+    assert_eq!(code(env.settings()), ErrorCode::FailedPrecondition);
+}
+
+#[test]
+fn volume_condition_is_checked() {
+    let w = World::new("cond", "xfs");
+    let env = w.env();
+    let (staging, target) = (w.path("stage"), w.path("target"));
+    create(&env, "pvc-h", MIB, mount_cap("")).unwrap();
+    node::stage_volume(&env, stage_req("pvc-h", &staging, mount_cap(""))).unwrap();
+    node::publish_volume(
+        &env,
+        publish_req("pvc-h", &staging, &target, mount_cap(""), false),
+    )
+    .unwrap();
+    let stats = |w: &World| {
+        node::get_volume_stats(
+            &w.env(),
+            "pvc-h".into(),
+            target.clone(),
+            Some(staging.clone()),
+        )
+        .unwrap()
+    };
+    assert!(stats(&w).healthy);
+    // The filesystem went read-only under the staging mount.
+    w.fake.st().mounts.get_mut(&staging).unwrap().read_only = true;
+    let s = stats(&w);
+    assert!(
+        !s.healthy && s.message.contains("read-only"),
+        "{}",
+        s.message
+    );
+    w.fake.st().mounts.get_mut(&staging).unwrap().read_only = false;
+    // The loop device was detached behind our back.
+    let dev = w.fake.st().loops.keys().next().unwrap().clone();
+    let saved = w.fake.st().loops.remove(&dev).unwrap();
+    let s = stats(&w);
+    assert!(!s.healthy && s.message.contains("loop"), "{}", s.message);
+    w.fake.st().loops.insert(dev, saved);
+    assert!(stats(&w).healthy);
+
+    // Subvolume: a lost qgroup limit is no healthy volume.
+    let w = World::new("cond-sub", "btrfs");
+    w.set("mode", "subvolume");
+    let env = w.env();
+    let (staging, target) = (w.path("stage"), w.path("target"));
+    create(&env, "pvc-q", MIB, mount_cap("")).unwrap();
+    node::stage_volume(&env, stage_req("pvc-q", &staging, mount_cap(""))).unwrap();
+    node::publish_volume(
+        &env,
+        publish_req("pvc-q", &staging, &target, mount_cap(""), false),
+    )
+    .unwrap();
+    let get = || node::get_volume_stats(&env, "pvc-q".into(), target.clone(), None).unwrap();
+    assert!(get().healthy);
+    w.fake.st().limits.clear();
+    let s = get();
+    assert!(!s.healthy && s.message.contains("qgroup"), "{}", s.message);
+}
+
+#[test]
+fn ext4_copies_get_a_new_uuid() {
+    let w = World::new("e4copy", "xfs");
+    w.set("fsType", "ext4");
+    let env = w.env();
+    create(&env, "pvc-e", MIB, mount_cap("")).unwrap();
+    snapshot::create(&env, snap_req("snap", "pvc-e")).unwrap();
+    controller::create_volume(
+        &env,
+        from_req("pvc-r", MIB, None, ContentSource::Snapshot("snap".into())),
+    )
+    .unwrap();
+    let image = env.layout.image("pvc-r");
+    assert!(w.fake.st().new_uuids.contains(&image));
+    assert!(!w.meta("pvc-r").unwrap().nouuid);
+    // Its filesystem is checked and grown offline before its first mount.
+    let staging = w.path("stage");
+    node::stage_volume(&env, stage_req("pvc-r", &staging, mount_cap(""))).unwrap();
+    assert!(!w.meta("pvc-r").unwrap().grow_pending);
+    assert!(!w.fake.st().mount_options[&staging].contains(&"nouuid".to_string()));
 }

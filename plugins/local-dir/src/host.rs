@@ -3,11 +3,12 @@
 //! between any two calls). `Wasm` forwards to the real imports.
 
 use crate::error::Result;
+use crate::wasmcsi::plugin::copies::CopyMethod;
 use crate::wasmcsi::plugin::fs::FsStats;
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::mount::MountEntry;
 use crate::wasmcsi::plugin::quota::{QuotaKind, Usage};
-use crate::wasmcsi::plugin::{environment, fs, log, mount, quota};
+use crate::wasmcsi::plugin::{copies, environment, fs, log, mount, quota};
 
 /// One method per WIT import, same names and meaning (see plugin.wit).
 pub trait Host {
@@ -29,6 +30,11 @@ pub trait Host {
     fn create_subvolume(&self, path: &str) -> Result<()>;
     fn delete_subvolume(&self, path: &str) -> Result<()>;
     fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<()>;
+
+    fn copy_image(&self, source: &str, destination: &str) -> Result<CopyMethod>;
+    fn read_only_snapshot(&self, source: &str, path: &str) -> Result<()>;
+    fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()>;
+    fn allocated_bytes(&self, path: &str) -> Result<u64>;
 
     fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()>;
     fn get_usage(&self, kind: QuotaKind, path: &str) -> Result<Usage>;
@@ -94,6 +100,19 @@ impl Host for Wasm {
     }
     fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<()> {
         fs::snapshot_subvolume(source, path)
+    }
+
+    fn copy_image(&self, source: &str, destination: &str) -> Result<CopyMethod> {
+        copies::copy_image(source, destination)
+    }
+    fn read_only_snapshot(&self, source: &str, path: &str) -> Result<()> {
+        copies::read_only_snapshot(source, path)
+    }
+    fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()> {
+        copies::new_filesystem_uuid(image, fs_type)
+    }
+    fn allocated_bytes(&self, path: &str) -> Result<u64> {
+        copies::allocated_bytes(path)
     }
 
     fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()> {

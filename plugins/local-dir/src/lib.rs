@@ -25,6 +25,7 @@ mod meta;
 mod node;
 mod page;
 mod size;
+mod snapshot;
 mod store;
 
 #[cfg(test)]

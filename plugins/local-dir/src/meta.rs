@@ -38,6 +38,14 @@ pub struct Meta {
     /// The volume this one was cloned from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The snapshot this one was restored from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// An XFS copy keeps its source's UUID (its log, taken frozen, must be
+    /// replayed by a mount before xfs_admin may change it): it is mounted
+    /// with `nouuid`, so that it and its source can be mounted at once.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub nouuid: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -55,6 +63,8 @@ impl Meta {
             state: State::Creating,
             grow_pending: false,
             source: None,
+            snapshot: None,
+            nouuid: false,
         }
     }
 

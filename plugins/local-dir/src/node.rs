@@ -34,9 +34,9 @@ impl Guest for LocalDir {
     fn get_volume_stats(
         volume_id: String,
         volume_path: String,
-        _staging_path: Option<String>,
+        staging_path: Option<String>,
     ) -> Result<VolumeStats> {
-        get_volume_stats(&Env::load()?, volume_id, volume_path)
+        get_volume_stats(&Env::load()?, volume_id, volume_path, staging_path)
     }
 }
 
@@ -164,11 +164,16 @@ pub fn expand_volume(env: &Env, req: ExpandRequest) -> Result<u64> {
     Ok(usable)
 }
 
-pub fn get_volume_stats(env: &Env, volume_id: String, volume_path: String) -> Result<VolumeStats> {
+pub fn get_volume_stats(
+    env: &Env,
+    volume_id: String,
+    volume_path: String,
+    staging_path: Option<String>,
+) -> Result<VolumeStats> {
     let id = volume_id.as_str();
     id::check(id)?;
     let meta = store::ready_meta(&env.layout, id)?;
-    backend::for_mode(meta.mode)?.stats(env, id, &meta, &volume_path)
+    backend::for_mode(meta.mode)?.stats(env, id, &meta, &volume_path, staging_path.as_deref())
 }
 
 fn rw(read_only: bool) -> &'static str {

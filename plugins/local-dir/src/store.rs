@@ -4,6 +4,9 @@
 //! <root>/volumes/<local-id>/meta.json   what the volume is (see `meta`)
 //! <root>/volumes/<local-id>/disk.img    image mode: sparse image file
 //! <root>/volumes/<local-id>/data        subvolume mode: btrfs subvolume
+//! <root>/snapshots/<local-id>/meta.json what the snapshot is (see `snapshot`)
+//! <root>/snapshots/<local-id>/disk.img  image mode: copy of the image
+//! <root>/snapshots/<local-id>/data      subvolume mode: read-only snapshot
 //! ```
 
 use std::fs;
@@ -57,6 +60,26 @@ impl Layout {
     fn meta_tmp(&self, id: &str) -> String {
         format!("{}/.meta.json.tmp", self.dir(id))
     }
+
+    pub fn snapshots(&self) -> String {
+        format!("{}/snapshots", self.root.trim_end_matches('/'))
+    }
+
+    pub fn snap_dir(&self, id: &str) -> String {
+        format!("{}/{id}", self.snapshots())
+    }
+
+    pub fn snap_meta(&self, id: &str) -> String {
+        format!("{}/meta.json", self.snap_dir(id))
+    }
+
+    pub fn snap_image(&self, id: &str) -> String {
+        format!("{}/disk.img", self.snap_dir(id))
+    }
+
+    pub fn snap_data(&self, id: &str) -> String {
+        format!("{}/data", self.snap_dir(id))
+    }
 }
 
 /// Whether a path exists (without following a final symlink).
@@ -105,19 +128,32 @@ pub fn write_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
     let bytes = meta
         .to_json()
         .map_err(|e| internal(format!("encoding {path}: {e}")))?;
+    write_atomic(&tmp, &path, &bytes)
+}
+
+/// Replaces `path` with `bytes` through `tmp` (write, fsync, rename).
+pub fn write_atomic(tmp: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        let mut f = fs::File::create(tmp)?;
+        f.write_all(bytes)?;
         f.sync_all()
     };
     write().map_err(|e| error::io(format_args!("writing {tmp}"), e))?;
-    fs::rename(&tmp, &path).map_err(|e| error::io(format_args!("renaming {tmp} to {path}"), e))
+    fs::rename(tmp, path).map_err(|e| error::io(format_args!("renaming {tmp} to {path}"), e))
 }
 
 /// Ids of all volume directories, sorted; stray entries are skipped.
 pub fn list_ids(layout: &Layout) -> Result<Vec<String>> {
-    let dir = layout.volumes();
-    let entries = match fs::read_dir(&dir) {
+    ids_in(&layout.volumes())
+}
+
+/// Ids of all snapshot directories, sorted.
+pub fn list_snapshot_ids(layout: &Layout) -> Result<Vec<String>> {
+    ids_in(&layout.snapshots())
+}
+
+fn ids_in(dir: &str) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(error::io(format_args!("listing {dir}"), e)),

@@ -10,14 +10,15 @@ impl Guest for XskyNfs {
         PluginInfo {
             name: "xsky-nfs".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            // Snapshots and volumes from snapshots in folder mode; no
+            // Snapshots, and volumes restored from them (the mode that
+            // can says so per request); no volume clones, no
             // list-volumes; expansion is the controller's alone (NFS grows
             // online).
             features: Features::CONTROLLER_EXPAND
                 | Features::GET_CAPACITY
                 | Features::VOLUME_STATS
                 | Features::SNAPSHOTS
-                | Features::CLONE,
+                | Features::RESTORE_SNAPSHOT,
             access_modes: vec![
                 AccessMode::SingleNodeWriter,
                 AccessMode::SingleNodeReaderOnly,

@@ -10,14 +10,15 @@
 
 use std::fs::{self as stdfs, OpenOptions};
 
-use super::{fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
+use super::{condition, fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
 use crate::config::FsType;
 use crate::env::Env;
-use crate::error::{self, fail, internal, invalid, precondition, Context, ErrorCode, Result};
+use crate::error::{self, fail, internal, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::node::VolumeStats;
 use crate::meta::Meta;
 use crate::size::MIB;
 use crate::store;
+use crate::wasmcsi::plugin::mount::MountEntry;
 use crate::wasmcsi::plugin::types::{AccessType, VolumeCapability};
 
 pub struct Image;
@@ -36,12 +37,16 @@ impl Backend for Image {
         Ok(())
     }
 
-    fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()> {
-        if meta.source.is_some() {
-            // The controller refuses these first; never copy an image here.
-            return Err(invalid(format!("volume {id}: images cannot be cloned")));
-        }
+    fn make(&self, env: &Env, id: &str, meta: &mut Meta) -> Result<()> {
         let image = env.layout.image(id);
+        let from = match (&meta.source, &meta.snapshot) {
+            (Some(volume), _) => Some(env.layout.image(volume)),
+            (None, Some(snapshot)) => Some(env.layout.snap_image(snapshot)),
+            (None, None) => None,
+        };
+        if let Some(from) = from {
+            return copy(env, id, meta, &from, &image);
+        }
         let make = || -> std::io::Result<()> {
             let f = OpenOptions::new()
                 .write(true)
@@ -165,8 +170,12 @@ impl Backend for Image {
                 clear_grow_pending(env, id, meta)?;
             }
         }
+        let mut options = mount_access.mount_flags.clone();
+        if meta.nouuid && !options.iter().any(|o| o == "nouuid") {
+            options.push("nouuid".into());
+        }
         env.host
-            .mount(&device, staging, fs.as_str(), &mount_access.mount_flags)
+            .mount(&device, staging, fs.as_str(), &options)
             .context(|| {
                 format!(
                     "volume {id}: mounting {device} ({}) on {staging}",
@@ -261,12 +270,22 @@ impl Backend for Image {
         }
     }
 
-    fn stats(&self, env: &Env, id: &str, meta: &Meta, volume_path: &str) -> Result<VolumeStats> {
+    fn stats(
+        &self,
+        env: &Env,
+        id: &str,
+        meta: &Meta,
+        volume_path: &str,
+        staging_path: Option<&str>,
+    ) -> Result<VolumeStats> {
         let Some(entry) = mounted_at(env, volume_path, id)? else {
             return not_mounted(env, id, volume_path);
         };
+        let problem = image_problem(env, id, meta, &entry, staging_path)?;
         match meta.fs_type {
-            Some(fs) if entry.fs_type == fs.as_str() => fs_stats(env, id, volume_path),
+            Some(fs) if entry.fs_type == fs.as_str() => {
+                Ok(condition(fs_stats(env, id, volume_path)?, problem))
+            }
             // A block publish target: the device file, whose size is the
             // volume's; usage inside it is the consumer's business.
             _ => Ok(VolumeStats {
@@ -278,9 +297,99 @@ impl Backend for Image {
                 used_inodes: 0,
                 healthy: true,
                 message: String::new(),
-            }),
+            })
+            .map(|stats| condition(stats, problem)),
         }
     }
+}
+
+/// What is wrong with a published image volume, if anything: its image
+/// gone, its loop device detached, its filesystem not the one mounted or
+/// gone read-only (XFS shuts down, ext4 remounts read-only on errors).
+fn image_problem(
+    env: &Env,
+    id: &str,
+    meta: &Meta,
+    published: &MountEntry,
+    staging_path: Option<&str>,
+) -> Result<Option<String>> {
+    let image = env.layout.image(id);
+    if !store::exists(&image)? {
+        return Ok(Some(format!("volume {id}: its image {image} is missing")));
+    }
+    let Some(device) = env
+        .host
+        .find_loop(&image)
+        .context(|| format!("volume {id}: finding the loop device of {image}"))?
+    else {
+        return Ok(Some(format!(
+            "volume {id}: {image} is not attached to a loop device"
+        )));
+    };
+    let Some(fs) = meta.fs_type.filter(|fs| published.fs_type == fs.as_str()) else {
+        // A raw block publish: the attached device is the volume.
+        return Ok(None);
+    };
+    if published.source != device {
+        return Ok(Some(format!(
+            "volume {id}: {} is mounted, not its loop device {device}",
+            published.source
+        )));
+    }
+    let staged = match staging_path.filter(|s| !s.is_empty()) {
+        Some(staging) => mounted_at(env, staging, id)?,
+        None => None,
+    };
+    if let Some(staged) = staged {
+        if staged.source != device || staged.fs_type != fs.as_str() {
+            return Ok(Some(format!(
+                "volume {id}: the staging path has {} ({}) mounted, not {device} ({})",
+                staged.source,
+                staged.fs_type,
+                fs.as_str()
+            )));
+        }
+        if staged.read_only {
+            return Ok(Some(format!(
+                "volume {id}: its {} filesystem is mounted read-only at the staging path (an \
+                 error made the kernel stop writes?)",
+                fs.as_str()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// A clone or restore: a copy of the source's image (sharing blocks where
+/// the root's filesystem can; the host freezes a mounted source for it),
+/// mountable next to its source (ext4: a new UUID; XFS: `nouuid`, see
+/// `Meta::nouuid`), enlarged to the new volume's size. Its filesystem grows to fill the
+/// image when it is first staged.
+fn copy(env: &Env, id: &str, meta: &mut Meta, from: &str, image: &str) -> Result<()> {
+    let how = env
+        .host
+        .copy_image(from, image)
+        .context(|| format!("volume {id}: copying {from} to {image}"))?;
+    env.debug(
+        "image copied",
+        &[("volume", id), ("method", crate::snapshot::method(how))],
+    );
+    match meta.fs_type {
+        Some(FsType::Xfs) => meta.nouuid = true,
+        Some(fs) => env
+            .host
+            .new_filesystem_uuid(image, fs.as_str())
+            .context(|| {
+                format!(
+                    "volume {id}: giving the {} on {image} a new UUID",
+                    fs.as_str()
+                )
+            })?,
+        None => {}
+    }
+    // Always: the source's own growth may have been pending too.
+    meta.grow_pending |= meta.fs_type.is_some();
+    ensure_len(id, image, meta.capacity_bytes)
 }
 
 /// Enlarges the image to `capacity` if it is smaller; never shrinks.

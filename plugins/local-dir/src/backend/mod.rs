@@ -32,8 +32,10 @@ pub trait Backend {
     fn precheck(&self, env: &Env, wanted: &Wanted) -> Result<()>;
 
     /// Makes the storage of a volume whose meta (already written) says
-    /// `creating`. Must start from nothing: leftovers are torn down first.
-    fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()>;
+    /// `creating`: empty, or a copy of `meta.source` (a volume) or
+    /// `meta.snapshot`. Must start from nothing: leftovers are torn down
+    /// first. May note work left for later in `meta` (written when ready).
+    fn make(&self, env: &Env, id: &str, meta: &mut Meta) -> Result<()>;
 
     /// Removes this backend's storage of the volume, if there is any. Works
     /// from the layout alone: meta may be missing or unreadable.
@@ -67,8 +69,16 @@ pub trait Backend {
         at: &ExpandAt,
     ) -> Result<u64>;
 
-    /// Usage of the volume as seen at `volume_path`.
-    fn stats(&self, env: &Env, id: &str, meta: &Meta, volume_path: &str) -> Result<VolumeStats>;
+    /// Usage of the volume as seen at `volume_path`, with its condition
+    /// (checked, not assumed).
+    fn stats(
+        &self,
+        env: &Env,
+        id: &str,
+        meta: &Meta,
+        volume_path: &str,
+        staging_path: Option<&str>,
+    ) -> Result<VolumeStats>;
 }
 
 static IMAGE: image::Image = image::Image;
@@ -145,6 +155,15 @@ pub fn not_mounted(env: &Env, id: &str, path: &str) -> Result<VolumeStats> {
             message: format!("volume {id} is not mounted at {path}"),
         }),
     }
+}
+
+/// Marks stats abnormal with the reason, if there is one.
+pub fn condition(mut stats: VolumeStats, problem: Option<String>) -> VolumeStats {
+    if let Some(message) = problem {
+        stats.healthy = false;
+        stats.message = message;
+    }
+    stats
 }
 
 /// statfs of a mounted volume as stats: bytes and inodes of its filesystem.

@@ -2,7 +2,7 @@
 //! volume's size; staging bind-mounts it. Growing is raising the limit, so
 //! there is nothing to finish later.
 
-use super::{fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
+use super::{condition, fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
 use crate::config::{FsType, Wanted};
 use crate::env::Env;
 use crate::error::{fail, internal, invalid, precondition, Context, ErrorCode, Result};
@@ -41,16 +41,20 @@ impl Backend for Subvolume {
         })
     }
 
-    fn make(&self, env: &Env, id: &str, meta: &Meta) -> Result<()> {
+    fn make(&self, env: &Env, id: &str, meta: &mut Meta) -> Result<()> {
         let data = env.layout.data(id);
-        match &meta.source {
-            // A clone: a writable snapshot of the source's subvolume.
-            Some(source) => {
-                let from = env.layout.data(source);
-                env.host
-                    .snapshot_subvolume(&from, &data)
-                    .context(|| format!("volume {id}: cloning {from} to {data}"))?
-            }
+        let from = match (&meta.source, &meta.snapshot) {
+            (Some(volume), _) => Some(env.layout.data(volume)),
+            (None, Some(snapshot)) => Some(env.layout.snap_data(snapshot)),
+            (None, None) => None,
+        };
+        match from {
+            // A clone or restore: a writable snapshot of the source's
+            // subvolume (a read-only snapshot's, for a restore).
+            Some(from) => env
+                .host
+                .snapshot_subvolume(&from, &data)
+                .context(|| format!("volume {id}: copying {from} to {data}"))?,
             None => env
                 .host
                 .create_subvolume(&data)
@@ -147,10 +151,23 @@ impl Backend for Subvolume {
         Ok(capacity)
     }
 
-    fn stats(&self, env: &Env, id: &str, meta: &Meta, volume_path: &str) -> Result<VolumeStats> {
+    fn stats(
+        &self,
+        env: &Env,
+        id: &str,
+        meta: &Meta,
+        volume_path: &str,
+        _staging_path: Option<&str>,
+    ) -> Result<VolumeStats> {
         let Some(entry) = mounted_at(env, volume_path, id)? else {
             return not_mounted(env, id, volume_path);
         };
+        let data = env.layout.data(id);
+        if !store::exists(&data)? {
+            let stats = fs_stats(env, id, volume_path)?;
+            let problem = format!("volume {id}: its subvolume {data} is missing");
+            return Ok(condition(stats, Some(problem)));
+        }
         let mut stats = fs_stats(env, id, volume_path)?;
         if entry.fs_type != "btrfs" {
             stats.healthy = false;
@@ -162,7 +179,6 @@ impl Backend for Subvolume {
         }
         // Bytes from the qgroup (statfs would show the whole btrfs); inodes
         // from statfs, as btrfs has no per-subvolume inode count.
-        let data = env.layout.data(id);
         let usage = env
             .host
             .get_usage(QuotaKind::BtrfsQgroup, &data)
@@ -171,7 +187,18 @@ impl Backend for Subvolume {
         stats.total_bytes = total;
         stats.used_bytes = usage.used_bytes;
         stats.available_bytes = total.saturating_sub(usage.used_bytes);
-        Ok(stats)
+        // The limit is what makes it a volume of its size.
+        let problem = match usage.limit_bytes {
+            None => Some(format!(
+                "volume {id}: its subvolume {data} has no qgroup limit: its size is not enforced"
+            )),
+            Some(limit) if limit < meta.capacity_bytes => Some(format!(
+                "volume {id}: its qgroup limit is {limit} bytes, below its size {}",
+                meta.capacity_bytes
+            )),
+            Some(_) => None,
+        };
+        Ok(condition(stats, problem))
     }
 }
 
