@@ -8,13 +8,17 @@
 //! descriptor of its mount point) for the copy and always thawed before
 //! the call returns.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
-use super::{command, fs, loopdev, CapError, CapResult, ErrorCode};
+use rustix::fs::{FileType, OFlags};
+
+use super::command::{self, FD_ARG};
+use super::fs::{with_fs, FsCap};
+use super::loopdev::LoopDevice;
+use super::{beneath, btrfs, CapError, CapResult, ErrorCode};
 use crate::runtime::bindings::wasmcsi::plugin::copies::{CopyMethod, Host};
 use crate::runtime::state::CallState;
 
@@ -22,15 +26,6 @@ use crate::runtime::state::CallState;
 const FICLONE: libc::c_ulong = 0x4004_9409;
 const FIFREEZE: libc::c_ulong = 0xc004_5877;
 const FITHAW: libc::c_ulong = 0xc004_5878;
-
-impl CallState {
-    fn copies_root(&self) -> Result<&fs::FsCap, CapError> {
-        self.grants
-            .fs
-            .as_deref()
-            .ok_or_else(|| CapError::not_granted("copies (with fs)", &self.grants.plugin))
-    }
-}
 
 fn io_error(what: impl std::fmt::Display, e: io::Error) -> CapError {
     let code = match e.raw_os_error() {
@@ -41,32 +36,61 @@ fn io_error(what: impl std::fmt::Display, e: io::Error) -> CapError {
     CapError::new(code, format!("{what}: {e}"))
 }
 
-fn attached(image: &Path) -> Result<Option<String>, CapError> {
-    loopdev::LoopIndex::default().find(image)
-}
+/// A frozen filesystem, thawed when dropped (also on error or panic).
+struct Frozen(OwnedFd, PathBuf);
 
-/// Refuses an image that a loop device is using: its filesystem could be
-/// mounted and would be changed under the kernel's feet.
-fn not_attached(image: &Path, what: &str) -> Result<(), CapError> {
-    match attached(image)? {
-        Some(dev) => Err(CapError::new(
-            ErrorCode::FailedPrecondition,
-            format!(
-                "{} is attached to {dev}; refusing to {what}",
-                image.display()
-            ),
-        )),
-        None => Ok(()),
+impl Frozen {
+    /// Freezes the filesystem of `dev`, found mounted somewhere on the
+    /// node. The mount point comes from the mount table, so it is checked
+    /// on the opened descriptor: only a directory on that very device is
+    /// frozen, whatever the name leads to by then.
+    fn freeze(dev: &LoopDevice) -> Result<Option<Frozen>, CapError> {
+        let Some(mount_point) = mount_point_of(dev.rdev)? else {
+            return Ok(None);
+        };
+        let dir = rustix::fs::open(
+            &mount_point,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| CapError::internal(format!("opening {}: {e}", mount_point.display())))?;
+        if beneath::identity(dir.as_fd())?.0 != dev.rdev {
+            return Err(CapError::new(
+                ErrorCode::Aborted,
+                format!("the mount of {} moved; try again", dev.name),
+            ));
+        }
+        let mut arg: libc::c_int = 0;
+        // SAFETY: FIFREEZE takes an int argument; `dir` is a valid open fd.
+        if unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE, &mut arg) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io_error(
+                format_args!("freezing the filesystem at {}", mount_point.display()),
+                e,
+            ));
+        }
+        Ok(Some(Frozen(dir, mount_point)))
     }
 }
 
-/// Where the filesystem on `device` is mounted (any one of its mounts),
-/// from the device number in /proc/self/mountinfo.
-fn mount_point_of(device: &str) -> Result<Option<PathBuf>, CapError> {
-    let rdev = std::fs::metadata(device)
-        .map_err(|e| io_error(format_args!("stat {device}"), e))?
-        .rdev();
-    let wanted = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let mut arg: libc::c_int = 0;
+        // SAFETY: as in freeze.
+        if unsafe { libc::ioctl(self.0.as_raw_fd(), FITHAW, &mut arg) } != 0 {
+            tracing::error!(
+                mount_point = %self.1.display(),
+                error = %io::Error::last_os_error(),
+                "thawing a frozen filesystem failed"
+            );
+        }
+    }
+}
+
+/// Where the filesystem of device `rdev` is mounted (any one of its
+/// mounts), from /proc/self/mountinfo.
+fn mount_point_of(rdev: u64) -> Result<Option<PathBuf>, CapError> {
+    let wanted = format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev));
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| CapError::internal(format!("reading /proc/self/mountinfo: {e}")))?;
     Ok(info.lines().find_map(|line| {
@@ -95,43 +119,6 @@ fn unescape(field: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A frozen filesystem, thawed when dropped (also on error or panic).
-struct Frozen(File, PathBuf);
-
-impl Frozen {
-    fn freeze(mount_point: &Path) -> Result<Frozen, CapError> {
-        let dir = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(mount_point)
-            .map_err(|e| io_error(format_args!("opening {}", mount_point.display()), e))?;
-        let mut arg: libc::c_int = 0;
-        // SAFETY: FIFREEZE takes an int argument; `dir` is a valid open fd.
-        if unsafe { libc::ioctl(dir.as_raw_fd(), FIFREEZE, &mut arg) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io_error(
-                format_args!("freezing the filesystem at {}", mount_point.display()),
-                e,
-            ));
-        }
-        Ok(Frozen(dir, mount_point.to_path_buf()))
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let mut arg: libc::c_int = 0;
-        // SAFETY: as in freeze.
-        if unsafe { libc::ioctl(self.0.as_raw_fd(), FITHAW, &mut arg) } != 0 {
-            tracing::error!(
-                mount_point = %self.1.display(),
-                error = %io::Error::last_os_error(),
-                "thawing a frozen filesystem failed"
-            );
-        }
-    }
 }
 
 /// Copies `src` into the empty `dst`: a reflink where the filesystem can,
@@ -176,167 +163,115 @@ fn copy_fds(src: &File, dst: &File) -> io::Result<CopyMethod> {
     Ok(CopyMethod::Sparse)
 }
 
-impl fs::FsCap {
-    fn regular_file(&self, path: &str) -> Result<PathBuf, CapError> {
-        let resolved = self.under_root(path)?;
-        match std::fs::metadata(&resolved) {
-            Ok(m) if m.is_file() => Ok(resolved),
-            Ok(_) => Err(CapError::invalid(format!("{path:?} is not a regular file"))),
-            Err(e) => Err(CapError::not_found(format!("{path:?}: {e}"))),
-        }
+/// Opens (creating it when missing) the regular file a copy goes to,
+/// beneath the root, never through a link; emptied.
+fn destination(fs: &FsCap, path: &str, source: BorrowedFd) -> Result<File, CapError> {
+    let (parent, name) = fs.parent_of(path)?;
+    let fd = rustix::fs::openat2(
+        parent.as_fd(),
+        name,
+        OFlags::CREATE | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(|e| beneath::lookup_error(path, e))?;
+    beneath::require_type(&fd, FileType::RegularFile, path)?;
+    if beneath::identity(fd.as_fd())? == beneath::identity(source)? {
+        return Err(CapError::invalid("an image cannot be copied onto itself"));
     }
+    fs.refuse_attached(fd.as_fd(), path)?;
+    let file = File::from(fd);
+    file.set_len(0)
+        .map_err(|e| io_error(format_args!("emptying {path}"), e))?;
+    Ok(file)
+}
 
-    async fn copy_image(&self, source: &str, destination: &str) -> Result<CopyMethod, CapError> {
-        let src_path = self.regular_file(source)?;
-        let dst_path = self.under_root(destination)?;
-        if dst_path == src_path {
-            return Err(CapError::invalid("an image cannot be copied onto itself"));
-        }
-        if dst_path.exists() {
-            not_attached(&dst_path, "overwrite it")?;
-        }
-        let src = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&src_path)
-            .map_err(|e| io_error(format_args!("opening {}", src_path.display()), e))?;
-        let dst = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&dst_path)
-            .map_err(|e| io_error(format_args!("creating {}", dst_path.display()), e))?;
-        // In use: freeze its mounted filesystem, or flush the device.
-        let device = attached(&src_path)?;
-        let mount_point = match &device {
-            Some(dev) => mount_point_of(dev)?,
+impl FsCap {
+    /// Copies an image (blocking): frozen if its filesystem is mounted,
+    /// flushed if it is only attached.
+    fn copy_image(&self, source: &str, destination_path: &str) -> Result<CopyMethod, CapError> {
+        let src = File::from(self.image(source, false)?);
+        let dst = destination(self, destination_path, src.as_fd())?;
+        let device = self.attached(src.as_fd())?;
+        let frozen = match &device {
+            Some(dev) => Frozen::freeze(dev)?,
             None => None,
         };
-        let (dst_name, src_name) = (dst_path.clone(), src_path.clone());
-        let device_for_flush = device.filter(|_| mount_point.is_none());
-        tokio::task::spawn_blocking(move || {
-            let _frozen = match &mount_point {
-                Some(mp) => Some(Frozen::freeze(mp)?),
-                None => None,
-            };
-            if let Some(dev) = device_for_flush {
-                File::open(&dev)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| io_error(format_args!("flushing {dev}"), e))?;
-            }
-            let method = copy_fds(&src, &dst).map_err(|e| {
-                io_error(
-                    format_args!("copying {} to {}", src_name.display(), dst_name.display()),
-                    e,
-                )
-            })?;
-            dst.sync_all()
-                .map_err(|e| io_error(format_args!("syncing {}", dst_name.display()), e))?;
-            Ok(method)
-        })
-        .await
-        .map_err(|e| CapError::internal(format!("the copy task failed: {e}")))?
-    }
-
-    async fn read_only_snapshot(&self, source: &str, path: &str) -> Result<(), CapError> {
-        let source = self.under_root(source)?;
-        let target = self.under_root(path)?;
-        if target.exists() {
-            return Err(CapError::new(
-                ErrorCode::AlreadyExists,
-                format!("{} already exists", target.display()),
-            ));
+        if let (Some(dev), None) = (&device, &frozen) {
+            rustix::fs::fsync(&dev.fd)
+                .map_err(|e| CapError::internal(format!("flushing {}: {e}", dev.name)))?;
         }
-        const SUBVOLUME_ROOT_INODE: u64 = 256;
-        let meta = std::fs::metadata(&source)
-            .map_err(|e| CapError::not_found(format!("{}: {e}", source.display())))?;
-        if !(meta.is_dir()
-            && meta.ino() == SUBVOLUME_ROOT_INODE
-            && fs::type_name(&source)? == "btrfs")
-        {
-            return Err(CapError::invalid(format!(
-                "{} is not a btrfs subvolume",
-                source.display()
-            )));
-        }
-        command::run(
-            "btrfs",
-            &[
-                "-q",
-                "subvolume",
-                "snapshot",
-                "-r",
-                &source.to_string_lossy(),
-                &target.to_string_lossy(),
-            ],
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<(), CapError> {
-        let image = self.regular_file(image)?;
-        not_attached(&image, "change its filesystem's UUID")?;
-        let path = image.to_string_lossy();
-        match fs_type {
-            "xfs" => {
-                // xfs_admin exits 0 even when it refuses (a dirty log).
-                let out = command::run_status("xfs_admin", &["-U", "generate", &path]).await?;
-                let said = String::from_utf8_lossy(&out.stderr);
-                if !out.status.success() || said.contains("ERROR") {
-                    return Err(CapError::new(
-                        ErrorCode::FailedPrecondition,
-                        format!("xfs_admin -U generate {path}: {}", said.trim()),
-                    ));
-                }
-                String::new()
-            }
-            "ext4" => {
-                // tune2fs wants a freshly checked filesystem for -U.
-                let out = command::run_status("e2fsck", &["-f", "-p", &path]).await?;
-                if !matches!(out.status.code(), Some(0..=2)) {
-                    return Err(command::failure("e2fsck", &["-f", "-p", &path], &out));
-                }
-                command::run("tune2fs", &["-U", "random", &path]).await?
-            }
-            other => {
-                return Err(CapError::invalid(format!(
-                    "filesystem type {other:?} is not supported (supported: xfs, ext4)"
-                )))
-            }
-        };
-        Ok(())
+        let method = copy_fds(&src, &dst).map_err(|e| {
+            io_error(format_args!("copying {source} to {destination_path}"), e)
+        })?;
+        drop(frozen);
+        dst.sync_all()
+            .map_err(|e| io_error(format_args!("syncing {destination_path}"), e))?;
+        Ok(method)
     }
 }
 
 impl Host for CallState {
     async fn copy_image(&mut self, source: String, destination: String) -> CapResult<CopyMethod> {
-        Ok(self
-            .copies_root()?
-            .copy_image(&source, &destination)
-            .await?)
+        Ok(with_fs(&self.grants, move |fs| fs.copy_image(&source, &destination)).await?)
     }
 
     async fn read_only_snapshot(&mut self, source: String, path: String) -> CapResult<()> {
-        Ok(self
-            .copies_root()?
-            .read_only_snapshot(&source, &path)
-            .await?)
+        Ok(with_fs(&self.grants, move |fs| {
+            let src = fs.subvolume(&source)?;
+            let (parent, name) = fs.parent_of(&path)?;
+            btrfs::snapshot(src.as_fd(), parent.as_fd(), name, true)
+        })
+        .await?)
     }
 
     async fn new_filesystem_uuid(&mut self, image: String, fs_type: String) -> CapResult<()> {
-        Ok(self
-            .copies_root()?
-            .new_filesystem_uuid(&image, &fs_type)
-            .await?)
+        let name = image.clone();
+        let fd = with_fs(&self.grants, move |fs| {
+            let fd = fs.image(&image, true)?;
+            fs.refuse_attached(fd.as_fd(), &image)?;
+            Ok(fd)
+        })
+        .await?;
+        match fs_type.as_str() {
+            "xfs" => {
+                // xfs_admin exits 0 even when it refuses (a dirty log).
+                let args = ["-U", "generate", FD_ARG];
+                let out = command::run_on_fd("xfs_admin", &args, fd.as_fd()).await?;
+                let said = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() || said.contains("ERROR") {
+                    return Err(CapError::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("xfs_admin -U generate {name}: {}", said.trim()),
+                    )
+                    .into());
+                }
+            }
+            "ext4" => {
+                // tune2fs wants a freshly checked filesystem for -U.
+                let out = command::run_on_fd("e2fsck", &["-f", "-p", FD_ARG], fd.as_fd()).await?;
+                if !matches!(out.status.code(), Some(0..=2)) {
+                    return Err(command::failure("e2fsck", &["-f", "-p", FD_ARG], &out).into());
+                }
+                command::run_on_fd_ok("tune2fs", &["-U", "random", FD_ARG], fd.as_fd()).await?;
+            }
+            other => {
+                return Err(CapError::invalid(format!(
+                    "filesystem type {other:?} is not supported (supported: xfs, ext4)"
+                ))
+                .into())
+            }
+        }
+        Ok(())
     }
 
     async fn allocated_bytes(&mut self, path: String) -> CapResult<u64> {
-        let resolved = self.copies_root()?.under_root(&path)?;
-        let meta = std::fs::symlink_metadata(&resolved)
-            .map_err(|e| io_error(format_args!("stat {}", resolved.display()), e))?;
-        Ok(meta.blocks() * 512)
+        Ok(with_fs(&self.grants, move |fs| {
+            let fd = beneath::open(fs.locate(&path)?, OFlags::PATH)?;
+            let st = rustix::fs::fstat(&fd).map_err(|e| CapError::internal(format!("{path:?}: {e}")))?;
+            Ok((st.st_blocks as u64).saturating_mul(512))
+        })
+        .await?)
     }
 }
 
@@ -344,6 +279,7 @@ impl Host for CallState {
 mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn sparse_copy_keeps_data_and_holes() {

@@ -49,12 +49,17 @@ impl FsCap {
     }
 
     /// Opens an existing regular file beneath the root (an image).
-    fn image(&self, path: &str, write: bool) -> Result<OwnedFd, CapError> {
+    pub(super) fn image(&self, path: &str, write: bool) -> Result<OwnedFd, CapError> {
         let mode = if write { OFlags::RDWR } else { OFlags::RDONLY };
         // NONBLOCK: opening a fifo planted by the plugin must not hang.
         let fd = beneath::open(self.locate(path)?, mode | OFlags::NONBLOCK)?;
         beneath::require_type(&fd, FileType::RegularFile, path)?;
         Ok(fd)
+    }
+
+    /// The loop device an open image is attached to, if any.
+    pub(super) fn attached(&self, image: BorrowedFd) -> Result<Option<LoopDevice>, CapError> {
+        self.loops.find(image)
     }
 
     /// Opens a loop device and checks that it belongs to this root.
@@ -76,13 +81,13 @@ impl FsCap {
     }
 
     /// The directory a new entry goes in, and the entry's name.
-    fn parent_of<'p>(&self, path: &'p str) -> Result<(OwnedFd, &'p std::ffi::OsStr), CapError> {
+    pub(super) fn parent_of<'p>(&self, path: &'p str) -> Result<(OwnedFd, &'p std::ffi::OsStr), CapError> {
         let (parent, name) = self.locate(path)?.below("path")?.split()?;
         let dir = beneath::open(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
         Ok((dir, name))
     }
 
-    fn refuse_attached(&self, image: BorrowedFd, path: &str) -> Result<(), CapError> {
+    pub(super) fn refuse_attached(&self, image: BorrowedFd, path: &str) -> Result<(), CapError> {
         match self.loops.find(image)? {
             Some(dev) => Err(CapError::new(
                 ErrorCode::FailedPrecondition,
@@ -162,7 +167,7 @@ fn grow_online(dev: &LoopDevice, mount_root: BorrowedFd, fs_type: &str) -> Resul
 }
 
 /// Runs `f` on the plugin's fs grant, off the async workers.
-async fn with_fs<T: Send + 'static>(
+pub(super) async fn with_fs<T: Send + 'static>(
     grants: &Arc<Grants>,
     f: impl FnOnce(&FsCap) -> Result<T, CapError> + Send + 'static,
 ) -> Result<T, CapError> {
