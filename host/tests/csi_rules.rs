@@ -204,12 +204,23 @@ async fn controller_error_codes() {
         "failed creates left storage"
     );
 
-    // Delete: missing id is invalid; unknown ids are already deleted.
+    // Delete: missing id is invalid; unknown ids are already deleted, but
+    // not those of a plugin that is not loaded (volumes_of_an_unloaded_plugin).
     assert_eq!(
         code(c.delete_volume(DeleteVolumeRequest::default()).await),
         Code::InvalidArgument
     );
-    for id in ["no-such-plugin:x", "local-dir:never-made", "garbage"] {
+    assert_eq!(
+        code(
+            c.delete_volume(DeleteVolumeRequest {
+                volume_id: "no-such-plugin:x".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    for id in ["local-dir:never-made", "garbage"] {
         c.delete_volume(DeleteVolumeRequest {
             volume_id: id.into(),
             ..Default::default()
