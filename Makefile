@@ -8,7 +8,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 PLUGINS := local-dir hostile xsky-nfs
 
-.PHONY: setup plugins host demo test test-deploy release bench clean
+.PHONY: setup plugins host demo test test-deploy test-sanity release bench clean
 
 setup:
 	scripts/setup.sh
@@ -29,9 +29,17 @@ demo: plugins host
 test-deploy: host
 	WASMCSI_BIN=target/debug/wasmcsi deploy/check.sh
 
-# All the tests: the Kubernetes manifests, then every crate's unit tests and
-# the end-to-end tests against the real binary (last, so its summary closes).
-test: plugins test-deploy
+# csi-sanity, the CSI conformance suite, against the real binary in every
+# mode (local-dir image and subvolume, xsky-nfs quota-tree and folder on the
+# XMS emulator); see scripts/csi-sanity.sh and tests/sanity/.
+test-sanity: plugins host
+	$(CARGO) build -q -p xms-emulator
+	scripts/csi-sanity.sh
+
+# All the tests: the Kubernetes manifests, csi-sanity, then every crate's unit
+# tests and the end-to-end tests against the real binary (last, so its
+# summary closes).
+test: plugins test-deploy test-sanity
 	$(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log

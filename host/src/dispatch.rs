@@ -123,6 +123,17 @@ impl Dispatcher {
         (!local.is_empty()).then_some((plugin, local))
     }
 
+    /// For an id in our `<plugin>:<id>` form whose plugin is not loaded
+    /// (renamed or removed from the config): that plugin's name and the
+    /// plugins loaded now. `None` when a loaded plugin owns the id, or when
+    /// the id is not in our form at all (no plugin of ours made it).
+    pub fn unloaded_plugin<'a>(&self, id: &'a str) -> Option<(&'a str, String)> {
+        let (name, local) = id.split_once(ID_SEPARATOR)?;
+        let set = self.current();
+        (is_plugin_name(name) && !local.is_empty() && !set.by_name.contains_key(name))
+            .then(|| (name, set.names()))
+    }
+
     /// Serialises operations on one key (a volume id, or a name being created).
     pub async fn lock(
         &self,
@@ -141,6 +152,14 @@ impl Dispatcher {
             .await
             .ok_or_else(|| Status::aborted(format!("an operation on {key} is already in progress")))
     }
+}
+
+/// The shape the config gives plugin names: 1-30 characters of [a-z0-9-].
+fn is_plugin_name(name: &str) -> bool {
+    (1..=30).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The CSI id of a plugin's volume or snapshot.

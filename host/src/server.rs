@@ -1,6 +1,8 @@
 //! Start-up and serving: load every plugin, then serve the configured CSI
 //! services on the unix socket until SIGTERM or SIGINT.
 
+mod authority;
+
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::{socket_path, Config, Overrides, Service};
 use crate::csi::controller::ControllerService;
@@ -88,13 +91,17 @@ async fn run(
         .add_service(IdentityServer::new(IdentityService(driver.clone())))
         .add_optional_service(controller)
         .add_optional_service(node)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), {
-            let stopping = stopping.clone();
-            async move {
-                shutdown_signal().await;
-                stopping.notify_one();
-            }
-        });
+        .serve_with_incoming_shutdown(
+            // Clients may name the socket as :authority (see `authority`).
+            UnixListenerStream::new(listener).map(|conn| conn.map(authority::AnyAuthority::new)),
+            {
+                let stopping = stopping.clone();
+                async move {
+                    shutdown_signal().await;
+                    stopping.notify_one();
+                }
+            },
+        );
     // Graceful shutdown alone would wait for the sidecars to hang up, which
     // they never do: finish the calls in flight, then go.
     let result = tokio::select! {

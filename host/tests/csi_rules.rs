@@ -205,12 +205,23 @@ async fn controller_error_codes() {
         "failed creates left storage"
     );
 
-    // Delete: missing id is invalid; unknown ids are already deleted.
+    // Delete: missing id is invalid; unknown ids are already deleted, but
+    // not those of a plugin that is not loaded (volumes_of_an_unloaded_plugin).
     assert_eq!(
         code(c.delete_volume(DeleteVolumeRequest::default()).await),
         Code::InvalidArgument
     );
-    for id in ["no-such-plugin:x", "local-dir:never-made", "garbage"] {
+    assert_eq!(
+        code(
+            c.delete_volume(DeleteVolumeRequest {
+                volume_id: "no-such-plugin:x".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    for id in ["local-dir:never-made", "garbage"] {
         c.delete_volume(DeleteVolumeRequest {
             volume_id: id.into(),
             ..Default::default()
@@ -808,5 +819,243 @@ fn check_metrics(exposition: &str) -> String {
         true => String::new(),
         false if found.trim().is_empty() => format!("check-metrics failed: {}", out.status),
         false => found,
+    }
+}
+
+/// Volumes of a plugin that is no longer loaded (renamed or removed from the
+/// config): deletes must not report a leak as done, and the node must still
+/// let pods go.
+#[tokio::test]
+async fn volumes_of_an_unloaded_plugin() {
+    let mut d = TestDriver::start(Options::default()).await;
+    for result in [
+        d.delete("renamed:v1").await,
+        d.client
+            .controller
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: "renamed:s1".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    ] {
+        let status = result.expect_err("a delete nothing can carry out");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("renamed"), "{status:?}");
+    }
+    // Ids not in our form name nothing of ours: already gone.
+    for id in ["reallyfakevolumeid", "Not A Plugin:x", "renamed:"] {
+        d.delete(id).await.unwrap_or_else(|e| panic!("{id}: {e:?}"));
+    }
+
+    // Unpublish/unstage unmount what is there (under the granted prefix)
+    // and succeed, so the pod can terminate.
+    let (target, staging) = (d.target("orphan"), d.staging("orphan"));
+    for dir in [&target, &staging] {
+        std::fs::create_dir_all(dir).unwrap();
+        run(
+            "mount",
+            &["-t", "tmpfs", "orphan", &dir.display().to_string()],
+        );
+    }
+    d.unpublish("renamed:v1", &target).await.expect("unpublish");
+    assert!(!mounted(&target), "the target is still mounted");
+    assert!(!target.exists(), "the target is left behind");
+    d.unstage("renamed:v1", &staging).await.expect("unstage");
+    assert!(!mounted(&staging), "the staging path is still mounted");
+    // Again, and for paths never mounted: nothing to do.
+    d.unpublish("renamed:v1", &target)
+        .await
+        .expect("unpublish again");
+    d.unstage("renamed:v1", &staging)
+        .await
+        .expect("unstage again");
+    // Outside the granted prefix nothing is touched.
+    let outside = d.base.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    run(
+        "mount",
+        &["-t", "tmpfs", "outside", &outside.display().to_string()],
+    );
+    d.unpublish("renamed:v1", &outside)
+        .await
+        .expect("unpublish outside");
+    assert!(
+        mounted(&outside),
+        "a mount outside the prefix was taken down"
+    );
+    run("umount", &[&outside.display().to_string()]);
+    // An id not in our form is still NOT_FOUND on the node.
+    assert_eq!(
+        code(d.unpublish("reallyfake", &target).await),
+        Code::NotFound
+    );
+}
+
+/// SINGLE_NODE_SINGLE_WRITER: one publication on the node; a second target
+/// is FAILED_PRECONDITION, also after a driver restart (the mount table,
+/// not memory, tells).
+#[tokio::test]
+async fn single_node_single_writer_is_published_once() {
+    use volume_capability::access_mode::Mode;
+    let mut d = TestDriver::start(Options::default()).await;
+    let id = d
+        .client
+        .controller
+        .create_volume(create_req("pvc-rwop", 512 * MIB, &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let staging = d.staging("rwop");
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut stage = stage_req(&id, &staging);
+    stage.volume_capability = Some(mount_cap(Mode::SingleNodeSingleWriter));
+    d.client.node.node_stage_volume(stage).await.expect("stage");
+    let publish = |target: &std::path::Path| {
+        let mut r = publish_req(&id, &staging, target, false);
+        r.volume_capability = Some(mount_cap(Mode::SingleNodeSingleWriter));
+        r
+    };
+    let (first, second) = (d.target("rwop-1"), d.target("rwop-2"));
+    d.client
+        .node
+        .node_publish_volume(publish(&first))
+        .await
+        .expect("publish");
+    // The same target again is idempotent.
+    d.client
+        .node
+        .node_publish_volume(publish(&first))
+        .await
+        .expect("publish again");
+    for restart in [false, true] {
+        if restart {
+            d.crash_and_restart().await;
+        }
+        let status = d
+            .client
+            .node
+            .node_publish_volume(publish(&second))
+            .await
+            .expect_err("a second single-writer publication");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("rwop-1"), "{status:?}");
+        assert!(!mounted(&second), "the refused target is mounted");
+    }
+    // Once the first is gone, the second may go ahead.
+    d.unpublish(&id, &first).await.expect("unpublish");
+    d.client
+        .node
+        .node_publish_volume(publish(&second))
+        .await
+        .expect("publish elsewhere");
+    d.unpublish(&id, &second).await.expect("unpublish");
+    d.unstage(&id, &staging).await.expect("unstage");
+    d.delete(&id).await.expect("delete");
+}
+
+/// gRPC clients that name the socket path as `:authority` (Python's grpcio
+/// over `unix://` does) are served like any other: raw HTTP/2 on the real
+/// socket, three calls on one connection, the later ones pointing into the
+/// HPACK table the first filled.
+#[tokio::test]
+async fn any_authority_is_served_on_the_unix_socket() {
+    use std::collections::HashMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags, 0, 0, 0, stream]);
+        f.extend_from_slice(payload);
+        f
+    }
+    let d = TestDriver::start(Options::default()).await;
+    let socket = d.endpoint.trim_start_matches("unix://").to_string();
+    let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut encoder = loona_hpack::Encoder::new();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    let streams = [
+        (1u8, socket.as_str()),
+        (3, "localhost:0"),
+        (5, socket.as_str()),
+    ];
+    for (stream, authority) in streams {
+        let block = encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/csi.v1.Identity/GetPluginInfo"),
+            (b":authority", authority.as_bytes()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]);
+        out.extend(frame(0x1, 0x4, stream, &block));
+        out.extend(frame(0x0, 0x1, stream, &[0, 0, 0, 0, 0]));
+    }
+    conn.write_all(&out).await.unwrap();
+
+    // Read until every stream ended (or was reset).
+    let mut decoder = loona_hpack::Decoder::new();
+    let mut data: HashMap<u8, Vec<u8>> = HashMap::new();
+    let mut headers: HashMap<u8, Vec<(String, String)>> = HashMap::new();
+    let mut ended = Vec::new();
+    let mut input = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ended.len() < streams.len() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut chunk))
+            .await
+            .expect("answers in time")
+            .unwrap();
+        assert!(n > 0, "the driver hung up; ended: {ended:?}");
+        input.extend_from_slice(&chunk[..n]);
+        while input.len() >= 9 {
+            let len = (input[0] as usize) << 16 | (input[1] as usize) << 8 | input[2] as usize;
+            if input.len() < 9 + len {
+                break;
+            }
+            let frame_bytes: Vec<u8> = input.drain(..9 + len).collect();
+            let (kind, flags, stream) = (frame_bytes[3], frame_bytes[4], frame_bytes[8]);
+            let payload = &frame_bytes[9..];
+            match kind {
+                0x0 => data.entry(stream).or_default().extend_from_slice(payload),
+                0x1 => {
+                    let fields = decoder.decode(payload).expect("server headers decode");
+                    headers
+                        .entry(stream)
+                        .or_default()
+                        .extend(fields.into_iter().map(|(n, v)| {
+                            (
+                                String::from_utf8_lossy(&n).into(),
+                                String::from_utf8_lossy(&v).into(),
+                            )
+                        }));
+                }
+                0x3 => panic!("stream {stream} reset: {payload:?}\n{}", d.logs()),
+                0x4 if flags & 1 == 0 => conn.write_all(&frame(0x4, 1, 0, &[])).await.unwrap(),
+                0x7 => panic!("GOAWAY: {payload:?}"),
+                _ => {}
+            }
+            if stream != 0 && flags & 0x1 != 0 && (kind == 0x0 || kind == 0x1) {
+                ended.push(stream);
+            }
+        }
+    }
+    for (stream, authority) in streams {
+        let fields = &headers[&stream];
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get(":status"), Some("200"), "{authority}: {fields:?}");
+        assert_eq!(get("grpc-status"), Some("0"), "{authority}: {fields:?}");
+        let body = &data[&stream];
+        let info = <GetPluginInfoResponse as prost::Message>::decode(&body[5..]).unwrap();
+        assert_eq!(info.name, "local.wasmcsi.io", "{authority}");
     }
 }

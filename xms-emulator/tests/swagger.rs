@@ -2,15 +2,34 @@
 //! against the published swagger (`shared/xms/swagger.yaml`).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Value};
 use xms_emulator::spec::Spec;
 use xms_emulator::{Exchange, State, GIB};
 
-fn spec() -> Spec {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/xms/swagger.yaml");
-    Spec::load(&path).expect("the XMS swagger is readable")
+/// The swagger under `WASMCSI_SHARED` (default `../shared` beside the repo;
+/// a relative value is taken from the repo root). Absent: the check fails in
+/// CI (`CI=true`) and is skipped, loudly, elsewhere.
+fn spec() -> Option<Spec> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = match std::env::var_os("WASMCSI_SHARED") {
+        Some(dir) if !dir.is_empty() => repo.join(dir),
+        _ => repo.join("../shared"),
+    };
+    let path = shared.join("xms/swagger.yaml");
+    if !path.exists() {
+        let why = format!("{} is missing (set WASMCSI_SHARED)", path.display());
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{why}");
+        // Straight to stderr: libtest would swallow eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOT CHECKED: the emulator against the swagger: {why}"
+        );
+        return None;
+    }
+    Some(Spec::load(&path).expect("the XMS swagger is readable"))
 }
 
 fn ex(
@@ -44,7 +63,7 @@ fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 
 #[test]
 fn every_operation_answers_as_the_swagger_says() {
-    let spec = spec();
+    let Some(spec) = spec() else { return };
     let mut s = State::default();
     s.settle_after = std::time::Duration::ZERO;
     let login = json!({"auth": {"identity": {"password": {"user": {"name": "admin", "password": "admin"}}}}});

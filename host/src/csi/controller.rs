@@ -195,6 +195,15 @@ fn rpc_capability(kind: rpc::Type) -> ControllerServiceCapability {
     }
 }
 
+/// A delete the CO must retry: the object's plugin is not loaded, so
+/// nothing can remove it now, and "done" would leak it.
+fn unloaded(what: &str, id: &str, plugin: &str, loaded: &str) -> Status {
+    Status::failed_precondition(format!(
+        "{what} {id} belongs to plugin {plugin}, which is not loaded (loaded: {loaded}): \
+         add {plugin} back to the config to delete it"
+    ))
+}
+
 /// Plugin errors that mean "already gone", which delete calls treat as done.
 fn gone(status: &Status) -> bool {
     status.code() == Code::NotFound
@@ -263,8 +272,13 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         traced("DeleteVolume", &req.volume_id.clone(), async move {
             let id = validate::required(&req.volume_id, "volume_id")?;
-            // An id no plugin made names no volume: deleting it is done.
             let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
+                // Ours, but its plugin is gone: answering OK would let the CO
+                // drop the PV and leave the data behind.
+                if let Some((name, loaded)) = self.driver().dispatch.unloaded_plugin(id) {
+                    return Err(unloaded("volume", id, name, &loaded));
+                }
+                // An id no plugin of ours made names no volume: deleting it is done.
                 return Ok(DeleteVolumeResponse {});
             };
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
@@ -539,6 +553,9 @@ impl Controller for ControllerService {
         traced("DeleteSnapshot", &req.snapshot_id.clone(), async move {
             let id = validate::required(&req.snapshot_id, "snapshot_id")?;
             let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
+                if let Some((name, loaded)) = self.driver().dispatch.unloaded_plugin(id) {
+                    return Err(unloaded("snapshot", id, name, &loaded));
+                }
                 return Ok(DeleteSnapshotResponse {});
             };
             if !plugin.has(Features::SNAPSHOTS) {

@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod convert;
 pub mod identity;
+pub mod mounts;
 pub mod node;
 pub mod returns;
 pub mod status;

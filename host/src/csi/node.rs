@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, deadline, returns, status, traced, validate, Driver};
+use super::{convert, deadline, mounts, returns, status, traced, validate, Driver};
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
@@ -26,6 +26,60 @@ impl NodeService {
             .dispatch
             .for_id(id)
             .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))
+    }
+
+    /// The plugin of a volume being unpublished or unstaged; `None` when the
+    /// id is ours but its plugin is no longer loaded, after the host took
+    /// down what is mounted at `path` itself: a NOT_FOUND would leave the
+    /// pod stuck in Terminating.
+    fn volume_or_orphan<'a>(
+        &self,
+        id: &'a str,
+        path: &str,
+        remove: bool,
+    ) -> Result<Option<(Arc<Plugin>, &'a str)>, Status> {
+        if let Some(found) = self.driver().dispatch.for_id(id) {
+            return Ok(Some(found));
+        }
+        let Some((name, _)) = self.driver().dispatch.unloaded_plugin(id) else {
+            return Err(Status::not_found(format!("volume {id} does not exist")));
+        };
+        tracing::warn!(
+            plugin = name,
+            path,
+            "the volume's plugin is not loaded: the host unmounts it"
+        );
+        let prefixes = mounts::granted_prefixes(&self.driver().config);
+        mounts::unmount_orphan(path, &prefixes, remove)?;
+        Ok(None)
+    }
+}
+
+/// SINGLE_NODE_SINGLE_WRITER allows one publication on the node: another
+/// mount of the volume (what is mounted at `probe`), under the granted
+/// prefixes and not at `target` or `staging`, is FAILED_PRECONDITION. Read
+/// from the mount table, so it holds across driver restarts.
+fn check_single_writer(
+    driver: &Driver,
+    id: &str,
+    probe: &str,
+    target: &str,
+    staging: Option<&str>,
+) -> Result<(), Status> {
+    let Some(probe) = mounts::resolved(probe) else {
+        return Ok(());
+    };
+    let target = mounts::resolved(target).unwrap_or_else(|| target.into());
+    let staging = staging.and_then(mounts::resolved);
+    let mut except = vec![target.as_path()];
+    except.extend(staging.as_deref());
+    let prefixes = mounts::granted_prefixes(&driver.config);
+    match mounts::elsewhere(&mounts::table()?, &probe, &except, &prefixes) {
+        Some(other) => Err(Status::failed_precondition(format!(
+            "volume {id} is SINGLE_NODE_SINGLE_WRITER and already published at {}",
+            other.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -101,11 +155,13 @@ impl Node for NodeService {
             let id = validate::required(&req.volume_id, "volume_id")?;
             let staging_path =
                 validate::required(&req.staging_target_path, "staging_target_path")?.to_string();
-            let (plugin, local) = self.volume(id)?;
+            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let Some((plugin, local)) = self.volume_or_orphan(id, &staging_path, false)? else {
+                return Ok(NodeUnstageVolumeResponse {});
+            };
             if !plugin.has(Features::STAGE) {
                 return Ok(NodeUnstageVolumeResponse {});
             }
-            let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let local = local.to_string();
             plugin
                 .call("unstage-volume", deadline, move |p: &wit_node::Guest, s| {
@@ -141,6 +197,30 @@ impl Node for NodeService {
             };
             check_supported(&plugin, &capability)?;
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let single_writer =
+                capability.access_mode == wit::AccessMode::SingleNodeSingleWriter;
+            // Known before the call when the volume is staged: the staging
+            // mount is the volume. Otherwise the new mount at the target
+            // tells, after the call.
+            let (staged, was_published) = if single_writer {
+                let table = mounts::table()?;
+                let is_mount = |path: &str| {
+                    mounts::resolved(path).is_some_and(|p| mounts::at(&table, &p).is_some())
+                };
+                (
+                    staging_path.as_deref().filter(|s| is_mount(s)),
+                    is_mount(&target_path),
+                )
+            } else {
+                (None, false)
+            };
+            if single_writer {
+                if let Some(staging) = staged {
+                    check_single_writer(self.driver(), id, staging, &target_path, Some(staging))?;
+                }
+            }
+            let check_after = single_writer && staged.is_none() && !was_published;
+            let (target, staging) = (target_path.clone(), staging_path.clone());
             let call = wit_node::PublishRequest {
                 volume_id: local.to_string(),
                 staging_path,
@@ -157,6 +237,21 @@ impl Node for NodeService {
                 })
                 .await
                 .map_err(status::of(&plugin.name))?;
+            if check_after {
+                if let Err(refused) =
+                    check_single_writer(self.driver(), id, &target, &target, staging.as_deref())
+                {
+                    // Undo this call's mount; the earlier publication stays.
+                    let (local, target) = (local.to_string(), target.clone());
+                    plugin
+                        .call("unpublish-volume", deadline, move |p: &wit_node::Guest, s| {
+                            Box::pin(async move { p.call_unpublish_volume(s, &local, &target).await })
+                        })
+                        .await
+                        .map_err(status::of(&plugin.name))?;
+                    return Err(refused);
+                }
+            }
             Ok(NodePublishVolumeResponse {})
         })
         .await
@@ -171,8 +266,10 @@ impl Node for NodeService {
         traced("NodeUnpublishVolume", &req.volume_id.clone(), async move {
             let id = validate::required(&req.volume_id, "volume_id")?;
             let target_path = validate::required(&req.target_path, "target_path")?.to_string();
-            let (plugin, local) = self.volume(id)?;
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let Some((plugin, local)) = self.volume_or_orphan(id, &target_path, true)? else {
+                return Ok(NodeUnpublishVolumeResponse {});
+            };
             let local = local.to_string();
             plugin
                 .call(

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+mod shared;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,8 @@ use wasmcsi::proto::volume_capability::{
 };
 use wasmcsi::proto::*;
 
+#[allow(unused_imports)]
+pub use shared::{shared_dir, shared_file};
 #[allow(unused_imports)]
 pub use wasmcsi::testkit::{fill, loops_under, mounted, GIB, MIB};
 
