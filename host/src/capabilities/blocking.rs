@@ -34,5 +34,5 @@ where
     });
     handle
         .await
-        .map_err(|e| CapError::internal(format!("capability work failed: {e}")))?
+        .map_err(|e| CapError::internal(format!("blocking work failed: {e}")))?
 }

@@ -201,9 +201,8 @@ impl FsCap {
             rustix::fs::fsync(&dev.fd)
                 .map_err(|e| CapError::internal(format!("flushing {}: {e}", dev.name)))?;
         }
-        let method = copy_fds(&src, &dst).map_err(|e| {
-            io_error(format_args!("copying {source} to {destination_path}"), e)
-        })?;
+        let method = copy_fds(&src, &dst)
+            .map_err(|e| io_error(format_args!("copying {source} to {destination_path}"), e))?;
         drop(frozen);
         dst.sync_all()
             .map_err(|e| io_error(format_args!("syncing {destination_path}"), e))?;
@@ -268,7 +267,8 @@ impl Host for CallState {
     async fn allocated_bytes(&mut self, path: String) -> CapResult<u64> {
         Ok(with_fs(&self.grants, move |fs| {
             let fd = beneath::open(fs.locate(&path)?, OFlags::PATH)?;
-            let st = rustix::fs::fstat(&fd).map_err(|e| CapError::internal(format!("{path:?}: {e}")))?;
+            let st =
+                rustix::fs::fstat(&fd).map_err(|e| CapError::internal(format!("{path:?}: {e}")))?;
             Ok((st.st_blocks as u64).saturating_mul(512))
         })
         .await?)

@@ -81,7 +81,10 @@ impl FsCap {
     }
 
     /// The directory a new entry goes in, and the entry's name.
-    pub(super) fn parent_of<'p>(&self, path: &'p str) -> Result<(OwnedFd, &'p std::ffi::OsStr), CapError> {
+    pub(super) fn parent_of<'p>(
+        &self,
+        path: &'p str,
+    ) -> Result<(OwnedFd, &'p std::ffi::OsStr), CapError> {
         let (parent, name) = self.locate(path)?.below("path")?.split()?;
         let dir = beneath::open(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
         Ok((dir, name))

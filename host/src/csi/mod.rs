@@ -143,3 +143,22 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10X"), None);
     }
 }
+
+/// Runs blocking work of an RPC's own (mount-table reads, lookups of
+/// CO-given paths, which a hung filesystem can stall) off the async
+/// workers, ended by the caller's deadline.
+pub async fn off_workers<T, F>(deadline: Option<Duration>, work: F) -> Result<T, tonic::Status>
+where
+    F: FnOnce() -> Result<T, tonic::Status> + Send + 'static,
+    T: Send + 'static,
+{
+    let limit = deadline.unwrap_or(Duration::from_secs(60));
+    let ran = crate::capabilities::blocking::run(move || Ok(work()));
+    match tokio::time::timeout(limit, ran).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(failed)) => Err(failed.into()),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "a path did not answer within {limit:?} (a hung filesystem?)"
+        ))),
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, deadline, mounts, returns, status, traced, validate, Driver};
+use super::{convert, deadline, mounts, off_workers, returns, status, traced, validate, Driver};
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
@@ -32,7 +32,7 @@ impl NodeService {
     /// id is ours but its plugin is no longer loaded, after the host took
     /// down what is mounted at `path` itself: a NOT_FOUND would leave the
     /// pod stuck in Terminating.
-    fn volume_or_orphan<'a>(
+    async fn volume_or_orphan<'a>(
         &self,
         id: &'a str,
         path: &str,
@@ -49,8 +49,13 @@ impl NodeService {
             path,
             "the volume's plugin is not loaded: the host unmounts it"
         );
-        let prefixes = mounts::granted_prefixes(&self.driver().config);
-        mounts::unmount_orphan(path, &prefixes, remove)?;
+        let config = self.driver().config.clone();
+        let path = path.to_string();
+        off_workers(None, move || {
+            let prefixes = mounts::granted_prefixes(&config);
+            mounts::unmount_orphan(&path, &prefixes, remove)
+        })
+        .await?;
         Ok(None)
     }
 }
@@ -59,8 +64,9 @@ impl NodeService {
 /// mount of the volume (what is mounted at `probe`), under the granted
 /// prefixes and not at `target` or `staging`, is FAILED_PRECONDITION. Read
 /// from the mount table, so it holds across driver restarts.
+/// Blocking: run it off the async workers.
 fn check_single_writer(
-    driver: &Driver,
+    config: &crate::config::Config,
     id: &str,
     probe: &str,
     target: &str,
@@ -73,7 +79,7 @@ fn check_single_writer(
     let staging = staging.and_then(mounts::resolved);
     let mut except = vec![target.as_path()];
     except.extend(staging.as_deref());
-    let prefixes = mounts::granted_prefixes(&driver.config);
+    let prefixes = mounts::granted_prefixes(config);
     match mounts::elsewhere(&mounts::table()?, &probe, &except, &prefixes) {
         Some(other) => Err(Status::failed_precondition(format!(
             "volume {id} is SINGLE_NODE_SINGLE_WRITER and already published at {}",
@@ -156,7 +162,8 @@ impl Node for NodeService {
             let staging_path =
                 validate::required(&req.staging_target_path, "staging_target_path")?.to_string();
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
-            let Some((plugin, local)) = self.volume_or_orphan(id, &staging_path, false)? else {
+            let Some((plugin, local)) = self.volume_or_orphan(id, &staging_path, false).await?
+            else {
                 return Ok(NodeUnstageVolumeResponse {});
             };
             if !plugin.has(Features::STAGE) {
@@ -202,23 +209,26 @@ impl Node for NodeService {
             // Known before the call when the volume is staged: the staging
             // mount is the volume. Otherwise the new mount at the target
             // tells, after the call.
+            let config = self.driver().config.clone();
             let (staged, was_published) = if single_writer {
-                let table = mounts::table()?;
-                let is_mount = |path: &str| {
-                    mounts::resolved(path).is_some_and(|p| mounts::at(&table, &p).is_some())
-                };
-                (
-                    staging_path.as_deref().filter(|s| is_mount(s)),
-                    is_mount(&target_path),
-                )
+                let (config, id) = (config.clone(), id.to_string());
+                let (staging, target) = (staging_path.clone(), target_path.clone());
+                off_workers(deadline, move || {
+                    let table = mounts::table()?;
+                    let is_mount = |path: &str| {
+                        mounts::resolved(path).is_some_and(|p| mounts::at(&table, &p).is_some())
+                    };
+                    let staged = staging.filter(|s| is_mount(s));
+                    let was_published = is_mount(&target);
+                    if let Some(staging) = &staged {
+                        check_single_writer(&config, &id, staging, &target, Some(staging))?;
+                    }
+                    Ok((staged, was_published))
+                })
+                .await?
             } else {
                 (None, false)
             };
-            if single_writer {
-                if let Some(staging) = staged {
-                    check_single_writer(self.driver(), id, staging, &target_path, Some(staging))?;
-                }
-            }
             let check_after = single_writer && staged.is_none() && !was_published;
             let (target, staging) = (target_path.clone(), staging_path.clone());
             let call = wit_node::PublishRequest {
@@ -238,9 +248,18 @@ impl Node for NodeService {
                 .await
                 .map_err(status::of(&plugin.name))?;
             if check_after {
-                if let Err(refused) =
-                    check_single_writer(self.driver(), id, &target, &target, staging.as_deref())
-                {
+                let (id_owned, target_owned) = (id.to_string(), target.clone());
+                let checked = off_workers(deadline, move || {
+                    check_single_writer(
+                        &config,
+                        &id_owned,
+                        &target_owned,
+                        &target_owned,
+                        staging.as_deref(),
+                    )
+                })
+                .await;
+                if let Err(refused) = checked {
                     // Undo this call's mount; the earlier publication stays.
                     let (local, target) = (local.to_string(), target.clone());
                     plugin
@@ -267,7 +286,7 @@ impl Node for NodeService {
             let id = validate::required(&req.volume_id, "volume_id")?;
             let target_path = validate::required(&req.target_path, "target_path")?.to_string();
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
-            let Some((plugin, local)) = self.volume_or_orphan(id, &target_path, true)? else {
+            let Some((plugin, local)) = self.volume_or_orphan(id, &target_path, true).await? else {
                 return Ok(NodeUnpublishVolumeResponse {});
             };
             let local = local.to_string();
@@ -299,8 +318,13 @@ impl Node for NodeService {
             let volume_path = validate::required(&req.volume_path, "volume_path")?.to_string();
             let (plugin, local) = self.volume(id)?;
             // The spec's NOT_FOUND: no volume at that path on this node.
-            let path = std::path::Path::new(&volume_path);
-            if !path.is_absolute() || !path.exists() {
+            let probe = volume_path.clone();
+            let exists = off_workers(deadline, move || {
+                let path = std::path::Path::new(&probe);
+                Ok(path.is_absolute() && path.exists())
+            })
+            .await?;
+            if !exists {
                 return Err(Status::not_found(format!(
                     "volume {id} is not at {volume_path}: the path does not exist on this node"
                 )));

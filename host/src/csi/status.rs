@@ -74,3 +74,10 @@ mod tests {
         assert!(status.message().ends_with("more bytes cut]"));
     }
 }
+
+/// A host-side capability failure met while serving an RPC directly.
+impl From<crate::capabilities::CapError> for Status {
+    fn from(e: crate::capabilities::CapError) -> Status {
+        Status::new(code_of(e.code), e.message)
+    }
+}
