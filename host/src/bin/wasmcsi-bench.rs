@@ -660,7 +660,11 @@ fn spawn_wasmcsi(setup: &WasmcsiSetup) -> Result<Child> {
         .env("WASMCSI_CACHE_DIR", setup.cache)
         .env(
             "RUST_LOG",
-            if setup.log.is_some() { "debug" } else { "warn" },
+            if setup.log.is_some() {
+                "warn,wasmcsi=debug"
+            } else {
+                "warn"
+            },
         )
         .stdout(Stdio::null())
         .stderr(stderr)
