@@ -11,6 +11,10 @@
 #   ROW: create-delete (default), create-expand-delete, stats
 #   MODES: comma-separated, default image-xfs,image-ext4,subvolume
 #
+# PERF=1: instead of strace, run the driver under `perf stat` (counting its
+# children too) and print the CPU time per cycle of driver and tools
+# together, against the wall time of a cycle.
+#
 # Run from the repository root, as root, after `make release`. The cycle
 # figures under strace are a little slower than without it; compare the
 # tools' share, not the absolute rate, with `wasmcsi-bench`.
@@ -52,30 +56,55 @@ for mode in ${modes//,/ }; do
     fi
     mount -o loop "$base/root.img" "$base/root"
     [[ $mode == subvolume ]] && btrfs quota enable "$base/root"
-    fs_type=${mode#image-}
+    tracer_cmd=(strace -f --seccomp-bpf -q -ttt -T
+        -e trace=execve,clone,clone3,vfork,fsync,fdatasync,unlink,unlinkat
+        -e signal=none -o "$base/strace")
+    # With perf, the driver runs bare and perf attaches once it is up.
+    [[ ${PERF:-0} == 1 ]] && tracer_cmd=()
     plugin_mode=image
     [[ $mode == subvolume ]] && plugin_mode=subvolume
     LOCAL_DIR_ROOT=$base/root/local-dir LOCAL_DIR_MODE=$plugin_mode \
     LOCAL_DIR_WASM=target/wasm32-wasip2/release/local_dir.wasm \
     CSI_ENDPOINT=unix://$base/csi.sock NODE_ID=profile KUBELET_DIR=$base/kubelet \
     WASMCSI_CACHE_DIR=$scratch/cache RUST_LOG=warn \
-        strace -f --seccomp-bpf -q -ttt -T -e trace=execve,clone,clone3,vfork,fsync,fdatasync,unlink,unlinkat -e signal=none -o "$base/strace" \
-        $bin/wasmcsi serve --config examples/local-dir.yaml &
+        "${tracer_cmd[@]}" $bin/wasmcsi serve --config examples/local-dir.yaml &
     tracer=$!
     for _ in $(seq 200); do
-        driver=$(pgrep -P "$tracer" || true)
-        [[ -n $driver ]] && break
+        if [[ ${PERF:-0} == 1 ]]; then
+            driver=$tracer
+        else
+            driver=$(pgrep -P "$tracer" || true)
+        fi
+        [[ -n $driver && -S $base/csi.sock ]] && break
         sleep 0.05
     done
-    [[ -n $driver ]] || { echo "the driver did not start" >&2; exit 1; }
-    echo "== $mode: $row, $clients client(s), $seconds s, driver under strace" >&2
+    [[ -n $driver ]] || { echo "the driver did not start" >&2; kill "$tracer"; exit 1; }
+    perf=""
+    if [[ ${PERF:-0} == 1 ]]; then
+        # Counts the driver and every child it starts from now on.
+        perf stat -x, -e task-clock,context-switches -p "$driver" -o "$base/perf" &
+        perf=$!
+        sleep 0.2
+    fi
+    echo "== $mode: $row, $clients client(s), $seconds s, driver under ${tracer_cmd[0]:-perf}" >&2
     $bin/wasmcsi-bench --endpoint "unix://$base/csi.sock" --suites fs --modes "$mode" \
         --fs-rows "$row" --fs-clients "$clients" --seconds "$seconds" \
         --kubelet-dir "$base/kubelet" 2>&1 | tee "$base/bench.out" >&2
+    if [[ -n $perf ]]; then
+        kill -INT "$perf"
+        wait "$perf" || true
+    fi
     kill "$driver"
     wait "$tracer" || true
     driver=""
     cycles=$(awk '/ n +[0-9]+/ { for (i = 1; i < NF; i++) if ($i == "n") print $(i + 1); exit }' "$base/bench.out")
+    if [[ ${PERF:-0} == 1 ]]; then
+        awk -F, -v n="$cycles" -v mode="$mode" -v secs="$seconds" -v clients="$clients" '
+            $3 == "task-clock" { printf "%s: %d cycles in %s s, %s client(s): CPU (driver + tools) %.1f ms per cycle, wall %.1f ms per cycle per client\n", mode, n, secs, clients, $1 / n, secs * 1000 * clients / n }
+            $3 == "context-switches" { printf "  context switches per cycle: %.0f\n", $1 / n }' "$base/perf"
+        umount "$base/root"
+        continue
+    fi
     python3 - "$base/strace" "$cycles" "$mode" <<'EOF'
 import re, statistics, sys
 from collections import defaultdict
