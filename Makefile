@@ -48,10 +48,15 @@ release: setup
 	$(CARGO) build --release -p wasmcsi
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 
-# The figures of docs/performance.md: the whole driver over its socket, then
+# The figures of docs/performance.md: the whole driver over its socket (raw
+# block volumes, then filesystem volumes per local-dir mode beside the
+# reference driver when $WASMCSI_SHARED, default ../shared, has it), then
 # the wasm runtime alone (instantiation, the boundary, cache, start-up).
 bench: release
-	target/release/wasmcsi-bench
+	@peer=$${WASMCSI_SHARED:-../shared}/tools/hostpathplugin; \
+	if [ -x "$$peer" ]; then set -x; target/release/wasmcsi-bench --peer; \
+	else echo "bench: $$peer not found: filesystem rows without the reference driver" >&2; \
+	set -x; target/release/wasmcsi-bench; fi
 	$(CARGO) bench -p wasmcsi --bench runtime
 
 clean:

@@ -2,15 +2,16 @@
 //! benchmark use to talk to a driver (ours or any other) like a CO would.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::controller_client::ControllerClient;
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::node_client::NodeClient;
+use crate::proto::ProbeRequest;
 
 #[derive(Clone)]
 pub struct CsiClient {
@@ -46,6 +47,33 @@ impl CsiClient {
             }
         }
     }
+
+    /// Connects, then probes until the driver is ready or `timeout` passes.
+    /// Only `ready: false` (or a failing Probe) means "not yet": the CSI spec
+    /// says an unset `ready` means ready, and drivers that are ready from the
+    /// start (the reference host-path driver among them) leave it unset.
+    pub async fn wait_ready(endpoint: &str, timeout: Duration) -> Result<CsiClient> {
+        let started = Instant::now();
+        let mut client = CsiClient::wait_for(endpoint, timeout).await?;
+        loop {
+            let said = match client.identity.probe(ProbeRequest {}).await {
+                Ok(r) if probe_says_ready(r.get_ref().ready) => return Ok(client),
+                Ok(_) => "Probe answers ready: false".to_string(),
+                Err(status) => format!("Probe failed: {status}"),
+            };
+            if started.elapsed() > timeout {
+                return Err(anyhow!(
+                    "driver at {endpoint} not ready after {timeout:?}: {said}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// What a Probe's `ready` field means (CSI spec, Probe): unset is ready.
+pub fn probe_says_ready(ready: Option<bool>) -> bool {
+    ready != Some(false)
 }
 
 async fn unix_channel(socket: &Path) -> Result<Channel> {
@@ -62,4 +90,16 @@ async fn unix_channel(socket: &Path) -> Result<Channel> {
         }))
         .await
         .context("connecting to the CSI socket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe_says_ready;
+
+    #[test]
+    fn an_unset_ready_field_means_ready() {
+        assert!(probe_says_ready(None));
+        assert!(probe_says_ready(Some(true)));
+        assert!(!probe_says_ready(Some(false)));
+    }
 }
