@@ -92,14 +92,7 @@ async fn each_misdeed_costs_one_request() {
     let mnt = s.hostile_root.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     std::os::unix::fs::symlink("/etc", mnt.join("escape")).unwrap();
-    expect_failure(
-        &s,
-        "symlink",
-        None,
-        Code::PermissionDenied,
-        "symlink",
-    )
-    .await;
+    expect_failure(&s, "symlink", None, Code::PermissionDenied, "symlink").await;
     expect_failure(&s, "dotdot", None, Code::InvalidArgument, "..").await;
     expect_failure(&s, "passwd", None, Code::PermissionDenied, "/etc/passwd").await;
     assert!(
