@@ -153,6 +153,15 @@ run_mode() {
                 sleep 0.1
             done
             [[ -n $origin ]] || { echo "csi-sanity: the XMS emulator did not start" >&2; cat "$work/emulator.log" >&2; return 1; }
+            # The plugin settings a deployment feeds from its ConfigMap and
+            # Secret: what GetCapacity (no parameters, no secrets in CSI) uses.
+            local settings=(XMS_USER=admin XMS_PASSWORD=admin)
+            if [[ $mode == xsky-nfs-folder ]]; then
+                settings+=(XSKY_MODE=folder XSKY_POOL=data_pool)
+            else
+                settings+=(XSKY_MODE=quota-tree XSKY_SHARES=127.0.0.1:/sdsfs/csi-fs/)
+            fi
+            env "${settings[@]}" \
             XMS_ORIGINS=$origin XSKY_NFS_WASM=$wasm_dir/xsky_nfs.wasm XSKY_CALL_BUDGET_SECONDS=30 \
             CSI_ENDPOINT=unix://$socket NODE_ID=sanity-node KUBELET_DIR=$kubelet RUST_LOG=info \
                 "$bin" serve --config "$config" >"$log" 2>&1 &
