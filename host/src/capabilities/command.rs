@@ -23,12 +23,21 @@ pub async fn run(program: &str, args: &[&str]) -> Result<String, CapError> {
 /// Runs and returns the raw output whatever the exit status.
 pub async fn run_status(program: &str, args: &[&str]) -> Result<std::process::Output, CapError> {
     tracing::debug!(program, ?args, "running tool");
-    let child = Command::new(program)
-        .args(args)
+    let mut command = Command::new(program);
+    command.args(args);
+    output_within(program, command).await
+}
+
+/// Runs a prepared command (no stdin, killed if dropped) within the tools'
+/// time bound.
+async fn output_within(
+    program: &str,
+    mut command: Command,
+) -> Result<std::process::Output, CapError> {
+    command
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(TOOL_TIMEOUT, child).await {
+        .kill_on_drop(true);
+    match tokio::time::timeout(TOOL_TIMEOUT, command.output()).await {
         Err(_) => Err(CapError::new(
             super::ErrorCode::DeadlineExceeded,
             format!("{program} did not finish within {TOOL_TIMEOUT:?}"),
@@ -72,10 +81,7 @@ pub async fn run_on_fd(
     tracing::debug!(program, ?args, "running tool on a descriptor");
     let raw = fd.as_raw_fd();
     let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    command.args(args);
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -90,16 +96,7 @@ pub async fn run_on_fd(
             Ok(())
         });
     }
-    match tokio::time::timeout(TOOL_TIMEOUT, command.output()).await {
-        Err(_) => Err(CapError::new(
-            super::ErrorCode::DeadlineExceeded,
-            format!("{program} did not finish within {TOOL_TIMEOUT:?}"),
-        )),
-        Ok(Err(e)) => Err(CapError::internal(format!(
-            "cannot run {program}: {e} (is it installed on the node?)"
-        ))),
-        Ok(Ok(output)) => Ok(output),
-    }
+    output_within(program, command).await
 }
 
 /// [`run_on_fd`], and the tool's stdout when it exits 0.

@@ -18,6 +18,7 @@ use rustix::fs::{FileType, OFlags};
 use super::command::{self, FD_ARG};
 use super::fs::{with_fs, FsCap};
 use super::loopdev::LoopDevice;
+use super::mount::unescape;
 use super::{beneath, btrfs, CapError, CapResult, ErrorCode};
 use crate::runtime::bindings::wasmcsi::plugin::copies::{CopyMethod, Host};
 use crate::runtime::state::CallState;
@@ -99,26 +100,6 @@ fn mount_point_of(rdev: u64) -> Result<Option<PathBuf>, CapError> {
             .then(|| fields.get(4).map(|p| PathBuf::from(unescape(p))))
             .flatten()
     }))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
-    let mut out = Vec::new();
-    let b = field.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|d| (b'0'..=b'7').contains(d))
-        {
-            out.push(b[i + 1..i + 4].iter().fold(0u8, |n, d| n * 8 + (d - b'0')));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Copies `src` into the empty `dst`: a reflink where the filesystem can,

@@ -512,7 +512,7 @@ fn same_source(mounted: &str, asked: &str) -> bool {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -130,20 +130,6 @@ pub async fn traced<T>(
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout("10X"), None);
-    }
-}
-
 /// Runs blocking work of an RPC's own (mount-table reads, lookups of
 /// CO-given paths, which a hung filesystem can stall) off the async
 /// workers, ended by the caller's deadline.
@@ -160,5 +146,19 @@ where
         Err(_) => Err(tonic::Status::deadline_exceeded(format!(
             "a path did not answer within {limit:?} (a hung filesystem?)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10X"), None);
     }
 }

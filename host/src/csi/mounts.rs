@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tonic::Status;
 
+use crate::capabilities::mount::unescape;
 use crate::config::Config;
 
 /// One line of /proc/self/mountinfo, as far as the host needs it.
@@ -35,26 +36,6 @@ fn parse(info: &str) -> Vec<Mount> {
             })
         })
         .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let (b'\\', Some(d)) = (bytes[i], octal) {
-            out.push(d.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The directories any configured plugin may mount under, resolved.

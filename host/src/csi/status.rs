@@ -49,6 +49,13 @@ pub fn of(plugin: &str) -> impl FnOnce(CallFailure) -> Status + '_ {
     move |f| from_failure(plugin, f)
 }
 
+/// A host-side capability failure met while serving an RPC directly.
+impl From<crate::capabilities::CapError> for Status {
+    fn from(e: crate::capabilities::CapError) -> Status {
+        Status::new(code_of(e.code), e.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,12 +79,5 @@ mod tests {
         );
         assert!(status.message().starts_with("p: line one\\nline two"));
         assert!(status.message().ends_with("more bytes cut]"));
-    }
-}
-
-/// A host-side capability failure met while serving an RPC directly.
-impl From<crate::capabilities::CapError> for Status {
-    fn from(e: crate::capabilities::CapError) -> Status {
-        Status::new(code_of(e.code), e.message)
     }
 }
