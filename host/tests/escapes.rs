@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hostile::{hostile_wasm, still_serving};
+use hostile::{driver_pid, hostile_wasm, still_serving};
 use tonic::Code;
 use wasmcsi::proto::*;
 
@@ -171,17 +171,12 @@ impl Snapshot {
     }
 }
 
-/// The driver's open descriptors (found by its config path).
+/// The driver's open descriptors (the process found by its config path).
 fn driver_fds(d: &TestDriver) -> usize {
-    let config = d.config.display().to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("serve") && cmdline.contains(&config) {
-            return std::fs::read_dir(entry.path().join("fd")).unwrap().count();
-        }
-    }
-    panic!("the driver process was not found");
+    let pid = driver_pid(d);
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the driver's descriptors")
+        .count()
 }
 
 async fn expect(node: &Node, name: &str, context: &[(&str, &str)], want: Code, says: &str) {
@@ -223,7 +218,7 @@ async fn no_escape_through_the_host() {
         &["--find", "--show", &foreign_img.display().to_string()],
     );
     let foreign = foreign.trim().to_string();
-    let detach = scopeguard(foreign.clone());
+    let detach = Detach(foreign.clone());
     expect(
         &node,
         "foreign-device",
@@ -411,10 +406,6 @@ impl Drop for HungFuse {
 
 /// Detaches a loop device the test attached, however the test ends.
 struct Detach(String);
-
-fn scopeguard(device: String) -> Detach {
-    Detach(device)
-}
 
 impl Drop for Detach {
     fn drop(&mut self) {
