@@ -123,7 +123,15 @@ async fn run(emu: &Emulator, endpoint: &str) -> anyhow::Result<()> {
         "  NFS: {}:{}",
         vol.volume_context["server"], vol.volume_context["share"]
     );
-    println!("  before: {}", tree(emu, "pvc-demo"));
+    // The tree is the share's last component (xsky-nfs names it after the
+    // volume, with a fingerprint of its parameters).
+    let tree_name = vol.volume_context["share"]
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    println!("  before: {}", tree(emu, &tree_name));
     let grown = csi
         .controller
         .controller_expand_volume(ControllerExpandVolumeRequest {
@@ -141,13 +149,13 @@ async fn run(emu: &Emulator, endpoint: &str) -> anyhow::Result<()> {
         "ControllerExpandVolume -> 10Gi: capacity {} bytes, node_expansion_required={}",
         grown.capacity_bytes, grown.node_expansion_required
     );
-    println!("  after:  {}", tree(emu, "pvc-demo"));
+    println!("  after:  {}", tree(emu, &tree_name));
     csi.controller
         .delete_volume(DeleteVolumeRequest {
             volume_id: vol.volume_id.clone(),
             secrets,
         })
         .await?;
-    println!("DeleteVolume -> {}", tree(emu, "pvc-demo"));
+    println!("DeleteVolume -> {}", tree(emu, &tree_name));
     Ok(())
 }
