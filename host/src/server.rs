@@ -14,11 +14,13 @@ use tokio_stream::StreamExt;
 
 use crate::config::{socket_path, Config, Overrides, Service};
 use crate::csi::controller::ControllerService;
+use crate::csi::group_controller::GroupControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
 use crate::csi::Driver;
 use crate::dispatch::Dispatcher;
 use crate::proto::controller_server::ControllerServer;
+use crate::proto::group_controller_server::GroupControllerServer;
 use crate::proto::identity_server::IdentityServer;
 use crate::proto::node_server::NodeServer;
 use crate::runtime::reload::Watcher;
@@ -83,6 +85,9 @@ async fn run(
     let controller = driver
         .runs(Service::Controller)
         .then(|| ControllerServer::new(ControllerService(driver.clone())));
+    let group_controller = driver
+        .runs(Service::Controller)
+        .then(|| GroupControllerServer::new(GroupControllerService(driver.clone())));
     let node = driver
         .runs(Service::Node)
         .then(|| NodeServer::new(NodeService(driver.clone())));
@@ -90,6 +95,7 @@ async fn run(
     let serving = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService(driver.clone())))
         .add_optional_service(controller)
+        .add_optional_service(group_controller)
         .add_optional_service(node)
         .serve_with_incoming_shutdown(
             // Clients may name the socket as :authority (see `authority`).

@@ -6,7 +6,8 @@
 //! else copy_file_range over the data ranges only). A source in use is
 //! made consistent first: its mounted filesystem is frozen (FIFREEZE on a
 //! descriptor of its mount point) for the copy and always thawed before
-//! the call returns.
+//! the call returns. Several images are copied as one cut: all their
+//! filesystems are frozen before the first copy and thawed after the last.
 
 use std::fs::File;
 use std::io;
@@ -20,8 +21,12 @@ use super::fs::{with_fs, FsCap};
 use super::loopdev::LoopDevice;
 use super::mount::unescape;
 use super::{beneath, btrfs, CapError, CapResult, ErrorCode};
-use crate::runtime::bindings::wasmcsi::plugin::copies::{CopyMethod, Host};
+use crate::runtime::bindings::wasmcsi::plugin::copies::{CopyMethod, CopyPair, Host};
 use crate::runtime::state::CallState;
+
+/// Most pairs one consistent copy takes: each holds open descriptors, and
+/// every frozen filesystem stalls its writers until the last copy is done.
+const MAX_PAIRS: usize = 64;
 
 // ioctl numbers from <linux/fs.h>.
 const FICLONE: libc::c_ulong = 0x4004_9409;
@@ -167,42 +172,180 @@ fn destination(fs: &FsCap, path: &str, source: BorrowedFd) -> Result<File, CapEr
     Ok(file)
 }
 
-impl FsCap {
-    /// Copies an image (blocking): frozen if its filesystem is mounted,
-    /// flushed if it is only attached.
-    fn copy_image(&self, source: &str, destination_path: &str) -> Result<CopyMethod, CapError> {
-        let src = File::from(self.image(source, false)?);
-        let dst = destination(self, destination_path, src.as_fd())?;
-        let device = self.attached(src.as_fd())?;
-        let frozen = match &device {
-            Some(dev) => Frozen::freeze(dev)?,
-            None => None,
-        };
-        if let (Some(dev), None) = (&device, &frozen) {
-            rustix::fs::fsync(&dev.fd)
-                .map_err(|e| CapError::internal(format!("flushing {}: {e}", dev.name)))?;
-        }
-        let method = copy_fds(&src, &dst)
-            .map_err(|e| io_error(format_args!("copying {source} to {destination_path}"), e))?;
-        drop(frozen);
-        dst.sync_all()
-            .map_err(|e| io_error(format_args!("syncing {destination_path}"), e))?;
-        Ok(method)
+/// One image copy, opened and checked before anything is frozen.
+struct OpenedCopy<'p> {
+    pair: &'p CopyPair,
+    source: File,
+    destination: File,
+    device: Option<LoopDevice>,
+}
+
+/// A list of pairs a multi-copy takes: 1 to MAX_PAIRS, no path twice.
+fn check_pairs(pairs: &[CopyPair]) -> Result<(), CapError> {
+    if pairs.is_empty() || pairs.len() > MAX_PAIRS {
+        return Err(CapError::invalid(format!(
+            "{} copies asked for; one call takes 1 to {MAX_PAIRS}",
+            pairs.len()
+        )));
     }
+    let mut seen = std::collections::HashSet::new();
+    for path in pairs.iter().flat_map(|p| [&p.source, &p.destination]) {
+        if !seen.insert(path.trim_end_matches('/')) {
+            return Err(CapError::invalid(format!(
+                "{path:?} is named twice in one copy"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl FsCap {
+    /// Copies images as one cut (blocking): every source is opened and
+    /// every destination made ready first; then all mounted sources are
+    /// frozen together (attached-only ones flushed), copied, and thawed.
+    fn copy_images(&self, pairs: &[CopyPair]) -> Result<Vec<CopyMethod>, CapError> {
+        check_pairs(pairs)?;
+        let mut opened = Vec::with_capacity(pairs.len());
+        let mut sources = std::collections::HashSet::new();
+        for pair in pairs {
+            let source = File::from(self.image(&pair.source, false)?);
+            if !sources.insert(beneath::identity(source.as_fd())?) {
+                return Err(CapError::invalid(format!(
+                    "{:?} is the same image as another source",
+                    pair.source
+                )));
+            }
+            let destination = destination(self, &pair.destination, source.as_fd())?;
+            let device = self.attached(source.as_fd())?;
+            opened.push(OpenedCopy {
+                pair,
+                source,
+                destination,
+                device,
+            });
+        }
+        let mut frozen = Vec::new();
+        for copy in &opened {
+            let Some(dev) = &copy.device else { continue };
+            match Frozen::freeze(dev)? {
+                Some(f) => frozen.push(f),
+                None => rustix::fs::fsync(&dev.fd)
+                    .map_err(|e| CapError::internal(format!("flushing {}: {e}", dev.name)))?,
+            }
+        }
+        let mut methods = Vec::with_capacity(opened.len());
+        for copy in &opened {
+            let (from, to) = (&copy.pair.source, &copy.pair.destination);
+            let method = copy_fds(&copy.source, &copy.destination)
+                .map_err(|e| io_error(format_args!("copying {from} to {to}"), e))?;
+            methods.push(method);
+        }
+        drop(frozen);
+        for copy in &opened {
+            copy.destination.sync_all().map_err(|e| {
+                io_error(format_args!("syncing {}", copy.pair.destination), e)
+            })?;
+        }
+        Ok(methods)
+    }
+
+    /// Read-only snapshots of subvolumes (blocking). btrfs cuts one
+    /// subvolume per transaction, so several are only one point in time
+    /// when none of them can change between the cuts: none is mounted.
+    fn read_only_snapshots(&self, pairs: &[CopyPair]) -> Result<(), CapError> {
+        check_pairs(pairs)?;
+        let mut sources = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let source = self.subvolume(&pair.source)?;
+            let (parent, name) = self.parent_of(&pair.destination)?;
+            sources.push((source, parent, name.to_owned()));
+        }
+        if sources.len() > 1 {
+            let fds: Vec<BorrowedFd> = sources.iter().map(|(s, _, _)| s.as_fd()).collect();
+            if let Some((index, mount_point)) = subvolume_in_use(&fds)? {
+                return Err(CapError::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "{:?} is mounted at {}: btrfs snapshots one subvolume at a time, so \
+                         volumes in use cannot be cut together at one point in time",
+                        pairs[index].source,
+                        mount_point.display()
+                    ),
+                ));
+            }
+        }
+        for (source, parent, name) in &sources {
+            btrfs::snapshot(source.as_fd(), parent.as_fd(), name, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first subvolume of `subvolumes` that a mount shows (its root is the
+/// subvolume or a directory in it), with that mount's point. A btrfs
+/// subvolume has a device number of its own, which stat on a mount point
+/// reports; the mounts looked at are those of the same filesystem.
+fn subvolume_in_use(subvolumes: &[BorrowedFd]) -> Result<Option<(usize, PathBuf)>, CapError> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CapError::internal(format!("reading /proc/self/mountinfo: {e}")))?;
+    let lines: Vec<Vec<&str>> = info.lines().map(|l| l.split(' ').collect()).collect();
+    let mut filesystems = std::collections::HashSet::new();
+    let mut devices = Vec::with_capacity(subvolumes.len());
+    for fd in subvolumes {
+        let st = rustix::fs::statx(*fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+            .map_err(|e| CapError::internal(format!("statx: {e}")))?;
+        let mount_id = st.stx_mnt_id.to_string();
+        if let Some(line) = lines.iter().find(|f| f.first() == Some(&mount_id.as_str())) {
+            filesystems.extend(line.get(2).copied());
+        }
+        devices.push(rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor));
+    }
+    for fields in &lines {
+        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
+            continue;
+        };
+        if !filesystems.contains(dev) {
+            continue;
+        }
+        let point = PathBuf::from(unescape(point));
+        let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
+        let Ok(st) = rustix::fs::statx(rustix::fs::CWD, &point, flags, StatxFlags::BASIC_STATS)
+        else {
+            continue; // gone since the table was read, or hidden: not ours
+        };
+        let seen = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
+        if let Some(index) = devices.iter().position(|d| *d == seen) {
+            return Ok(Some((index, point)));
+        }
+    }
+    Ok(None)
 }
 
 impl Host for CallState {
     async fn copy_image(&mut self, source: String, destination: String) -> CapResult<CopyMethod> {
-        Ok(with_fs(&self.grants, move |fs| fs.copy_image(&source, &destination)).await?)
+        let pair = [CopyPair {
+            source,
+            destination,
+        }];
+        let methods = with_fs(&self.grants, move |fs| fs.copy_images(&pair)).await?;
+        Ok(methods[0])
     }
 
     async fn read_only_snapshot(&mut self, source: String, path: String) -> CapResult<()> {
-        Ok(with_fs(&self.grants, move |fs| {
-            let src = fs.subvolume(&source)?;
-            let (parent, name) = fs.parent_of(&path)?;
-            btrfs::snapshot(src.as_fd(), parent.as_fd(), name, true)
-        })
-        .await?)
+        let pair = [CopyPair {
+            source,
+            destination: path,
+        }];
+        Ok(with_fs(&self.grants, move |fs| fs.read_only_snapshots(&pair)).await?)
+    }
+
+    async fn copy_images(&mut self, pairs: Vec<CopyPair>) -> CapResult<Vec<CopyMethod>> {
+        Ok(with_fs(&self.grants, move |fs| fs.copy_images(&pairs)).await?)
+    }
+
+    async fn read_only_snapshots(&mut self, pairs: Vec<CopyPair>) -> CapResult<()> {
+        Ok(with_fs(&self.grants, move |fs| fs.read_only_snapshots(&pairs)).await?)
     }
 
     async fn new_filesystem_uuid(&mut self, image: String, fs_type: String) -> CapResult<()> {

@@ -28,7 +28,7 @@ fn source_id(source: Option<&VolumeContentSource>) -> Option<&str> {
 
 /// Parameters a plugin never sees: the host's own, and the metadata the
 /// external-provisioner adds (`csi.storage.k8s.io/pvc/name`, ...).
-fn plugin_parameters(parameters: &HashMap<String, String>) -> Vec<(String, String)> {
+pub(super) fn plugin_parameters(parameters: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut out: Vec<_> = parameters
         .iter()
         .filter(|(k, _)| k.as_str() != PLUGIN_PARAMETER && !k.starts_with("csi.storage.k8s.io/"))
@@ -197,7 +197,7 @@ fn rpc_capability(kind: rpc::Type) -> ControllerServiceCapability {
 
 /// A delete the CO must retry: the object's plugin is not loaded, so
 /// nothing can remove it now, and "done" would leak it.
-fn unloaded(what: &str, id: &str, plugin: &str, loaded: &str) -> Status {
+pub(super) fn unloaded(what: &str, id: &str, plugin: &str, loaded: &str) -> Status {
     Status::failed_precondition(format!(
         "{what} {id} belongs to plugin {plugin}, which is not loaded (loaded: {loaded}): \
          add {plugin} back to the config to delete it"
@@ -205,7 +205,7 @@ fn unloaded(what: &str, id: &str, plugin: &str, loaded: &str) -> Status {
 }
 
 /// Plugin errors that mean "already gone", which delete calls treat as done.
-fn gone(status: &Status) -> bool {
+pub(super) fn gone(status: &Status) -> bool {
     status.code() == Code::NotFound
 }
 

@@ -52,16 +52,32 @@ pub fn volume(plugin: &Plugin, v: wit::Volume, topology: Option<proto::Topology>
     }
 }
 
+fn timestamp(seconds: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+        nanos: 0,
+    }
+}
+
 pub fn snapshot(plugin: &Plugin, s: wit::Snapshot) -> proto::Snapshot {
     proto::Snapshot {
         size_bytes: bytes(s.size_bytes),
         snapshot_id: global_id(plugin, &s.snapshot_id),
         source_volume_id: global_id(plugin, &s.source_volume_id),
-        creation_time: Some(prost_types::Timestamp {
-            seconds: i64::try_from(s.creation_time).unwrap_or(i64::MAX),
-            nanos: 0,
-        }),
+        creation_time: Some(timestamp(s.creation_time)),
         ready_to_use: s.ready_to_use,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: s
+            .group_snapshot_id
+            .map(|g| global_id(plugin, &g))
+            .unwrap_or_default(),
+    }
+}
+
+pub fn group_snapshot(plugin: &Plugin, g: wit::GroupSnapshot) -> proto::VolumeGroupSnapshot {
+    proto::VolumeGroupSnapshot {
+        group_snapshot_id: global_id(plugin, &g.group_snapshot_id),
+        snapshots: g.snapshots.into_iter().map(|s| snapshot(plugin, s)).collect(),
+        creation_time: Some(timestamp(g.creation_time)),
+        ready_to_use: g.ready_to_use,
     }
 }

@@ -54,6 +54,9 @@ impl Identity for IdentityService {
         if driver.runs(Service::Controller) {
             capabilities.push(service(Type::ControllerService));
         }
+        if driver.runs(Service::Controller) && driver.dispatch.any_has(Features::GROUP_SNAPSHOTS) {
+            capabilities.push(service(Type::GroupControllerService));
+        }
         if driver.dispatch.any_has(Features::NODE_LOCAL) {
             capabilities.push(service(Type::VolumeAccessibilityConstraints));
         }

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod convert;
+pub mod group_controller;
 pub mod identity;
 pub mod mounts;
 pub mod node;

@@ -189,15 +189,81 @@ pub fn created_volume(
 pub fn snapshot(plugin: &str, s: &wit::Snapshot) -> Result<(), Status> {
     id(plugin, "snapshot id", &s.snapshot_id)?;
     id(plugin, "snapshot source volume id", &s.source_volume_id)?;
+    if let Some(group) = &s.group_snapshot_id {
+        id(plugin, "snapshot's group snapshot id", group)?;
+    }
     bytes(plugin, "a snapshot size of", s.size_bytes)?;
-    if s.creation_time > MAX_TIMESTAMP {
+    creation_time(plugin, "snapshot", s.creation_time)
+}
+
+fn creation_time(plugin: &str, what: &str, seconds: u64) -> Result<(), Status> {
+    if seconds > MAX_TIMESTAMP {
         return Err(bug(
             plugin,
-            format_args!(
-                "a snapshot creation time of {} s after 1970, past the year 9999",
-                s.creation_time
-            ),
+            format_args!("a {what} creation time of {seconds} s after 1970, past the year 9999"),
         ));
+    }
+    Ok(())
+}
+
+/// A group snapshot: valid members, each naming this group; when the
+/// sources asked for are known, exactly one member per source.
+pub fn group_snapshot(
+    plugin: &str,
+    g: &wit::GroupSnapshot,
+    sources: Option<&[String]>,
+) -> Result<(), Status> {
+    id(plugin, "group snapshot id", &g.group_snapshot_id)?;
+    creation_time(plugin, "group snapshot", g.creation_time)?;
+    if g.snapshots.is_empty() {
+        return Err(bug(plugin, "a group snapshot without snapshots"));
+    }
+    let mut members = std::collections::HashSet::new();
+    for s in &g.snapshots {
+        snapshot(plugin, s)?;
+        if s.group_snapshot_id.as_deref() != Some(g.group_snapshot_id.as_str()) {
+            return Err(bug(
+                plugin,
+                format_args!(
+                    "snapshot {} in group {} naming another group",
+                    quote(&s.snapshot_id),
+                    quote(&g.group_snapshot_id)
+                ),
+            ));
+        }
+        if !members.insert(s.snapshot_id.as_str()) {
+            return Err(bug(
+                plugin,
+                format_args!("snapshot {} twice in one group", quote(&s.snapshot_id)),
+            ));
+        }
+    }
+    // CSI: a member not ready MUST make the group not ready.
+    if g.ready_to_use && g.snapshots.iter().any(|s| !s.ready_to_use) {
+        return Err(bug(
+            plugin,
+            "a group snapshot ready to use with a member that is not",
+        ));
+    }
+    if let Some(sources) = sources {
+        let mut asked: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let mut got: Vec<&str> = g
+            .snapshots
+            .iter()
+            .map(|s| s.source_volume_id.as_str())
+            .collect();
+        asked.sort_unstable();
+        got.sort_unstable();
+        if asked != got {
+            return Err(bug(
+                plugin,
+                format_args!(
+                    "a group snapshot of {} volumes for {} asked (one snapshot per source volume)",
+                    got.len(),
+                    asked.len()
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -375,6 +441,7 @@ mod tests {
             size_bytes: size,
             creation_time: time,
             ready_to_use: true,
+            group_snapshot_id: None,
         };
         snapshot("p", &snap(1 << 30, 1_700_000_000)).unwrap();
         snapshot("p", &snap(0, 0)).unwrap();

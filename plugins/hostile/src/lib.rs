@@ -10,8 +10,8 @@ wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 mod escapes;
 
 use exports::wasmcsi::plugin::controller::{
-    CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest as Controller,
-    SnapshotFilter, SnapshotPage, VolumePage,
+    CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
+    ExpandResult, Guest as Controller, SnapshotFilter, SnapshotPage, VolumePage,
 };
 use exports::wasmcsi::plugin::identity::{Features, Guest as Identity, PluginInfo};
 use exports::wasmcsi::plugin::node::{
@@ -19,7 +19,8 @@ use exports::wasmcsi::plugin::node::{
 };
 use wasmcsi::plugin::log::{self, Level};
 use wasmcsi::plugin::types::{
-    AccessMode, ContentSource, Error, ErrorCode, KeyValues, Secrets, Snapshot, Volume,
+    AccessMode, ContentSource, Error, ErrorCode, GroupSnapshot, KeyValues, Secrets, Snapshot,
+    Volume,
 };
 use wasmcsi::plugin::{environment, fs, http, mount};
 
@@ -289,6 +290,7 @@ impl Identity for Hostile {
             // plainly unless its misdeed is asked for.
             features: Features::LIST_VOLUMES
                 | Features::SNAPSHOTS
+                | Features::GROUP_SNAPSHOTS
                 | Features::VOLUME_STATS
                 | capacity,
             access_modes: vec![AccessMode::SingleNodeWriter],
@@ -346,6 +348,7 @@ impl Controller for Hostile {
             size_bytes: 1 << 20,
             creation_time: 1_700_000_000,
             ready_to_use: true,
+            group_snapshot_id: None,
         };
         match req.name.as_str() {
             "snap-max-size" => s.size_bytes = u64::MAX,
@@ -363,6 +366,61 @@ impl Controller for Hostile {
         Ok(SnapshotPage {
             snapshots: vec![],
             next_token: String::new(),
+        })
+    }
+    /// The name picks the misdeed; any other name: a sane group.
+    fn create_group_snapshot(req: CreateGroupSnapshotRequest) -> Result<GroupSnapshot> {
+        let group = format!("gs-{}", req.name);
+        let mut snapshots: Vec<Snapshot> = req
+            .source_volume_ids
+            .iter()
+            .map(|v| Snapshot {
+                snapshot_id: format!("gsn-{v}"),
+                source_volume_id: v.clone(),
+                size_bytes: 1 << 20,
+                creation_time: 1_700_000_000,
+                ready_to_use: true,
+                group_snapshot_id: Some(group.clone()),
+            })
+            .collect();
+        match req.name.as_str() {
+            "group-other-group" => snapshots[0].group_snapshot_id = Some("gs-elsewhere".into()),
+            "group-member-missing" => drop(snapshots.pop()),
+            "group-unready-member" => snapshots[0].ready_to_use = false,
+            _ => {}
+        }
+        Ok(GroupSnapshot {
+            group_snapshot_id: group,
+            snapshots,
+            creation_time: 1_700_000_000,
+            ready_to_use: true,
+        })
+    }
+    fn delete_group_snapshot(
+        _group_snapshot_id: String,
+        _snapshot_ids: Vec<String>,
+        _secrets: Secrets,
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn get_group_snapshot(
+        group_snapshot_id: String,
+        _snapshot_ids: Vec<String>,
+        _secrets: Secrets,
+    ) -> Result<GroupSnapshot> {
+        // Answers about another group than the one asked.
+        Ok(GroupSnapshot {
+            group_snapshot_id: format!("{group_snapshot_id}-other"),
+            snapshots: vec![Snapshot {
+                snapshot_id: "gsn-x".into(),
+                source_volume_id: "x".into(),
+                size_bytes: 1 << 20,
+                creation_time: 1_700_000_000,
+                ready_to_use: true,
+                group_snapshot_id: Some(format!("{group_snapshot_id}-other")),
+            }],
+            creation_time: 1_700_000_000,
+            ready_to_use: true,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Controller export: create (also as a clone of another volume or a
 //! restore of a snapshot), delete, expand, get and list volumes, capacity,
-//! and snapshots (see `snapshot`). The mode-specific storage work is the
+//! and snapshots (see `snapshot` and `group`). The mode-specific storage work is the
 //! backend's.
 
 use crate::backend::{self, Backend, UNKNOWN_MIN};
@@ -8,9 +8,11 @@ use crate::config::{self, Wanted};
 use crate::env::Env;
 use crate::error::{fail, invalid, Context, Error, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
-    CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest, Snapshot,
-    SnapshotFilter, SnapshotPage, Volume, VolumePage,
+    CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
+    ExpandResult, Guest, GroupSnapshot, Snapshot, SnapshotFilter, SnapshotPage, Volume,
+    VolumePage,
 };
+use crate::group;
 use crate::id;
 use crate::meta::{Meta, State};
 use crate::page;
@@ -49,6 +51,15 @@ impl Guest for LocalDir {
     }
     fn list_snapshots(filter: SnapshotFilter) -> Result<SnapshotPage> {
         snapshot::list(&Env::load()?, filter)
+    }
+    fn create_group_snapshot(req: CreateGroupSnapshotRequest) -> Result<GroupSnapshot> {
+        group::create(&Env::load()?, req)
+    }
+    fn delete_group_snapshot(id: String, snapshots: Vec<String>, _: Secrets) -> Result<()> {
+        group::delete(&Env::load()?, &id, &snapshots)
+    }
+    fn get_group_snapshot(id: String, snapshots: Vec<String>, _: Secrets) -> Result<GroupSnapshot> {
+        group::get(&Env::load()?, &id, &snapshots)
     }
 }
 

@@ -36,6 +36,8 @@ pub struct State {
     pub new_uuids: BTreeSet<String>,
     /// Mount points frozen during a copy (the fake checks it thaws them).
     pub frozen: Vec<String>,
+    /// Sizes of the multi-source copies asked for (one cut each).
+    pub group_copies: Vec<usize>,
     pub limits: BTreeMap<String, u64>,
     pub used: BTreeMap<String, u64>,
     /// Mount target → what is mounted there.
@@ -313,6 +315,20 @@ impl Host for Fake {
         self.snapshot_subvolume(source, path)?;
         self.st().read_only.insert(path.into());
         Ok(())
+    }
+
+    fn copy_images(&self, pairs: &[(String, String)]) -> Result<Vec<CopyMethod>> {
+        self.step("copy-images")?;
+        self.st().group_copies.push(pairs.len());
+        pairs.iter().map(|(s, d)| self.copy_image(s, d)).collect()
+    }
+
+    fn read_only_snapshots(&self, pairs: &[(String, String)]) -> Result<()> {
+        self.step("read-only-snapshots")?;
+        self.st().group_copies.push(pairs.len());
+        pairs
+            .iter()
+            .try_for_each(|(s, d)| self.read_only_snapshot(s, d))
     }
 
     fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()> {

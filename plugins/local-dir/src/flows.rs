@@ -1257,3 +1257,146 @@ fn ext4_copies_get_a_new_uuid() {
     assert!(!w.meta("pvc-r").unwrap().grow_pending);
     assert!(!w.fake.st().mount_options[&staging].contains(&"nouuid".to_string()));
 }
+
+fn group_req(
+    name: &str,
+    sources: &[&str],
+) -> crate::exports::wasmcsi::plugin::controller::CreateGroupSnapshotRequest {
+    crate::exports::wasmcsi::plugin::controller::CreateGroupSnapshotRequest {
+        name: name.into(),
+        source_volume_ids: sources.iter().map(|s| s.to_string()).collect(),
+        parameters: vec![],
+        secrets: vec![],
+    }
+}
+
+#[test]
+fn group_snapshots_are_one_cut_restorable_and_deleted_together() {
+    use crate::group;
+    let w = World::new("group", "xfs");
+    let env = w.env();
+    let (stage_a, stage_b) = (w.path("stage-a"), w.path("stage-b"));
+    for (id, staging, data) in [("pvc-a", &stage_a, b"aaaa"), ("pvc-b", &stage_b, b"bbbb")] {
+        create(&env, id, MIB, mount_cap("")).unwrap();
+        write_at_start(&env.layout.image(id), data);
+        node::stage_volume(&env, stage_req(id, staging, mount_cap(""))).unwrap();
+    }
+
+    let g = group::create(&env, group_req("grp", &["pvc-a", "pvc-b"])).unwrap();
+    assert_eq!(g.group_snapshot_id, "grp");
+    assert!(g.ready_to_use);
+    let sources: Vec<&str> = g
+        .snapshots
+        .iter()
+        .map(|s| s.source_volume_id.as_str())
+        .collect();
+    assert_eq!(sources, ["pvc-a", "pvc-b"]);
+    assert!(g
+        .snapshots
+        .iter()
+        .all(|s| s.group_snapshot_id.as_deref() == Some("grp")));
+    // One host call for both copies, with both filesystems frozen.
+    assert_eq!(w.fake.st().group_copies, [2]);
+    let frozen = w.fake.st().frozen.clone();
+    assert!(frozen.contains(&stage_a) && frozen.contains(&stage_b), "{frozen:?}");
+
+    // Idempotent; other sources under the name: refused.
+    let again = group::create(&env, group_req("grp", &["pvc-b", "pvc-a"])).unwrap();
+    assert_eq!(again.creation_time, g.creation_time);
+    assert_eq!(
+        code(group::create(&env, group_req("grp", &["pvc-a"]))),
+        ErrorCode::AlreadyExists
+    );
+    assert_eq!(
+        code(group::create(&env, group_req("grp2", &["pvc-a", "pvc-gone"]))),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(group::create(&env, group_req("grp3", &["pvc-a", "pvc-a"]))),
+        ErrorCode::InvalidArgument
+    );
+
+    // A member is listed with its group, restores like any snapshot, and
+    // is not deleted on its own.
+    let member_b = g.snapshots[1].snapshot_id.clone();
+    let listed = snapshot::list(&env, filter(Some(&member_b), None, "", 0)).unwrap();
+    assert_eq!(listed.snapshots[0].group_snapshot_id.as_deref(), Some("grp"));
+    write_at_start(&env.layout.image("pvc-b"), b"BBBB");
+    let restored = controller::create_volume(
+        &env,
+        from_req("pvc-rb", MIB, None, ContentSource::Snapshot(member_b.clone())),
+    )
+    .unwrap();
+    assert_eq!(head(&env.layout.image(&restored.volume_id), 4), b"bbbb");
+    assert_eq!(
+        code(snapshot::delete(&env, &member_b)),
+        ErrorCode::InvalidArgument
+    );
+
+    // Get and delete check the members the CO names.
+    let members: Vec<String> = g.snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+    assert_eq!(group::get(&env, "grp", &members).unwrap().snapshots.len(), 2);
+    let wrong = vec![members[0].clone()];
+    assert_eq!(code(group::get(&env, "grp", &wrong)), ErrorCode::InvalidArgument);
+    assert_eq!(code(group::delete(&env, "grp", &wrong)), ErrorCode::InvalidArgument);
+    group::delete(&env, "grp", &members).unwrap();
+    assert_eq!(code(group::get(&env, "grp", &[])), ErrorCode::NotFound);
+    assert!(snapshot::list(&env, filter(None, None, "", 0))
+        .unwrap()
+        .snapshots
+        .is_empty());
+    group::delete(&env, "grp", &members).unwrap();
+    group::delete(&env, "not/ours", &[]).unwrap();
+}
+
+#[test]
+fn group_snapshot_create_and_delete_retried_after_crash_anywhere_finish() {
+    use crate::group;
+    for (tag, fs, mode) in [("gimg", "xfs", "image"), ("gsub", "btrfs", "subvolume")] {
+        let setup = |w: &World| {
+            w.set("mode", mode);
+            for id in ["pvc-a", "pvc-b"] {
+                create(&w.env(), id, MIB, mount_cap("")).unwrap();
+            }
+        };
+        let cut = |env: &Env| group::create(env, group_req("grp", &["pvc-a", "pvc-b"]));
+        let probe = World::new(&format!("{tag}-probe"), fs);
+        setup(&probe);
+        let n = probe.calls_of(|env| cut(env).unwrap());
+        let d = probe.calls_of(|env| group::delete(env, "grp", &[]).unwrap());
+        assert!(n > 0, "the cut calls the host");
+        for at in 1..=n {
+            let w = World::new(&format!("{tag}-c{at}"), fs);
+            setup(&w);
+            assert!(w.run(Some(at), cut).is_none());
+            let env = w.env();
+            // No half-cut group is visible.
+            assert!(matches!(
+                group::get(&env, "grp", &[]).map_err(|e| e.code),
+                Err(ErrorCode::NotFound) | Ok(_)
+            ));
+            let g = cut(&env).unwrap();
+            assert_eq!(g.snapshots.len(), 2, "{tag}: crash at call {at}");
+            assert_eq!(
+                snapshot::list(&env, filter(None, None, "", 0)).unwrap().snapshots.len(),
+                2,
+                "{tag}: crash at call {at}: a member leaked or is missing"
+            );
+        }
+        for at in 1..=d {
+            let w = World::new(&format!("{tag}-d{at}"), fs);
+            setup(&w);
+            cut(&w.env()).unwrap();
+            assert!(w.run(Some(at), |env| group::delete(env, "grp", &[])).is_none());
+            let env = w.env();
+            assert_eq!(code(group::get(&env, "grp", &[])), ErrorCode::NotFound);
+            group::delete(&env, "grp", &[]).unwrap();
+            assert!(
+                snapshot::list(&env, filter(None, None, "", 0)).unwrap().snapshots.is_empty(),
+                "{tag}: crash at delete call {at}: members left"
+            );
+            assert!(!store::exists(&env.layout.groups()).unwrap()
+                || std::fs::read_dir(env.layout.groups()).unwrap().next().is_none());
+        }
+    }
+}

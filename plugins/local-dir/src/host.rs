@@ -33,6 +33,9 @@ pub trait Host {
 
     fn copy_image(&self, source: &str, destination: &str) -> Result<CopyMethod>;
     fn read_only_snapshot(&self, source: &str, path: &str) -> Result<()>;
+    /// (source, destination) pairs copied as one point in time.
+    fn copy_images(&self, pairs: &[(String, String)]) -> Result<Vec<CopyMethod>>;
+    fn read_only_snapshots(&self, pairs: &[(String, String)]) -> Result<()>;
     fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()>;
     fn allocated_bytes(&self, path: &str) -> Result<u64>;
 
@@ -108,6 +111,12 @@ impl Host for Wasm {
     fn read_only_snapshot(&self, source: &str, path: &str) -> Result<()> {
         copies::read_only_snapshot(source, path)
     }
+    fn copy_images(&self, pairs: &[(String, String)]) -> Result<Vec<CopyMethod>> {
+        copies::copy_images(&copy_pairs(pairs))
+    }
+    fn read_only_snapshots(&self, pairs: &[(String, String)]) -> Result<()> {
+        copies::read_only_snapshots(&copy_pairs(pairs))
+    }
     fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()> {
         copies::new_filesystem_uuid(image, fs_type)
     }
@@ -134,4 +143,14 @@ impl Host for Wasm {
     fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>> {
         mount::mounted_at(target)
     }
+}
+
+fn copy_pairs(pairs: &[(String, String)]) -> Vec<copies::CopyPair> {
+    pairs
+        .iter()
+        .map(|(source, destination)| copies::CopyPair {
+            source: source.clone(),
+            destination: destination.clone(),
+        })
+        .collect()
 }

@@ -22,7 +22,8 @@ impl Guest for LocalDir {
                 | Features::BLOCK
                 | Features::SNAPSHOTS
                 | Features::RESTORE_SNAPSHOT
-                | Features::CLONE_VOLUME,
+                | Features::CLONE_VOLUME
+                | Features::GROUP_SNAPSHOTS,
             access_modes: ACCESS_MODES.to_vec(),
             min_volume_bytes: min_volume_bytes(&host::Wasm),
         }

@@ -18,6 +18,7 @@ mod config;
 mod controller;
 mod env;
 mod error;
+mod group;
 mod host;
 mod id;
 mod identity;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FsType, Mode};
 use crate::env::Env;
-use crate::error::{self, fail, internal, not_found, Context, ErrorCode, Result};
+use crate::error::{self, fail, internal, invalid, not_found, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, Snapshot, SnapshotFilter, SnapshotPage,
 };
@@ -39,6 +39,9 @@ pub struct SnapMeta {
     /// Seconds since the Unix epoch.
     pub creation_time: u64,
     pub state: State,
+    /// The group snapshot it was cut with: deleted only with the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 pub fn read(env: &Env, id: &str) -> Result<Option<SnapMeta>> {
@@ -60,7 +63,7 @@ pub fn read(env: &Env, id: &str) -> Result<Option<SnapMeta>> {
     }
 }
 
-fn write(env: &Env, id: &str, meta: &SnapMeta) -> Result<()> {
+pub fn write(env: &Env, id: &str, meta: &SnapMeta) -> Result<()> {
     let path = env.layout.snap_meta(id);
     let tmp = format!("{}/.meta.json.tmp", env.layout.snap_dir(id));
     let mut bytes =
@@ -80,20 +83,21 @@ pub fn ready(env: &Env, id: &str) -> Result<SnapMeta> {
     }
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn record(id: &str, meta: &SnapMeta) -> Snapshot {
+pub fn record(id: &str, meta: &SnapMeta) -> Snapshot {
     Snapshot {
         snapshot_id: id.to_string(),
         source_volume_id: meta.source_volume_id.clone(),
         size_bytes: meta.size_bytes,
         creation_time: meta.creation_time,
         ready_to_use: true,
+        group_snapshot_id: meta.group.clone(),
     }
 }
 
@@ -142,11 +146,10 @@ pub fn create(env: &Env, req: CreateSnapshotRequest) -> Result<Snapshot> {
         size_bytes: volume.capacity_bytes,
         creation_time: now(),
         state: State::Creating,
+        group: None,
     };
     let made = (|| {
-        let dir = env.layout.snap_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(|e| error::io(format_args!("creating {dir}"), e))?;
-        write(env, &id, &meta)?;
+        begin(env, &id, &meta)?;
         copy(env, &id, source, meta.mode)?;
         write(
             env,
@@ -173,28 +176,40 @@ pub fn create(env: &Env, req: CreateSnapshotRequest) -> Result<Snapshot> {
     Ok(record(&id, &meta))
 }
 
-/// The mode's copy of the volume's data into the snapshot's directory.
-fn copy(env: &Env, id: &str, source: &str, mode: Mode) -> Result<()> {
+/// Makes the snapshot's directory and records it as being created.
+pub fn begin(env: &Env, id: &str, meta: &SnapMeta) -> Result<()> {
+    let dir = env.layout.snap_dir(id);
+    std::fs::create_dir_all(&dir).map_err(|e| error::io(format_args!("creating {dir}"), e))?;
+    write(env, id, meta)
+}
+
+/// Where the mode's copy of a volume's data goes for snapshot `id`:
+/// (source, destination).
+pub fn copy_paths(env: &Env, id: &str, source: &str, mode: Mode) -> Result<(String, String)> {
     match mode {
-        Mode::Image => {
-            let (from, to) = (env.layout.image(source), env.layout.snap_image(id));
-            let how = env
-                .host
-                .copy_image(&from, &to)
-                .context(|| format!("copying {from} to {to}"))?;
-            env.debug("image copied", &[("snapshot", id), ("method", method(how))]);
-            Ok(())
-        }
-        Mode::Subvolume => {
-            let (from, to) = (env.layout.data(source), env.layout.snap_data(id));
-            env.host
-                .read_only_snapshot(&from, &to)
-                .context(|| format!("snapshotting {from} to {to}"))
-        }
+        Mode::Image => Ok((env.layout.image(source), env.layout.snap_image(id))),
+        Mode::Subvolume => Ok((env.layout.data(source), env.layout.snap_data(id))),
         Mode::ProjectQuota => Err(fail(
             ErrorCode::Unimplemented,
             "project-quota volumes have no snapshots",
         )),
+    }
+}
+
+/// The mode's copy of the volume's data into the snapshot's directory.
+fn copy(env: &Env, id: &str, source: &str, mode: Mode) -> Result<()> {
+    let (from, to) = copy_paths(env, id, source, mode)?;
+    if mode == Mode::Image {
+        let how = env
+            .host
+            .copy_image(&from, &to)
+            .context(|| format!("copying {from} to {to}"))?;
+        env.debug("image copied", &[("snapshot", id), ("method", method(how))]);
+        Ok(())
+    } else {
+        env.host
+            .read_only_snapshot(&from, &to)
+            .context(|| format!("snapshotting {from} to {to}"))
     }
 }
 
@@ -207,7 +222,7 @@ pub fn method(how: CopyMethod) -> &'static str {
 }
 
 /// Removes whatever there is of a snapshot, meta last.
-fn teardown(env: &Env, id: &str) -> Result<()> {
+pub fn teardown(env: &Env, id: &str) -> Result<()> {
     let dir = env.layout.snap_dir(id);
     if !store::exists(&dir)? {
         return Ok(());
@@ -228,6 +243,24 @@ fn teardown(env: &Env, id: &str) -> Result<()> {
 
 pub fn delete(env: &Env, id: &str) -> Result<()> {
     id::check(id)?;
+    if !store::exists(&env.layout.snap_dir(id))? {
+        return Ok(());
+    }
+    if let Ok(Some(SnapMeta {
+        group: Some(group), ..
+    })) = read(env, id)
+    {
+        return Err(invalid(format!(
+            "delete-snapshot {id}: it is part of group snapshot {group}, \
+             deleted only with the group (DeleteVolumeGroupSnapshot)"
+        )));
+    }
+    remove(env, id)
+}
+
+/// Deletes a snapshot, group member or not: marked deleting, then torn
+/// down.
+pub fn remove(env: &Env, id: &str) -> Result<()> {
     if !store::exists(&env.layout.snap_dir(id))? {
         return Ok(());
     }

@@ -7,6 +7,8 @@
 //! <root>/snapshots/<local-id>/meta.json what the snapshot is (see `snapshot`)
 //! <root>/snapshots/<local-id>/disk.img  image mode: copy of the image
 //! <root>/snapshots/<local-id>/data      subvolume mode: read-only snapshot
+//! <root>/groups/<local-id>/meta.json    a group snapshot: its member
+//!                                       snapshots (see `group`)
 //! ```
 
 use std::fs;
@@ -79,6 +81,18 @@ impl Layout {
 
     pub fn snap_data(&self, id: &str) -> String {
         format!("{}/data", self.snap_dir(id))
+    }
+
+    pub fn groups(&self) -> String {
+        format!("{}/groups", self.root.trim_end_matches('/'))
+    }
+
+    pub fn group_dir(&self, id: &str) -> String {
+        format!("{}/{id}", self.groups())
+    }
+
+    pub fn group_meta(&self, id: &str) -> String {
+        format!("{}/meta.json", self.group_dir(id))
     }
 }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
-    CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Guest, Snapshot,
-    SnapshotFilter, SnapshotPage, Volume, VolumePage,
+    CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
+    ExpandResult, Guest, GroupSnapshot, Snapshot, SnapshotFilter, SnapshotPage, Volume,
+    VolumePage,
 };
 use crate::folder;
 use crate::host::{log, Host, Wasm};
@@ -65,6 +66,21 @@ impl Guest for XskyNfs {
             .unwrap_or_default();
         let mut c = client(&Wasm, &servers, &filter.secrets, &[])?;
         folder::list_snapshots(&mut c, &servers, &filter)
+    }
+    // XMS snapshots one folder at a time: no point-in-time cut across
+    // folders, so no group snapshots (the feature flag is off).
+    fn create_group_snapshot(_req: CreateGroupSnapshotRequest) -> Result<GroupSnapshot> {
+        Err(unimplemented("group snapshots"))
+    }
+    fn delete_group_snapshot(_id: String, _snaps: Vec<String>, _secrets: Secrets) -> Result<()> {
+        Err(unimplemented("group snapshots"))
+    }
+    fn get_group_snapshot(
+        _id: String,
+        _snaps: Vec<String>,
+        _secrets: Secrets,
+    ) -> Result<GroupSnapshot> {
+        Err(unimplemented("group snapshots"))
     }
 }
 

@@ -445,6 +445,7 @@ fn snapshot(v: &Value, servers: &[String]) -> Result<Snapshot> {
             .and_then(xms::epoch_seconds)
             .unwrap_or(0),
         ready_to_use: until_settled(Some(v)),
+        group_snapshot_id: None,
     })
 }
 
