@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::controller_client::ControllerClient;
+use crate::proto::group_controller_client::GroupControllerClient;
 use crate::proto::identity_client::IdentityClient;
 use crate::proto::node_client::NodeClient;
 use crate::proto::ProbeRequest;
@@ -17,6 +18,7 @@ use crate::proto::ProbeRequest;
 pub struct CsiClient {
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
+    pub group_controller: GroupControllerClient<Channel>,
     pub node: NodeClient<Channel>,
 }
 
@@ -28,6 +30,7 @@ impl CsiClient {
         Ok(CsiClient {
             identity: IdentityClient::new(channel.clone()),
             controller: ControllerClient::new(channel.clone()),
+            group_controller: GroupControllerClient::new(channel.clone()),
             node: NodeClient::new(channel),
         })
     }

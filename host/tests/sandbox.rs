@@ -418,6 +418,47 @@ async fn garbage_answers_are_internal_errors_naming_the_plugin() {
         ("hostile:sn-snap-ok", 1 << 20)
     );
 
+    // Group snapshots: every member checked, and the group must be the one
+    // asked for, with one member per source.
+    let group = |name: &str| CreateVolumeGroupSnapshotRequest {
+        name: name.into(),
+        source_volume_ids: vec!["hostile:v1".into(), "hostile:v2".into()],
+        ..Default::default()
+    };
+    for (name, says) in [
+        ("group-other-group", "naming another group"),
+        ("group-member-missing", "1 volumes for 2 asked"),
+        ("group-unready-member", "not"),
+    ] {
+        let result = client
+            .group_controller
+            .create_volume_group_snapshot(group(name))
+            .await;
+        assert_garbage_refused(name, result, says);
+    }
+    let sane = client
+        .group_controller
+        .create_volume_group_snapshot(group("group-ok"))
+        .await
+        .expect("a sane group passes")
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert_eq!(sane.group_snapshot_id, "hostile:gs-group-ok");
+    assert!(sane
+        .snapshots
+        .iter()
+        .all(|s| s.group_snapshot_id == "hostile:gs-group-ok"
+            && s.snapshot_id.starts_with("hostile:")));
+    let other = client
+        .group_controller
+        .get_volume_group_snapshot(GetVolumeGroupSnapshotRequest {
+            group_snapshot_id: "hostile:gs-group-ok".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_garbage_refused("get answering another group", other, "another group");
+
     let list = |token: &str, max: i32| ListVolumesRequest {
         starting_token: token.into(),
         max_entries: max,

@@ -242,9 +242,9 @@ impl FsCap {
         }
         drop(frozen);
         for copy in &opened {
-            copy.destination.sync_all().map_err(|e| {
-                io_error(format_args!("syncing {}", copy.pair.destination), e)
-            })?;
+            copy.destination
+                .sync_all()
+                .map_err(|e| io_error(format_args!("syncing {}", copy.pair.destination), e))?;
         }
         Ok(methods)
     }

@@ -76,7 +76,11 @@ pub fn snapshot(plugin: &Plugin, s: wit::Snapshot) -> proto::Snapshot {
 pub fn group_snapshot(plugin: &Plugin, g: wit::GroupSnapshot) -> proto::VolumeGroupSnapshot {
     proto::VolumeGroupSnapshot {
         group_snapshot_id: global_id(plugin, &g.group_snapshot_id),
-        snapshots: g.snapshots.into_iter().map(|s| snapshot(plugin, s)).collect(),
+        snapshots: g
+            .snapshots
+            .into_iter()
+            .map(|s| snapshot(plugin, s))
+            .collect(),
         creation_time: Some(timestamp(g.creation_time)),
         ready_to_use: g.ready_to_use,
     }

@@ -125,7 +125,9 @@ impl GroupControllerService {
 
 fn rpc_capability(kind: rpc::Type) -> GroupControllerServiceCapability {
     GroupControllerServiceCapability {
-        r#type: Some(CapType::Rpc(Rpc { r#type: kind as i32 })),
+        r#type: Some(CapType::Rpc(Rpc {
+            r#type: kind as i32,
+        })),
     }
 }
 
@@ -248,7 +250,8 @@ impl GroupController for GroupControllerService {
                         deadline,
                         move |p: &wit_ctl::Guest, s| {
                             Box::pin(async move {
-                                p.call_get_group_snapshot(s, &local, &members, &secrets).await
+                                p.call_get_group_snapshot(s, &local, &members, &secrets)
+                                    .await
                             })
                         },
                     )

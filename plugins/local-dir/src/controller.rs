@@ -9,8 +9,7 @@ use crate::env::Env;
 use crate::error::{fail, invalid, Context, Error, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
-    ExpandResult, Guest, GroupSnapshot, Snapshot, SnapshotFilter, SnapshotPage, Volume,
-    VolumePage,
+    ExpandResult, GroupSnapshot, Guest, Snapshot, SnapshotFilter, SnapshotPage, Volume, VolumePage,
 };
 use crate::group;
 use crate::id;

@@ -1298,7 +1298,10 @@ fn group_snapshots_are_one_cut_restorable_and_deleted_together() {
     // One host call for both copies, with both filesystems frozen.
     assert_eq!(w.fake.st().group_copies, [2]);
     let frozen = w.fake.st().frozen.clone();
-    assert!(frozen.contains(&stage_a) && frozen.contains(&stage_b), "{frozen:?}");
+    assert!(
+        frozen.contains(&stage_a) && frozen.contains(&stage_b),
+        "{frozen:?}"
+    );
 
     // Idempotent; other sources under the name: refused.
     let again = group::create(&env, group_req("grp", &["pvc-b", "pvc-a"])).unwrap();
@@ -1308,7 +1311,10 @@ fn group_snapshots_are_one_cut_restorable_and_deleted_together() {
         ErrorCode::AlreadyExists
     );
     assert_eq!(
-        code(group::create(&env, group_req("grp2", &["pvc-a", "pvc-gone"]))),
+        code(group::create(
+            &env,
+            group_req("grp2", &["pvc-a", "pvc-gone"])
+        )),
         ErrorCode::NotFound
     );
     assert_eq!(
@@ -1320,11 +1326,19 @@ fn group_snapshots_are_one_cut_restorable_and_deleted_together() {
     // is not deleted on its own.
     let member_b = g.snapshots[1].snapshot_id.clone();
     let listed = snapshot::list(&env, filter(Some(&member_b), None, "", 0)).unwrap();
-    assert_eq!(listed.snapshots[0].group_snapshot_id.as_deref(), Some("grp"));
+    assert_eq!(
+        listed.snapshots[0].group_snapshot_id.as_deref(),
+        Some("grp")
+    );
     write_at_start(&env.layout.image("pvc-b"), b"BBBB");
     let restored = controller::create_volume(
         &env,
-        from_req("pvc-rb", MIB, None, ContentSource::Snapshot(member_b.clone())),
+        from_req(
+            "pvc-rb",
+            MIB,
+            None,
+            ContentSource::Snapshot(member_b.clone()),
+        ),
     )
     .unwrap();
     assert_eq!(head(&env.layout.image(&restored.volume_id), 4), b"bbbb");
@@ -1335,10 +1349,19 @@ fn group_snapshots_are_one_cut_restorable_and_deleted_together() {
 
     // Get and delete check the members the CO names.
     let members: Vec<String> = g.snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
-    assert_eq!(group::get(&env, "grp", &members).unwrap().snapshots.len(), 2);
+    assert_eq!(
+        group::get(&env, "grp", &members).unwrap().snapshots.len(),
+        2
+    );
     let wrong = vec![members[0].clone()];
-    assert_eq!(code(group::get(&env, "grp", &wrong)), ErrorCode::InvalidArgument);
-    assert_eq!(code(group::delete(&env, "grp", &wrong)), ErrorCode::InvalidArgument);
+    assert_eq!(
+        code(group::get(&env, "grp", &wrong)),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(group::delete(&env, "grp", &wrong)),
+        ErrorCode::InvalidArgument
+    );
     group::delete(&env, "grp", &members).unwrap();
     assert_eq!(code(group::get(&env, "grp", &[])), ErrorCode::NotFound);
     assert!(snapshot::list(&env, filter(None, None, "", 0))
@@ -1378,7 +1401,10 @@ fn group_snapshot_create_and_delete_retried_after_crash_anywhere_finish() {
             let g = cut(&env).unwrap();
             assert_eq!(g.snapshots.len(), 2, "{tag}: crash at call {at}");
             assert_eq!(
-                snapshot::list(&env, filter(None, None, "", 0)).unwrap().snapshots.len(),
+                snapshot::list(&env, filter(None, None, "", 0))
+                    .unwrap()
+                    .snapshots
+                    .len(),
                 2,
                 "{tag}: crash at call {at}: a member leaked or is missing"
             );
@@ -1387,16 +1413,26 @@ fn group_snapshot_create_and_delete_retried_after_crash_anywhere_finish() {
             let w = World::new(&format!("{tag}-d{at}"), fs);
             setup(&w);
             cut(&w.env()).unwrap();
-            assert!(w.run(Some(at), |env| group::delete(env, "grp", &[])).is_none());
+            assert!(w
+                .run(Some(at), |env| group::delete(env, "grp", &[]))
+                .is_none());
             let env = w.env();
             assert_eq!(code(group::get(&env, "grp", &[])), ErrorCode::NotFound);
             group::delete(&env, "grp", &[]).unwrap();
             assert!(
-                snapshot::list(&env, filter(None, None, "", 0)).unwrap().snapshots.is_empty(),
+                snapshot::list(&env, filter(None, None, "", 0))
+                    .unwrap()
+                    .snapshots
+                    .is_empty(),
                 "{tag}: crash at delete call {at}: members left"
             );
-            assert!(!store::exists(&env.layout.groups()).unwrap()
-                || std::fs::read_dir(env.layout.groups()).unwrap().next().is_none());
+            assert!(
+                !store::exists(&env.layout.groups()).unwrap()
+                    || std::fs::read_dir(env.layout.groups())
+                        .unwrap()
+                        .next()
+                        .is_none()
+            );
         }
     }
 }

@@ -118,7 +118,9 @@ pub fn create(env: &Env, req: CreateGroupSnapshotRequest) -> Result<GroupSnapsho
     }
     let asked = sorted(sources);
     if asked.windows(2).any(|w| w[0] == w[1]) {
-        return Err(invalid("create-group-snapshot: a source volume is named twice"));
+        return Err(invalid(
+            "create-group-snapshot: a source volume is named twice",
+        ));
     }
     let id = id::from_name(&req.name)?;
     let doing = || format!("create-group-snapshot {:?}", req.name);
@@ -191,7 +193,11 @@ pub fn create(env: &Env, req: CreateGroupSnapshotRequest) -> Result<GroupSnapsho
             if other.group.as_deref() != Some(id.as_str()) {
                 return Err(fail(
                     ErrorCode::AlreadyExists,
-                    format!("{}: snapshot id {member} is taken by {:?}", doing(), other.name),
+                    format!(
+                        "{}: snapshot id {member} is taken by {:?}",
+                        doing(),
+                        other.name
+                    ),
                 ));
             }
         }
@@ -272,10 +278,12 @@ fn cut(env: &Env, id: &str, mode: crate::config::Mode, pairs: &[(String, String)
             env.debug("images copied", &[("group", id), ("method", how)]);
             Ok(())
         }
-        Mode::Subvolume => env
-            .host
-            .read_only_snapshots(pairs)
-            .context(|| format!("group snapshot {id}: snapshotting {} subvolumes", pairs.len())),
+        Mode::Subvolume => env.host.read_only_snapshots(pairs).context(|| {
+            format!(
+                "group snapshot {id}: snapshotting {} subvolumes",
+                pairs.len()
+            )
+        }),
         Mode::ProjectQuota => Err(fail(
             ErrorCode::Unimplemented,
             "project-quota volumes have no snapshots",

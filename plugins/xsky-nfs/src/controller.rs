@@ -8,8 +8,7 @@ use crate::client::Client;
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
-    ExpandResult, Guest, GroupSnapshot, Snapshot, SnapshotFilter, SnapshotPage, Volume,
-    VolumePage,
+    ExpandResult, GroupSnapshot, Guest, Snapshot, SnapshotFilter, SnapshotPage, Volume, VolumePage,
 };
 use crate::folder;
 use crate::host::{log, Host, Wasm};
