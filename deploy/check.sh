@@ -107,9 +107,11 @@ k8s_version = k8s_version or kv_utils.latest_version()
 SKIP_KINDS = {
     ("snapshot.storage.k8s.io", "VolumeSnapshotClass"): "CRD of external-snapshotter",
     ("snapshot.storage.k8s.io", "VolumeSnapshot"): "CRD of external-snapshotter",
+    ("groupsnapshot.storage.k8s.io", "VolumeGroupSnapshotClass"): "CRD of external-snapshotter",
+    ("groupsnapshot.storage.k8s.io", "VolumeGroupSnapshot"): "CRD of external-snapshotter",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CSIDriver",
-                  "StorageClass", "VolumeSnapshotClass"}
+                  "StorageClass", "VolumeSnapshotClass", "VolumeGroupSnapshotClass"}
 NAMESPACE = "wasmcsi"
 SAMPLE_NODE = "node-1"
 
