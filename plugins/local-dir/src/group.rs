@@ -37,31 +37,15 @@ pub struct GroupMeta {
 }
 
 fn read(env: &Env, id: &str) -> Result<Option<GroupMeta>> {
-    let path = env.layout.group_meta(id);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let meta: GroupMeta = serde_json::from_slice(&bytes)
-                .map_err(|e| internal(format!("reading {path}: {e}")))?;
-            if meta.version > VERSION {
-                return Err(internal(format!(
-                    "reading {path}: version {} was written by a newer local-dir",
-                    meta.version
-                )));
-            }
-            Ok(Some(meta))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(error::io(format_args!("reading {path}"), e)),
-    }
+    store::read_record(
+        &env.layout.group_meta(id),
+        |m: &GroupMeta| m.version,
+        VERSION,
+    )
 }
 
 fn write(env: &Env, id: &str, meta: &GroupMeta) -> Result<()> {
-    let path = env.layout.group_meta(id);
-    let tmp = format!("{}/.meta.json.tmp", env.layout.group_dir(id));
-    let mut bytes =
-        serde_json::to_vec_pretty(meta).map_err(|e| internal(format!("encoding {path}: {e}")))?;
-    bytes.push(b'\n');
-    store::write_atomic(&tmp, &path, &bytes)
+    store::write_record(&env.layout.group_dir(id), meta)
 }
 
 /// A member's snapshot id: fixed by the group and the source, so a retry

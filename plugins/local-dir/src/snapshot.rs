@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FsType, Mode};
 use crate::env::Env;
-use crate::error::{self, fail, internal, invalid, not_found, Context, ErrorCode, Result};
+use crate::error::{self, fail, invalid, not_found, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, Snapshot, SnapshotFilter, SnapshotPage,
 };
@@ -45,31 +45,11 @@ pub struct SnapMeta {
 }
 
 pub fn read(env: &Env, id: &str) -> Result<Option<SnapMeta>> {
-    let path = env.layout.snap_meta(id);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let meta: SnapMeta = serde_json::from_slice(&bytes)
-                .map_err(|e| internal(format!("reading {path}: {e}")))?;
-            if meta.version > VERSION {
-                return Err(internal(format!(
-                    "reading {path}: version {} was written by a newer local-dir",
-                    meta.version
-                )));
-            }
-            Ok(Some(meta))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(error::io(format_args!("reading {path}"), e)),
-    }
+    store::read_record(&env.layout.snap_meta(id), |m: &SnapMeta| m.version, VERSION)
 }
 
 pub fn write(env: &Env, id: &str, meta: &SnapMeta) -> Result<()> {
-    let path = env.layout.snap_meta(id);
-    let tmp = format!("{}/.meta.json.tmp", env.layout.snap_dir(id));
-    let mut bytes =
-        serde_json::to_vec_pretty(meta).map_err(|e| internal(format!("encoding {path}: {e}")))?;
-    bytes.push(b'\n');
-    store::write_atomic(&tmp, &path, &bytes)
+    store::write_record(&env.layout.snap_dir(id), meta)
 }
 
 /// The meta of a snapshot that exists and is whole; NOT_FOUND otherwise.

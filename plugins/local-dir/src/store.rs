@@ -145,6 +145,39 @@ pub fn write_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
     write_atomic(&tmp, &path, &bytes)
 }
 
+/// A versioned JSON record (a snapshot's or a group's meta.json), or None
+/// when there is none. `newest` is the last version this build writes.
+pub fn read_record<T: serde::de::DeserializeOwned>(
+    path: &str,
+    version: impl Fn(&T) -> u32,
+    newest: u32,
+) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let record: T = serde_json::from_slice(&bytes)
+                .map_err(|e| internal(format!("reading {path}: {e}")))?;
+            if version(&record) > newest {
+                return Err(internal(format!(
+                    "reading {path}: version {} was written by a newer local-dir",
+                    version(&record)
+                )));
+            }
+            Ok(Some(record))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error::io(format_args!("reading {path}"), e)),
+    }
+}
+
+/// Replaces the JSON record at `dir`/meta.json atomically.
+pub fn write_record<T: serde::Serialize>(dir: &str, value: &T) -> Result<()> {
+    let (tmp, path) = (format!("{dir}/.meta.json.tmp"), format!("{dir}/meta.json"));
+    let mut bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| internal(format!("encoding {path}: {e}")))?;
+    bytes.push(b'\n');
+    write_atomic(&tmp, &path, &bytes)
+}
+
 /// Replaces `path` with `bytes` through `tmp` (write, fsync, rename).
 pub fn write_atomic(tmp: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let write = || -> io::Result<()> {
