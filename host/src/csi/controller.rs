@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 
-use super::{convert, deadline, returns, status, traced, validate, Driver};
+use super::{convert, deadline, returns, traced, validate, Driver};
 use crate::dispatch::PLUGIN_PARAMETER;
 use crate::proto::controller_server::Controller;
 use crate::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
@@ -249,12 +249,13 @@ impl Controller for ControllerService {
                 secrets: convert::pairs(&req.secrets),
                 content_source,
             };
-            let volume = plugin
-                .call("create-volume", deadline, move |p: &wit_ctl::Guest, s| {
-                    Box::pin(async move { p.call_create_volume(s, &call).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name))?;
+            let volume = plugin_call!(
+                plugin,
+                "create-volume",
+                deadline,
+                wit_ctl::Guest,
+                call_create_volume(&call)
+            )?;
             returns::created_volume(&plugin.name, &volume, &capacity)?;
             let topology = self.topology_of(&plugin);
             Ok(CreateVolumeResponse {
@@ -283,12 +284,13 @@ impl Controller for ControllerService {
             };
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-            let result = plugin
-                .call("delete-volume", deadline, move |p: &wit_ctl::Guest, s| {
-                    Box::pin(async move { p.call_delete_volume(s, &local, &secrets).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name));
+            let result = plugin_call!(
+                plugin,
+                "delete-volume",
+                deadline,
+                wit_ctl::Guest,
+                call_delete_volume(&local, &secrets)
+            );
             match result {
                 Ok(()) => Ok(DeleteVolumeResponse {}),
                 Err(s) if gone(&s) => Ok(DeleteVolumeResponse {}),
@@ -334,12 +336,13 @@ impl Controller for ControllerService {
                     .for_id(id)
                     .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
                 let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-                plugin
-                    .call("get-volume", deadline, move |p: &wit_ctl::Guest, s| {
-                        Box::pin(async move { p.call_get_volume(s, &local, &secrets).await })
-                    })
-                    .await
-                    .map_err(status::of(&plugin.name))?;
+                plugin_call!(
+                    plugin,
+                    "get-volume",
+                    deadline,
+                    wit_ctl::Guest,
+                    call_get_volume(&local, &secrets)
+                )?;
                 let refused: Vec<String> = capabilities
                     .iter()
                     .filter_map(|c| validate::unsupported(&plugin, c))
@@ -378,12 +381,13 @@ impl Controller for ControllerService {
                     &req.starting_token,
                     max,
                     |plugin, token, max| async move {
-                        let page = plugin
-                            .call("list-volumes", deadline, move |p: &wit_ctl::Guest, s| {
-                                Box::pin(async move { p.call_list_volumes(s, &token, max).await })
-                            })
-                            .await
-                            .map_err(status::of(&plugin.name))?;
+                        let page = plugin_call!(
+                            plugin,
+                            "list-volumes",
+                            deadline,
+                            wit_ctl::Guest,
+                            call_list_volumes(&token, max)
+                        )?;
                         returns::page(
                             &plugin.name,
                             "volumes",
@@ -444,12 +448,13 @@ impl Controller for ControllerService {
                 }
             }
             let parameters = plugin_parameters(&req.parameters);
-            let available = plugin
-                .call("get-capacity", deadline, move |p: &wit_ctl::Guest, s| {
-                    Box::pin(async move { p.call_get_capacity(s, &parameters).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name))?;
+            let available = plugin_call!(
+                plugin,
+                "get-capacity",
+                deadline,
+                wit_ctl::Guest,
+                call_get_capacity(&parameters)
+            )?;
             Ok(GetCapacityResponse {
                 available_capacity: returns::bytes(
                     &plugin.name,
@@ -529,12 +534,13 @@ impl Controller for ControllerService {
                     parameters: plugin_parameters(&req.parameters),
                     secrets: convert::pairs(&req.secrets),
                 };
-                let snapshot = plugin
-                    .call("create-snapshot", deadline, move |p: &wit_ctl::Guest, s| {
-                        Box::pin(async move { p.call_create_snapshot(s, &call).await })
-                    })
-                    .await
-                    .map_err(status::of(&plugin.name))?;
+                let snapshot = plugin_call!(
+                    plugin,
+                    "create-snapshot",
+                    deadline,
+                    wit_ctl::Guest,
+                    call_create_snapshot(&call)
+                )?;
                 returns::snapshot(&plugin.name, &snapshot)?;
                 Ok(CreateSnapshotResponse {
                     snapshot: Some(convert::snapshot(&plugin, snapshot)),
@@ -566,12 +572,13 @@ impl Controller for ControllerService {
             }
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-            let result = plugin
-                .call("delete-snapshot", deadline, move |p: &wit_ctl::Guest, s| {
-                    Box::pin(async move { p.call_delete_snapshot(s, &local, &secrets).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name));
+            let result = plugin_call!(
+                plugin,
+                "delete-snapshot",
+                deadline,
+                wit_ctl::Guest,
+                call_delete_snapshot(&local, &secrets)
+            );
             match result {
                 Ok(()) => Ok(DeleteSnapshotResponse {}),
                 Err(s) if gone(&s) => Ok(DeleteSnapshotResponse {}),
@@ -631,12 +638,13 @@ impl Controller for ControllerService {
                             if skip {
                                 return Ok((vec![], String::new()));
                             }
-                            let page = plugin
-                                .call("list-snapshots", deadline, move |p: &wit_ctl::Guest, s| {
-                                    Box::pin(async move { p.call_list_snapshots(s, &filter).await })
-                                })
-                                .await
-                                .map_err(status::of(&plugin.name))?;
+                            let page = plugin_call!(
+                                plugin,
+                                "list-snapshots",
+                                deadline,
+                                wit_ctl::Guest,
+                                call_list_snapshots(&filter)
+                            )?;
                             returns::page(
                                 &plugin.name,
                                 "snapshots",
@@ -718,16 +726,13 @@ impl Controller for ControllerService {
                     capability,
                     secrets: convert::pairs(&req.secrets),
                 };
-                let result = plugin
-                    .call(
-                        "controller-expand-volume",
-                        deadline,
-                        move |p: &wit_ctl::Guest, s| {
-                            Box::pin(async move { p.call_expand_volume(s, &call).await })
-                        },
-                    )
-                    .await
-                    .map_err(status::of(&plugin.name))?;
+                let result = plugin_call!(
+                    plugin,
+                    "controller-expand-volume",
+                    deadline,
+                    wit_ctl::Guest,
+                    call_expand_volume(&call)
+                )?;
                 Ok(ControllerExpandVolumeResponse {
                     capacity_bytes: returns::expanded(
                         &plugin.name,
@@ -772,12 +777,13 @@ impl Controller for ControllerService {
                 max_entries: 1,
                 secrets: convert::pairs(&req.secrets),
             };
-            let page = plugin
-                .call("list-snapshots", deadline, move |p: &wit_ctl::Guest, s| {
-                    Box::pin(async move { p.call_list_snapshots(s, &filter).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name))?;
+            let page = plugin_call!(
+                plugin,
+                "list-snapshots",
+                deadline,
+                wit_ctl::Guest,
+                call_list_snapshots(&filter)
+            )?;
             let snapshot = page
                 .snapshots
                 .into_iter()

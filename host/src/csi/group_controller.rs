@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::controller::{gone, plugin_parameters, unloaded};
-use super::{convert, deadline, returns, status, traced, validate, Driver};
+use super::{convert, deadline, returns, traced, validate, Driver};
 use crate::locks::KeyGuard;
 use crate::proto::group_controller_server::GroupController;
 use crate::proto::group_controller_service_capability::{rpc, Rpc, Type as CapType};
@@ -164,16 +164,13 @@ impl GroupController for GroupControllerService {
                 parameters: plugin_parameters(&req.parameters),
                 secrets: convert::pairs(&req.secrets),
             };
-            let group = plugin
-                .call(
-                    "create-group-snapshot",
-                    deadline,
-                    move |p: &wit_ctl::Guest, s| {
-                        Box::pin(async move { p.call_create_group_snapshot(s, &call).await })
-                    },
-                )
-                .await
-                .map_err(status::of(&plugin.name))?;
+            let group = plugin_call!(
+                plugin,
+                "create-group-snapshot",
+                deadline,
+                wit_ctl::Guest,
+                call_create_group_snapshot(&call)
+            )?;
             returns::group_snapshot(&plugin.name, &group, Some(&locals))?;
             Ok(CreateVolumeGroupSnapshotResponse {
                 group_snapshot: Some(convert::group_snapshot(&plugin, group)),
@@ -203,19 +200,13 @@ impl GroupController for GroupControllerService {
                 let members = local_snapshot_ids(self.driver(), &plugin, &req.snapshot_ids)?;
                 let _guard = self.driver().dispatch.lock(id, deadline).await?;
                 let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-                let result = plugin
-                    .call(
-                        "delete-group-snapshot",
-                        deadline,
-                        move |p: &wit_ctl::Guest, s| {
-                            Box::pin(async move {
-                                p.call_delete_group_snapshot(s, &local, &members, &secrets)
-                                    .await
-                            })
-                        },
-                    )
-                    .await
-                    .map_err(status::of(&plugin.name));
+                let result = plugin_call!(
+                    plugin,
+                    "delete-group-snapshot",
+                    deadline,
+                    wit_ctl::Guest,
+                    call_delete_group_snapshot(&local, &members, &secrets)
+                );
                 match result {
                     Ok(()) => Ok(DeleteVolumeGroupSnapshotResponse {}),
                     Err(s) if gone(&s) => Ok(DeleteVolumeGroupSnapshotResponse {}),
@@ -244,19 +235,13 @@ impl GroupController for GroupControllerService {
                 let members = local_snapshot_ids(self.driver(), &plugin, &req.snapshot_ids)?;
                 let asked = local.to_string();
                 let (local, secrets) = (asked.clone(), convert::pairs(&req.secrets));
-                let group = plugin
-                    .call(
-                        "get-group-snapshot",
-                        deadline,
-                        move |p: &wit_ctl::Guest, s| {
-                            Box::pin(async move {
-                                p.call_get_group_snapshot(s, &local, &members, &secrets)
-                                    .await
-                            })
-                        },
-                    )
-                    .await
-                    .map_err(status::of(&plugin.name))?;
+                let group = plugin_call!(
+                    plugin,
+                    "get-group-snapshot",
+                    deadline,
+                    wit_ctl::Guest,
+                    call_get_group_snapshot(&local, &members, &secrets)
+                )?;
                 returns::group_snapshot(&plugin.name, &group, None)?;
                 if group.group_snapshot_id != asked {
                     return Err(Status::internal(format!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, deadline, mounts, off_workers, returns, status, traced, validate, Driver};
+use super::{convert, deadline, mounts, off_workers, returns, traced, validate, Driver};
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
@@ -140,12 +140,13 @@ impl Node for NodeService {
                 volume_context: convert::pairs(&req.volume_context),
                 secrets: convert::pairs(&req.secrets),
             };
-            plugin
-                .call("stage-volume", deadline, move |p: &wit_node::Guest, s| {
-                    Box::pin(async move { p.call_stage_volume(s, &call).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name))?;
+            plugin_call!(
+                plugin,
+                "stage-volume",
+                deadline,
+                wit_node::Guest,
+                call_stage_volume(&call)
+            )?;
             Ok(NodeStageVolumeResponse {})
         })
         .await
@@ -170,12 +171,13 @@ impl Node for NodeService {
                 return Ok(NodeUnstageVolumeResponse {});
             }
             let local = local.to_string();
-            plugin
-                .call("unstage-volume", deadline, move |p: &wit_node::Guest, s| {
-                    Box::pin(async move { p.call_unstage_volume(s, &local, &staging_path).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name))?;
+            plugin_call!(
+                plugin,
+                "unstage-volume",
+                deadline,
+                wit_node::Guest,
+                call_unstage_volume(&local, &staging_path)
+            )?;
             Ok(NodeUnstageVolumeResponse {})
         })
         .await
@@ -241,12 +243,7 @@ impl Node for NodeService {
                 volume_context: convert::pairs(&req.volume_context),
                 secrets: convert::pairs(&req.secrets),
             };
-            plugin
-                .call("publish-volume", deadline, move |p: &wit_node::Guest, s| {
-                    Box::pin(async move { p.call_publish_volume(s, &call).await })
-                })
-                .await
-                .map_err(status::of(&plugin.name))?;
+            plugin_call!(plugin, "publish-volume", deadline, wit_node::Guest, call_publish_volume(&call))?;
             if check_after {
                 let (id_owned, target_owned) = (id.to_string(), target.clone());
                 let checked = off_workers(deadline, move || {
@@ -262,12 +259,7 @@ impl Node for NodeService {
                 if let Err(refused) = checked {
                     // Undo this call's mount; the earlier publication stays.
                     let (local, target) = (local.to_string(), target.clone());
-                    plugin
-                        .call("unpublish-volume", deadline, move |p: &wit_node::Guest, s| {
-                            Box::pin(async move { p.call_unpublish_volume(s, &local, &target).await })
-                        })
-                        .await
-                        .map_err(status::of(&plugin.name))?;
+                    plugin_call!(plugin, "unpublish-volume", deadline, wit_node::Guest, call_unpublish_volume(&local, &target))?;
                     return Err(refused);
                 }
             }
@@ -290,18 +282,13 @@ impl Node for NodeService {
                 return Ok(NodeUnpublishVolumeResponse {});
             };
             let local = local.to_string();
-            plugin
-                .call(
-                    "unpublish-volume",
-                    deadline,
-                    move |p: &wit_node::Guest, s| {
-                        Box::pin(
-                            async move { p.call_unpublish_volume(s, &local, &target_path).await },
-                        )
-                    },
-                )
-                .await
-                .map_err(status::of(&plugin.name))?;
+            plugin_call!(
+                plugin,
+                "unpublish-volume",
+                deadline,
+                wit_node::Guest,
+                call_unpublish_volume(&local, &target_path)
+            )?;
             Ok(NodeUnpublishVolumeResponse {})
         })
         .await
@@ -339,19 +326,13 @@ impl Node for NodeService {
             let staging =
                 (!req.staging_target_path.is_empty()).then(|| req.staging_target_path.clone());
             // Stats only read: no lock, so a slow stage never delays kubelet's polling.
-            let stats = plugin
-                .call(
-                    "get-volume-stats",
-                    deadline,
-                    move |p: &wit_node::Guest, s| {
-                        Box::pin(async move {
-                            p.call_get_volume_stats(s, &local, &volume_path, staging.as_deref())
-                                .await
-                        })
-                    },
-                )
-                .await
-                .map_err(status::of(&plugin.name))?;
+            let stats = plugin_call!(
+                plugin,
+                "get-volume-stats",
+                deadline,
+                wit_node::Guest,
+                call_get_volume_stats(&local, &volume_path, staging.as_deref())
+            )?;
             returns::stats(&plugin.name, &stats)?;
             Ok(NodeGetVolumeStatsResponse {
                 usage: vec![
@@ -410,16 +391,13 @@ impl Node for NodeService {
                 capability,
                 secrets: convert::pairs(&req.secrets),
             };
-            let bytes = plugin
-                .call(
-                    "node-expand-volume",
-                    deadline,
-                    move |p: &wit_node::Guest, s| {
-                        Box::pin(async move { p.call_expand_volume(s, &call).await })
-                    },
-                )
-                .await
-                .map_err(status::of(&plugin.name))?;
+            let bytes = plugin_call!(
+                plugin,
+                "node-expand-volume",
+                deadline,
+                wit_node::Guest,
+                call_expand_volume(&call)
+            )?;
             Ok(NodeExpandVolumeResponse {
                 capacity_bytes: returns::bytes(&plugin.name, "an expanded capacity of", bytes)?,
             })

@@ -44,7 +44,8 @@ pub fn from_failure(plugin: &str, failure: CallFailure) -> Status {
     }
 }
 
-/// `?`-friendly form: `plugin.call(...).await.map_err(status::of(&plugin.name))`.
+/// `?`-friendly form: `plugin.call(...).await.map_err(status::of(&plugin.name))`
+/// (what `plugin_call!` does).
 pub fn of(plugin: &str) -> impl FnOnce(CallFailure) -> Status + '_ {
     move |f| from_failure(plugin, f)
 }
