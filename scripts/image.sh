@@ -69,7 +69,7 @@ mapfile -t packages < <(sed 's/#.*//' deploy/image/packages | tr -s ' \t' '\n' |
 # 1. The root filesystem, from packages, cached outside the work tree (so a
 # fresh clone on the same machine, as CI's, finds it too).
 recipe=2   # bump when the mmdebstrap invocation below changes
-cache="${WASMCSI_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasmcsi-image}"
+cache="${WASMCSI_IMAGE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/wasmcsi-image}"
 key="$( { echo "recipe $recipe suite $suite arch $(dpkg --print-architecture) mirror ${IMAGE_MIRROR:-}"
           cat deploy/image/packages deploy/image/dpkg-excludes; } | sha256sum | cut -c1-16)"
 rootfs="$cache/rootfs-$suite-$key.tar"
@@ -98,9 +98,11 @@ else
         --essential-hook='echo force-unsafe-io > "$1"/etc/dpkg/dpkg.cfg.d/zz-unsafe-io' \
         --customize-hook="sync-out /var/cache/apt/archives $cache/debs" \
         --customize-hook='rm -rf "$1"/etc/dpkg/dpkg.cfg.d/zz-unsafe-io "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/cache/debconf/*-old "$1"/var/cache/ldconfig/aux-cache "$1"/var/log/* "$1"/var/lib/dpkg/*-old' \
-        --format=tar "$suite" "$rootfs.partial" "${mirror[@]}" </dev/null
-    mv "$rootfs.partial" "$rootfs"
-    find "$cache" -maxdepth 1 -name 'rootfs-*.tar' ! -path "$rootfs" -delete
+        --format=tar "$suite" "$rootfs.$$.partial" "${mirror[@]}" </dev/null
+    mv "$rootfs.$$.partial" "$rootfs"
+    # Keep the three newest (a package list tried and reverted costs nothing).
+    find "$cache" -maxdepth 1 -name 'rootfs-*.tar' -printf '%T@ %p\n' | sort -rn \
+        | tail -n +4 | cut -d' ' -f2- | xargs -r rm -f
     echo "image: root filesystem made in $((SECONDS - started)) s: $rootfs"
 fi
 
