@@ -68,7 +68,7 @@ mapfile -t packages < <(sed 's/#.*//' deploy/image/packages | tr -s ' \t' '\n' |
 
 # 1. The root filesystem, from packages, cached outside the work tree (so a
 # fresh clone on the same machine, as CI's, finds it too).
-recipe=2   # bump when the mmdebstrap invocation below changes
+recipe=3   # bump when the mmdebstrap invocation below changes
 cache="${WASMCSI_IMAGE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/wasmcsi-image}"
 key="$( { echo "recipe $recipe suite $suite arch $(dpkg --print-architecture) mirror ${IMAGE_MIRROR:-}"
           cat deploy/image/packages deploy/image/dpkg-excludes; } | sha256sum | cut -c1-16)"
@@ -93,9 +93,9 @@ else
         --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
         --dpkgopt=deploy/image/dpkg-excludes \
         --skip=essential/unlink \
-        --setup-hook='mkdir -p "$1"/var/cache/apt/archives' \
+        --setup-hook='mkdir -p "$1"/var/cache/apt/archives "$1"/etc/dpkg/dpkg.cfg.d' \
+        --setup-hook='echo force-unsafe-io > "$1"/etc/dpkg/dpkg.cfg.d/zz-unsafe-io' \
         --setup-hook="sync-in $cache/debs /var/cache/apt/archives" \
-        --essential-hook='echo force-unsafe-io > "$1"/etc/dpkg/dpkg.cfg.d/zz-unsafe-io' \
         --customize-hook="sync-out /var/cache/apt/archives $cache/debs" \
         --customize-hook='rm -rf "$1"/etc/dpkg/dpkg.cfg.d/zz-unsafe-io "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/cache/debconf/*-old "$1"/var/cache/ldconfig/aux-cache "$1"/var/log/* "$1"/var/lib/dpkg/*-old' \
         --format=tar "$suite" "$rootfs.$$.partial" "${mirror[@]}" </dev/null
