@@ -58,8 +58,8 @@ release: setup
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 
 # The driver image as an OCI archive, built without a Docker engine (the
-# Dockerfile's contents: docs/install.md). Load or push it with skopeo,
-# podman or `docker load`.
+# Dockerfile's contents: docs/install.md). Push it with skopeo, or load it
+# with `podman load -i`.
 IMAGE ?= target/image/wasmcsi.oci.tar
 image: release
 	scripts/image.sh --profile release --out $(IMAGE)
