@@ -2,6 +2,11 @@
 #
 #   docker build -t ghcr.io/wasmcsi/wasmcsi:0.1.0 .
 #
+# Without Docker, `make image` (scripts/image.sh) builds the same contents
+# into an OCI archive: it reads this file's suite, ENTRYPOINT, CMD and LABELs
+# and the same deploy/image/ lists; scripts/test-image.py (make test) checks
+# the archive against this file.
+#
 # /usr/local/bin/wasmcsi   the driver (ENTRYPOINT)
 # /plugins/*.wasm          built-in plugins: local_dir.wasm, xsky_nfs.wasm
 # /plugins/extra/          where the manifests mount plugins added at deploy
@@ -17,13 +22,16 @@ RUN cargo build --release --locked -p wasmcsi \
  && cargo build --release --locked --target wasm32-wasip2 -p local-dir -p xsky-nfs
 
 FROM debian:bookworm-slim
-# What the host runs on behalf of plugins: mount/umount/losetup/blkid
-# (util-linux, mount), mount.nfs (nfs-common), mkfs/grow/repair of XFS and
-# ext4, btrfs subvolumes and qgroups; CA certificates for HTTPS to XMS.
+# What the host runs on behalf of plugins (mount/umount/blkid, mount.nfs and
+# mount.cifs, mkfs/grow/repair of XFS and ext4, btrfs qgroups) and CA
+# certificates for HTTPS to XMS: the packages of deploy/image/packages, which
+# the build without Docker (scripts/image.sh, `make image`) installs too.
+# dpkg leaves out the same docs and man pages as there.
+COPY deploy/image/dpkg-excludes /etc/dpkg/dpkg.cfg.d/wasmcsi-excludes
+COPY deploy/image/packages /tmp/packages
 RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      util-linux mount nfs-common xfsprogs e2fsprogs btrfs-progs ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && sed 's/#.*//' /tmp/packages | xargs apt-get install -y --no-install-recommends \
+ && rm -rf /var/lib/apt/lists/* /tmp/packages
 COPY --from=build /src/target/release/wasmcsi /usr/local/bin/wasmcsi
 COPY --from=build /src/target/wasm32-wasip2/release/local_dir.wasm \
                   /src/target/wasm32-wasip2/release/xsky_nfs.wasm \

@@ -8,7 +8,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 PLUGINS := local-dir hostile xsky-nfs
 
-.PHONY: setup plugins host demo test test-deploy test-sanity release bench clean
+.PHONY: setup plugins host demo test test-deploy test-sanity test-image image release bench clean
 
 setup:
 	scripts/setup.sh
@@ -36,10 +36,19 @@ test-sanity: plugins host
 	$(CARGO) build -q -p xms-emulator
 	scripts/csi-sanity.sh
 
-# All the tests: the Kubernetes manifests, csi-sanity, then every crate's unit
-# tests and the end-to-end tests against the real binary (last, so its
-# summary closes).
-test: plugins test-deploy test-sanity
+# The driver image's recipe, checked: scripts/image.sh makes an OCI archive
+# without Docker (mmdebstrap + buildah) holding the dev-profile host (the one
+# build CI makes; `make image` ships the release one), and
+# scripts/test-image.py unpacks it and runs its programs in its root
+# filesystem: the tools the host execs, validate-config on deploy/'s configs.
+test-image: plugins host
+	scripts/image.sh --profile debug --out target/image/wasmcsi-dev.oci.tar
+	scripts/test-image.py target/image/wasmcsi-dev.oci.tar
+
+# All the tests: the Kubernetes manifests, csi-sanity, the driver image, then
+# every crate's unit tests and the end-to-end tests against the real binary
+# (last, so its summary closes).
+test: plugins test-deploy test-sanity test-image
 	$(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log
@@ -47,6 +56,13 @@ test: plugins test-deploy test-sanity
 release: setup
 	$(CARGO) build --release -p wasmcsi
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+
+# The driver image as an OCI archive, built without a Docker engine (the
+# Dockerfile's contents: docs/install.md). Push it with skopeo, or load it
+# with `podman load -i`.
+IMAGE ?= target/image/wasmcsi.oci.tar
+image: release
+	scripts/image.sh --profile release --out $(IMAGE)
 
 # The figures of docs/performance.md: the whole driver over its socket (raw
 # block volumes, then filesystem volumes per local-dir mode beside the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmcsi needs on a fresh Debian machine
 # with rustup: the wasm target, the node storage tools the driver runs, and
-# the Kubernetes schema validator and the Prometheus text parser. Safe to run again; skips what is there.
+# the image tools (mmdebstrap, buildah, umoci), the Kubernetes schema
+# validator and the Prometheus text parser. Safe to run again; skips what is there.
 set -euo pipefail
 
 need_root() {
@@ -25,6 +26,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The driver image without Docker (make image, make test-image): a root
+# filesystem from packages, an OCI archive, and unpacking it to test it.
+image_tools=()
+for tool in mmdebstrap buildah umoci; do
+    command -v "$tool" >/dev/null 2>&1 || image_tools+=("$tool")
+done
+if [ ${#image_tools[@]} -gt 0 ]; then
+    need_root
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${image_tools[@]}" >/dev/null
 fi
 
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
