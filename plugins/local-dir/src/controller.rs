@@ -119,9 +119,10 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     // clone answers even when the source is gone since).
     let mut meta = Meta::new(&req.name, &wanted, capacity);
     if let Some(from) = source {
-        let (size, fs_type) = source_of_copy(env, &req.name, from, &wanted)?;
+        let (size, fs_type, unformatted) = source_of_copy(env, &req.name, from, &wanted)?;
         meta.capacity_bytes = copy_capacity(&req.name, from, size, capacity, limit)?;
         meta.fs_type = fs_type;
+        meta.format_pending = unformatted;
         match from {
             Source::Volume(v) => meta.source = Some(v.to_string()),
             Source::Snapshot(s) => meta.snapshot = Some(s.to_string()),
@@ -390,24 +391,25 @@ fn requested_source(req: &CreateVolumeRequest) -> Result<Option<Source<'_>>> {
     Ok(Some(source))
 }
 
-/// The size and filesystem of what a create copies. Copies stay in their
-/// source's mode (a btrfs snapshot is no image, nor the reverse) and keep
-/// its filesystem.
+/// The size and filesystem of what a create copies, and whether that
+/// filesystem is still to be made (a never-staged image). Copies stay in
+/// their source's mode (a btrfs snapshot is no image, nor the reverse) and
+/// keep its filesystem.
 fn source_of_copy(
     env: &Env,
     name: &str,
     from: Source,
     wanted: &Wanted,
-) -> Result<(u64, Option<config::FsType>)> {
+) -> Result<(u64, Option<config::FsType>, bool)> {
     let doing = || format!("create-volume {name:?} from {}", source_text(Some(from)));
-    let (mode, fs_type, size) = match from {
+    let (mode, fs_type, size, unformatted) = match from {
         Source::Volume(v) => {
             let m = store::ready_meta(&env.layout, v).context(doing)?;
-            (m.mode, m.fs_type, m.capacity_bytes)
+            (m.mode, m.fs_type, m.capacity_bytes, m.format_pending)
         }
         Source::Snapshot(s) => {
             let m = snapshot::ready(env, s).context(doing)?;
-            (m.mode, m.fs_type, m.size_bytes)
+            (m.mode, m.fs_type, m.size_bytes, m.format_pending)
         }
     };
     if mode != wanted.mode {
@@ -436,7 +438,7 @@ fn source_of_copy(
             doing()
         )));
     }
-    Ok((size, fs_type))
+    Ok((size, fs_type, unformatted))
 }
 
 /// A copy holds at least its source's data: the request is raised to the

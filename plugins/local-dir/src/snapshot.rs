@@ -39,6 +39,14 @@ pub struct SnapMeta {
     /// Seconds since the Unix epoch.
     pub creation_time: u64,
     pub state: State,
+    /// Image mode: the source had never been staged, so the copy holds no
+    /// filesystem yet; a restore formats it at its first stage.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub format_pending: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 pub fn read(env: &Env, id: &str) -> Result<Option<SnapMeta>> {
@@ -142,6 +150,7 @@ pub fn create(env: &Env, req: CreateSnapshotRequest) -> Result<Snapshot> {
         size_bytes: volume.capacity_bytes,
         creation_time: now(),
         state: State::Creating,
+        format_pending: volume.format_pending,
     };
     let made = (|| {
         let dir = env.layout.snap_dir(&id);

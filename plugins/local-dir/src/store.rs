@@ -131,6 +131,20 @@ pub fn write_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
     write_atomic(&tmp, &path, &bytes)
 }
 
+/// `write_meta`, then the volume's directory synced: once it returns, a
+/// crash leaves the new record, not merely a whole one.
+pub fn write_meta_durable(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
+    write_meta(layout, id, meta)?;
+    sync_dir(&layout.dir(id))
+}
+
+/// fsync of a directory: makes the renames and creations in it durable.
+pub fn sync_dir(dir: &str) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| error::io(format_args!("syncing directory {dir}"), e))
+}
+
 /// Replaces `path` with `bytes` through `tmp` (write, fsync, rename).
 pub fn write_atomic(tmp: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let write = || -> io::Result<()> {
