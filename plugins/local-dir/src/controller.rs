@@ -159,11 +159,13 @@ pub fn delete_volume(env: &Env, volume_id: String) -> Result<()> {
         return Ok(());
     }
     // Mark it first so get/list stop showing it; removal itself works
-    // from the layout, so a missing or torn meta does not block it.
+    // from the layout, so a missing or torn meta does not block it. The
+    // mark is for concurrent readers only, hence not synced: after a crash
+    // the CO retries the delete, whatever record the crash left.
     match store::read_meta(&env.layout, id) {
         Ok(Some(mut meta)) if meta.state != State::Deleting => {
             meta.state = State::Deleting;
-            store::write_meta(&env.layout, id, &meta)?;
+            store::mark_meta(&env.layout, id, &meta)?;
         }
         Ok(_) => {}
         Err(e) => env.warn(
@@ -320,17 +322,21 @@ fn check_room(env: &Env, settings: &config::Settings, id: &str, capacity: u64) -
     Ok(())
 }
 
-/// Writes meta `creating`, makes the storage, then marks it `ready`.
+/// Makes the storage in the volume's directory, then writes its record,
+/// `ready`, durably: the one record whose loss after a reply would lose a
+/// volume the CO knows. Until then the directory has no meta, which every
+/// call reads as no volume (create tears it down and redoes it, delete
+/// removes it), so no `creating` record has to be written and synced first.
 fn make(env: &Env, backend: &dyn Backend, id: &str, meta: &mut Meta) -> Result<()> {
     store::make_dir(&env.layout, id)?;
-    store::write_meta(&env.layout, id, meta)?;
     backend.make(env, id, meta)?;
     meta.state = State::Ready;
-    store::write_meta(&env.layout, id, meta)
+    store::write_meta_durable(&env.layout, id, meta)
 }
 
-/// A failed create removes what it made; if even that fails, meta still
-/// says `creating`, so a retry tears down and redoes, and delete removes it.
+/// A failed create removes what it made; if even that fails, the directory
+/// still has no `ready` meta, so a retry tears down and redoes, and delete
+/// removes it.
 fn clean_up_failed_create(env: &Env, id: &str, e: Error) -> Error {
     match backend::teardown(env, id) {
         Ok(()) => e,

@@ -12,6 +12,8 @@ pub const VERSION: u32 = 1;
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Storage is being made; a retry tears it down and makes it again.
+    /// (Snapshots; volumes now have no record until they are ready, but
+    /// older records may still say it.)
     Creating,
     Ready,
     /// Being removed; hidden from get/list, finished by a delete retry.
