@@ -187,7 +187,12 @@ fn ids_in(dir: &str) -> Result<Vec<String>> {
     };
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| error::io(format_args!("listing {dir}"), e))?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // Removed while being listed (a concurrent delete): gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(error::io(format_args!("listing {dir}"), e)),
+        };
         if let Some(name) = entry.file_name().to_str().filter(|n| id::is_valid(n)) {
             ids.push(name.to_string());
         }
