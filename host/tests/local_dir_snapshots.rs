@@ -446,3 +446,138 @@ async fn controller_advertises_clones_and_snapshots() {
         );
     }
 }
+
+/// The image of a volume, from its CSI id.
+fn image_of(d: &TestDriver, volume_id: &str) -> PathBuf {
+    let local = volume_id.split_once(':').expect("plugin:id").1;
+    d.root.join("volumes").join(local).join("disk.img")
+}
+
+/// An image volume gets its filesystem at its first stage: create leaves
+/// a sparse image of the volume's size and runs no mkfs. Before that first
+/// stage it can be expanded, snapshotted, restored and cloned; each copy,
+/// staged later, gets a filesystem of its own size, enforced by the kernel.
+/// What an interrupted format left in an image is wiped before mkfs.
+async fn first_stage_formats(d: &mut TestDriver, params: &[(&str, &str)], size: u64, grown: u64) {
+    let fs = if params.contains(&("fsType", "ext4")) {
+        "ext4"
+    } else {
+        "xfs"
+    };
+    let source = create(d, "pvc-fresh", size, params, None)
+        .await
+        .expect("create");
+    let image = image_of(d, &source.volume_id);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&image).unwrap();
+    assert_eq!(meta.len(), source.capacity_bytes as u64);
+    assert_eq!(meta.blocks(), 0, "no filesystem written at create");
+
+    // Expanded while never staged: the image just grows.
+    let id = source.volume_id.clone();
+    let nowhere = d.staging("fresh-unstaged");
+    std::fs::create_dir_all(&nowhere).unwrap();
+    let expanded = d
+        .client
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: nowhere.display().to_string(),
+            capacity_range: range(grown),
+            volume_capability: Some(rw()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("node expand: {s:?}\n{}", d.logs()))
+        .into_inner()
+        .capacity_bytes as u64;
+    assert!(expanded >= grown);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), expanded);
+
+    // Copies of it, unformatted as it is.
+    let snap = snapshot(d, "snap-fresh", &id).await.expect("snapshot");
+    let restored = create(
+        d,
+        "pvc-fresh-restored",
+        grown,
+        params,
+        snapshot_source(&snap.snapshot_id),
+    )
+    .await
+    .unwrap_or_else(|s| panic!("restore: {s:?}\n{}", d.logs()));
+    let clone = create(d, "pvc-fresh-clone", grown, params, volume_source(&id))
+        .await
+        .unwrap_or_else(|s| panic!("clone: {s:?}\n{}", d.logs()));
+
+    // A whole filesystem in the clone's image, as an interrupted format
+    // could leave one (mkfs.xfs would refuse to overwrite it): the first
+    // stage starts from a zeroed image all the same.
+    let planted = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(image_of(d, &clone.volume_id))
+        .status()
+        .expect("mkfs.ext4");
+    assert!(planted.success());
+
+    let mut published = Vec::new();
+    for (vol, name) in [
+        (&source, "fresh"),
+        (&restored, "restored"),
+        (&clone, "clone"),
+    ] {
+        let p = publish(d, &vol.volume_id, name).await;
+        let mounted_fs = nix::sys::statfs::statfs(&p.target)
+            .unwrap()
+            .filesystem_type();
+        let want = if fs == "xfs" {
+            nix::sys::statfs::XFS_SUPER_MAGIC
+        } else {
+            nix::sys::statfs::EXT4_SUPER_MAGIC
+        };
+        assert_eq!(mounted_fs, want, "{name}");
+        assert!(healthy(d, &p).await, "{name}");
+        assert_bounded(&p.target, grown, size);
+        published.push(p);
+    }
+    // Staged again (a retry, or after a restart): the same filesystem.
+    let first = published.remove(0);
+    std::fs::write(first.target.join("kept"), "yes").unwrap();
+    d.unpublish(&first.id, &first.target)
+        .await
+        .expect("unpublish");
+    d.unstage(&first.id, &first.staging).await.expect("unstage");
+    let again = publish(d, &first.id, "fresh").await;
+    d.client
+        .node
+        .node_stage_volume(stage_req(&again.id, &again.staging))
+        .await
+        .expect("stage retried");
+    assert_eq!(read(&again.target, "kept").as_deref(), Some("yes"));
+    published.push(again);
+
+    for p in published {
+        remove(d, p).await;
+    }
+    d.client
+        .controller
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete snapshot");
+    assert_eq!(d.volumes_on_disk(), Vec::<String>::new());
+    assert!(d.loop_devices().is_empty(), "{:?}", d.loop_devices());
+}
+
+#[tokio::test]
+async fn image_xfs_never_staged_formats_at_first_stage() {
+    let mut d = TestDriver::start(Options::default()).await;
+    first_stage_formats(&mut d, &[], 300 * MIB, 400 * MIB).await;
+}
+
+#[tokio::test]
+async fn image_ext4_never_staged_formats_at_first_stage() {
+    let mut d = TestDriver::start(Options::default()).await;
+    first_stage_formats(&mut d, &[("fsType", "ext4")], 64 * MIB, 96 * MIB).await;
+}

@@ -129,9 +129,10 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     // clone answers even when the source is gone since).
     let mut meta = Meta::new(&req.name, &wanted, capacity);
     if let Some(from) = source {
-        let (size, fs_type) = source_of_copy(env, &req.name, from, &wanted)?;
+        let (size, fs_type, unformatted) = source_of_copy(env, &req.name, from, &wanted)?;
         meta.capacity_bytes = copy_capacity(&req.name, from, size, capacity, limit)?;
         meta.fs_type = fs_type;
+        meta.format_pending = unformatted;
         match from {
             Source::Volume(v) => meta.source = Some(v.to_string()),
             Source::Snapshot(s) => meta.snapshot = Some(s.to_string()),
@@ -168,11 +169,13 @@ pub fn delete_volume(env: &Env, volume_id: String) -> Result<()> {
         return Ok(());
     }
     // Mark it first so get/list stop showing it; removal itself works
-    // from the layout, so a missing or torn meta does not block it.
+    // from the layout, so a missing or torn meta does not block it. The
+    // mark is for concurrent readers only, hence not synced: after a crash
+    // the CO retries the delete, whatever record the crash left.
     match store::read_meta(&env.layout, id) {
         Ok(Some(mut meta)) if meta.state != State::Deleting => {
             meta.state = State::Deleting;
-            store::write_meta(&env.layout, id, &meta)?;
+            store::mark_meta(&env.layout, id, &meta)?;
         }
         Ok(_) => {}
         Err(e) => env.warn(
@@ -329,17 +332,21 @@ fn check_room(env: &Env, settings: &config::Settings, id: &str, capacity: u64) -
     Ok(())
 }
 
-/// Writes meta `creating`, makes the storage, then marks it `ready`.
+/// Makes the storage in the volume's directory, then writes its record,
+/// `ready`, durably: the one record whose loss after a reply would lose a
+/// volume the CO knows. Until then the directory has no meta, which every
+/// call reads as no volume (create tears it down and redoes it, delete
+/// removes it), so no `creating` record has to be written and synced first.
 fn make(env: &Env, backend: &dyn Backend, id: &str, meta: &mut Meta) -> Result<()> {
     store::make_dir(&env.layout, id)?;
-    store::write_meta(&env.layout, id, meta)?;
     backend.make(env, id, meta)?;
     meta.state = State::Ready;
-    store::write_meta(&env.layout, id, meta)
+    store::write_meta_durable(&env.layout, id, meta)
 }
 
-/// A failed create removes what it made; if even that fails, meta still
-/// says `creating`, so a retry tears down and redoes, and delete removes it.
+/// A failed create removes what it made; if even that fails, the directory
+/// still has no `ready` meta, so a retry tears down and redoes, and delete
+/// removes it.
 fn clean_up_failed_create(env: &Env, id: &str, e: Error) -> Error {
     match backend::teardown(env, id) {
         Ok(()) => e,
@@ -400,24 +407,25 @@ fn requested_source(req: &CreateVolumeRequest) -> Result<Option<Source<'_>>> {
     Ok(Some(source))
 }
 
-/// The size and filesystem of what a create copies. Copies stay in their
-/// source's mode (a btrfs snapshot is no image, nor the reverse) and keep
-/// its filesystem.
+/// The size and filesystem of what a create copies, and whether that
+/// filesystem is still to be made (a never-staged image). Copies stay in
+/// their source's mode (a btrfs snapshot is no image, nor the reverse) and
+/// keep its filesystem.
 fn source_of_copy(
     env: &Env,
     name: &str,
     from: Source,
     wanted: &Wanted,
-) -> Result<(u64, Option<config::FsType>)> {
+) -> Result<(u64, Option<config::FsType>, bool)> {
     let doing = || format!("create-volume {name:?} from {}", source_text(Some(from)));
-    let (mode, fs_type, size) = match from {
+    let (mode, fs_type, size, unformatted) = match from {
         Source::Volume(v) => {
             let m = store::ready_meta(&env.layout, v).context(doing)?;
-            (m.mode, m.fs_type, m.capacity_bytes)
+            (m.mode, m.fs_type, m.capacity_bytes, m.format_pending)
         }
         Source::Snapshot(s) => {
             let m = snapshot::ready(env, s).context(doing)?;
-            (m.mode, m.fs_type, m.size_bytes)
+            (m.mode, m.fs_type, m.size_bytes, m.format_pending)
         }
     };
     if mode != wanted.mode {
@@ -446,7 +454,7 @@ fn source_of_copy(
             doing()
         )));
     }
-    Ok((size, fs_type))
+    Ok((size, fs_type, unformatted))
 }
 
 /// A copy holds at least its source's data: the request is raised to the

@@ -162,6 +162,9 @@ impl Host for Fake {
     fn make_filesystem(&self, image: &str, fs_type: &str) -> Result<()> {
         self.step("make-filesystem")?;
         let len = file_len(image)?;
+        if self.device_of(image).is_some() {
+            return Err(err(ErrorCode::FailedPrecondition, "image attached"));
+        }
         self.st()
             .filesystems
             .insert(image.into(), (fs_type.into(), len));

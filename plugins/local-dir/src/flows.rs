@@ -212,7 +212,11 @@ fn image_create_is_idempotent_and_checks_compatibility() {
     assert!(v.volume_context.contains(&("node".into(), "node-1".into())));
     let image = env.layout.image("pvc-1");
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 300 * MIB);
-    assert_eq!(w.fake.st().filesystems[&image].0, "xfs");
+    assert!(
+        w.meta("pvc-1").unwrap().format_pending,
+        "mkfs waits for stage"
+    );
+    assert!(w.fake.st().filesystems.is_empty());
 
     assert_eq!(
         create(&env, "pvc-1", 300 * MIB, mount_cap("xfs")).unwrap(),
@@ -323,7 +327,11 @@ fn create_retried_after_crash_anywhere_finishes() {
             let env = w.env();
             let st = w.fake.st();
             if settings == "image" {
-                assert_eq!(st.filesystems[&env.layout.image("pvc-x")].0, "xfs");
+                assert!(meta.format_pending);
+                assert_eq!(
+                    std::fs::metadata(env.layout.image("pvc-x")).unwrap().len(),
+                    cap
+                );
             } else {
                 assert_eq!(st.limits[&env.layout.data("pvc-x")], cap);
             }
@@ -335,23 +343,19 @@ fn create_retried_after_crash_anywhere_finishes() {
 fn interrupted_create_states_are_redone() {
     let w = World::new("redo", "xfs");
     let env = w.env();
-    // Crash right after meta `creating` and a bare image, before mkfs.
+    // A record left `creating` (by an older local-dir) and a bare image.
     create(&env, "pvc-r", MIB, mount_cap("")).unwrap();
     let mut meta = w.meta("pvc-r").unwrap();
     meta.state = State::Creating;
     store::write_meta(&env.layout, "pvc-r", &meta).unwrap();
-    w.fake.st().filesystems.clear();
     assert_eq!(
         code(controller::get_volume(&env, "pvc-r".into())),
         ErrorCode::NotFound
     );
     create(&env, "pvc-r", MIB, mount_cap("")).unwrap();
-    assert_eq!(w.meta("pvc-r").unwrap().state, State::Ready);
-    assert!(w
-        .fake
-        .st()
-        .filesystems
-        .contains_key(&env.layout.image("pvc-r")));
+    let meta = w.meta("pvc-r").unwrap();
+    assert_eq!(meta.state, State::Ready);
+    assert!(meta.format_pending);
     // A directory without meta (crash right after mkdir).
     std::fs::create_dir_all(env.layout.dir("pvc-s")).unwrap();
     std::fs::write(env.layout.image("pvc-s"), b"junk").unwrap();
@@ -494,6 +498,123 @@ fn stage_retried_after_crash_anywhere_mounts_once() {
         assert_eq!(st.mounts.len(), 1);
         assert_eq!(st.mounts[&staging].source, *st.loops.keys().next().unwrap());
     }
+}
+
+#[test]
+fn first_stage_formats_once_and_a_crash_in_it_is_redone() {
+    for fs in ["xfs", "ext4"] {
+        let probe = World::new(&format!("fprobe-{fs}"), "xfs");
+        probe.set("fsType", fs);
+        let staging = probe.path("stage");
+        create(&probe.env(), "pvc-f", MIB, mount_cap("")).unwrap();
+        let n = probe.calls_of(|env| {
+            node::stage_volume(env, stage_req("pvc-f", &staging, mount_cap(""))).unwrap()
+        });
+        for at in 1..=n {
+            let w = World::new(&format!("f{fs}{at}"), "xfs");
+            w.set("fsType", fs);
+            let staging = w.path("stage");
+            let env = w.env();
+            let cap = create(&env, "pvc-f", MIB, mount_cap("")).unwrap();
+            let req = || stage_req("pvc-f", &staging, mount_cap(""));
+            assert!(w
+                .run(Some(at), |env| node::stage_volume(env, req()))
+                .is_none());
+            w.run(None, |env| node::stage_volume(env, req()))
+                .unwrap()
+                .unwrap();
+            let meta = w.meta("pvc-f").unwrap();
+            assert!(
+                !meta.format_pending && !meta.grow_pending,
+                "{fs}: crash at {at}"
+            );
+            let image = env.layout.image("pvc-f");
+            let st = w.fake.st();
+            assert_eq!(st.filesystems[&image], (fs.to_string(), cap));
+            assert_eq!(st.mounts[&staging].fs_type, fs);
+            assert_eq!(st.loops.len(), 1);
+        }
+    }
+
+    // What a half-made filesystem left is wiped before mkfs; once made, a
+    // filesystem is never made again.
+    let w = World::new("fonce", "xfs");
+    let env = w.env();
+    let staging = w.path("stage");
+    create(&env, "pvc-o", MIB, mount_cap("")).unwrap();
+    let image = env.layout.image("pvc-o");
+    write_at_start(&image, b"half-made");
+    node::stage_volume(&env, stage_req("pvc-o", &staging, mount_cap(""))).unwrap();
+    assert_eq!(head(&image, 9), [0; 9]);
+    write_at_start(&image, b"user data");
+    node::unstage_volume(&env, "pvc-o".into(), staging.clone()).unwrap();
+    node::stage_volume(&env, stage_req("pvc-o", &staging, mount_cap(""))).unwrap();
+    assert_eq!(head(&image, 9), b"user data");
+}
+
+#[test]
+fn never_staged_volumes_expand_copy_and_format_at_first_use() {
+    for fs in ["xfs", "ext4"] {
+        let w = World::new(&format!("fresh-{fs}"), "xfs");
+        w.set("fsType", fs);
+        let env = w.env();
+        let cap = create(&env, "pvc-n", MIB, mount_cap("")).unwrap();
+        // Expanded before any stage: the image grows, no filesystem to grow.
+        let grown = node::expand_volume(
+            &env,
+            node_expand_req("pvc-n", &w.path("nowhere"), 2 * cap, Some(mount_cap(""))),
+        )
+        .unwrap();
+        assert_eq!(grown, 2 * cap);
+        let meta = w.meta("pvc-n").unwrap();
+        assert!(meta.format_pending && !meta.grow_pending);
+        assert_eq!(
+            std::fs::metadata(env.layout.image("pvc-n")).unwrap().len(),
+            2 * cap
+        );
+        // Its snapshot, a restore and a clone are as unformatted as it is.
+        snapshot::create(&env, snap_req("snap-n", "pvc-n")).unwrap();
+        assert!(snapshot::ready(&env, "snap-n").unwrap().format_pending);
+        let restore = ContentSource::Snapshot("snap-n".into());
+        controller::create_volume(&env, from_req("pvc-r", MIB, None, restore)).unwrap();
+        let clone = ContentSource::Volume("pvc-n".into());
+        controller::create_volume(&env, from_req("pvc-c", 3 * cap, None, clone)).unwrap();
+        assert!(w.fake.st().new_uuids.is_empty(), "no filesystem to rename");
+        for (v, size) in [("pvc-n", 2 * cap), ("pvc-r", 2 * cap), ("pvc-c", 3 * cap)] {
+            let meta = w.meta(v).unwrap();
+            assert!(
+                meta.format_pending && !meta.grow_pending && !meta.nouuid,
+                "{v}"
+            );
+            let staging = w.path(&format!("stage-{v}"));
+            node::stage_volume(&env, stage_req(v, &staging, mount_cap(""))).unwrap();
+            let image = env.layout.image(v);
+            assert_eq!(
+                w.fake.st().filesystems[&image],
+                (fs.to_string(), size),
+                "{v}"
+            );
+            assert!(!w.meta(v).unwrap().format_pending, "{v}");
+            assert!(!w.fake.st().mount_options[&staging].contains(&"nouuid".to_string()));
+        }
+        // Formatted now: its next snapshot is of a filesystem.
+        snapshot::create(&env, snap_req("snap-f", "pvc-n")).unwrap();
+        assert!(!snapshot::ready(&env, "snap-f").unwrap().format_pending);
+    }
+}
+
+#[test]
+fn a_block_stage_of_a_filesystem_volume_formats_it_first() {
+    let w = World::new("blockfs", "xfs");
+    let env = w.env();
+    create(&env, "pvc-bf", MIB, mount_cap("")).unwrap();
+    let staging = w.path("stage");
+    node::stage_volume(&env, stage_req("pvc-bf", &staging, block_cap())).unwrap();
+    assert!(!w.meta("pvc-bf").unwrap().format_pending);
+    assert_eq!(
+        w.fake.st().filesystems[&env.layout.image("pvc-bf")].0,
+        "xfs"
+    );
 }
 
 #[test]
@@ -907,8 +1028,8 @@ fn image_snapshot_restore_and_clone() {
     let staging = w.path("stage");
     create(&env, "pvc-src", MIB, mount_cap("")).unwrap();
     let src_image = env.layout.image("pvc-src");
-    write_at_start(&src_image, b"before");
     node::stage_volume(&env, stage_req("pvc-src", &staging, mount_cap(""))).unwrap();
+    write_at_start(&src_image, b"before");
 
     let snap = snapshot::create(&env, snap_req("snap-1", "pvc-src")).unwrap();
     assert_eq!(
@@ -1242,6 +1363,10 @@ fn ext4_copies_get_a_new_uuid() {
     w.set("fsType", "ext4");
     let env = w.env();
     create(&env, "pvc-e", MIB, mount_cap("")).unwrap();
+    // Staged once, so it has its filesystem.
+    let first = w.path("first");
+    node::stage_volume(&env, stage_req("pvc-e", &first, mount_cap(""))).unwrap();
+    node::unstage_volume(&env, "pvc-e".into(), first).unwrap();
     snapshot::create(&env, snap_req("snap", "pvc-e")).unwrap();
     controller::create_volume(
         &env,
@@ -1278,8 +1403,9 @@ fn group_snapshots_are_one_cut_restorable_and_deleted_together() {
     let (stage_a, stage_b) = (w.path("stage-a"), w.path("stage-b"));
     for (id, staging, data) in [("pvc-a", &stage_a, b"aaaa"), ("pvc-b", &stage_b, b"bbbb")] {
         create(&env, id, MIB, mount_cap("")).unwrap();
-        write_at_start(&env.layout.image(id), data);
+        // The filesystem is made at the first stage: data after it.
         node::stage_volume(&env, stage_req(id, staging, mount_cap(""))).unwrap();
+        write_at_start(&env.layout.image(id), data);
     }
 
     let g = group::create(&env, group_req("grp", &["pvc-a", "pvc-b"])).unwrap();

@@ -204,6 +204,7 @@ pub fn create(env: &Env, req: CreateGroupSnapshotRequest) -> Result<GroupSnapsho
                 creation_time: meta.creation_time,
                 state: State::Creating,
                 group: Some(id.clone()),
+                format_pending: volume.format_pending,
             };
             snapshot::begin(env, member, &m)?;
             pairs.push(snapshot::copy_paths(env, member, source, mode)?);

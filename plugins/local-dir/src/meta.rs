@@ -12,6 +12,8 @@ pub const VERSION: u32 = 1;
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     /// Storage is being made; a retry tears it down and makes it again.
+    /// (Snapshots; volumes now have no record until they are ready, but
+    /// older records may still say it.)
     Creating,
     Ready,
     /// Being removed; hidden from get/list, finished by a delete retry.
@@ -35,6 +37,12 @@ pub struct Meta {
     /// node expand (online) or the next stage (offline) clears it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub grow_pending: bool,
+    /// The image (sized, sparse) has no filesystem yet: it is made at the
+    /// first stage, so that create does not pay for mkfs. Cleared durably
+    /// before anything mounts it; while set, nothing in the image is data,
+    /// so an interrupted format is simply redone from a zeroed image.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub format_pending: bool,
     /// The volume this one was cloned from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -62,6 +70,7 @@ impl Meta {
             capacity_bytes,
             state: State::Creating,
             grow_pending: false,
+            format_pending: false,
             source: None,
             snapshot: None,
             nouuid: false,
@@ -153,6 +162,7 @@ mod tests {
     fn json_round_trip() {
         let mut m = Meta::new("pvc-1", &xfs(), 300 * MIB);
         m.grow_pending = true;
+        m.format_pending = true;
         let back = Meta::from_json(&m.to_json().unwrap()).unwrap();
         assert_eq!(back, m);
         let text = String::from_utf8(m.to_json().unwrap()).unwrap();
@@ -168,6 +178,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.fs_type, None);
         assert!(!m.grow_pending);
+        assert!(!m.format_pending, "older records hold a formatted image");
         assert_eq!(m.state, State::Ready);
     }
 

@@ -42,6 +42,14 @@ pub struct SnapMeta {
     /// The group snapshot it was cut with: deleted only with the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Image mode: the source had never been staged, so the copy holds no
+    /// filesystem yet; a restore formats it at its first stage.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub format_pending: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 pub fn read(env: &Env, id: &str) -> Result<Option<SnapMeta>> {
@@ -127,6 +135,7 @@ pub fn create(env: &Env, req: CreateSnapshotRequest) -> Result<Snapshot> {
         creation_time: now(),
         state: State::Creating,
         group: None,
+        format_pending: volume.format_pending,
     };
     let made = (|| {
         begin(env, &id, &meta)?;

@@ -139,10 +139,37 @@ pub fn ready_meta(layout: &Layout, id: &str) -> Result<Meta> {
 /// crash leaves the old or the new record, never a torn one.
 pub fn write_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
     let (tmp, path) = (layout.meta_tmp(id), layout.meta(id));
-    let bytes = meta
-        .to_json()
-        .map_err(|e| internal(format!("encoding {path}: {e}")))?;
-    write_atomic(&tmp, &path, &bytes)
+    write_atomic(&tmp, &path, &encode(&path, meta)?)
+}
+
+/// Replaces meta.json (temp file, rename) without waiting for the disk: a
+/// crash may leave the old record or, on some filesystems, an empty one.
+/// Only for a state whose loss a retry of the call repairs (a deletion,
+/// which removes the volume by its layout whatever its meta says).
+pub fn mark_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
+    let (tmp, path) = (layout.meta_tmp(id), layout.meta(id));
+    let bytes = encode(&path, meta)?;
+    fs::write(&tmp, &bytes).map_err(|e| error::io(format_args!("writing {tmp}"), e))?;
+    fs::rename(&tmp, &path).map_err(|e| error::io(format_args!("renaming {tmp} to {path}"), e))
+}
+
+fn encode(path: &str, meta: &Meta) -> Result<Vec<u8>> {
+    meta.to_json()
+        .map_err(|e| internal(format!("encoding {path}: {e}")))
+}
+
+/// `write_meta`, then the volume's directory synced: once it returns, a
+/// crash leaves the new record, not merely a whole one.
+pub fn write_meta_durable(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
+    write_meta(layout, id, meta)?;
+    sync_dir(&layout.dir(id))
+}
+
+/// fsync of a directory: makes the renames and creations in it durable.
+pub fn sync_dir(dir: &str) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| error::io(format_args!("syncing directory {dir}"), e))
 }
 
 /// A versioned JSON record (a snapshot's or a group's meta.json), or None
@@ -207,7 +234,12 @@ fn ids_in(dir: &str) -> Result<Vec<String>> {
     };
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| error::io(format_args!("listing {dir}"), e))?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            // Removed while being listed (a concurrent delete): gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(error::io(format_args!("listing {dir}"), e)),
+        };
         if let Some(name) = entry.file_name().to_str().filter(|n| id::is_valid(n)) {
             ids.push(name.to_string());
         }
@@ -312,9 +344,15 @@ mod tests {
         assert_eq!(read_meta(&l, "v1").unwrap(), Some(m.clone()));
         assert_eq!(ready_meta(&l, "v1").unwrap_err().code, ErrorCode::NotFound);
         m.state = State::Ready;
-        write_meta(&l, "v1", &m).unwrap();
+        write_meta_durable(&l, "v1", &m).unwrap();
         assert_eq!(ready_meta(&l, "v1").unwrap(), m);
         assert!(!exists(&l.meta_tmp("v1")).unwrap());
+        m.state = State::Deleting;
+        mark_meta(&l, "v1", &m).unwrap();
+        assert_eq!(read_meta(&l, "v1").unwrap(), Some(m));
+        assert!(!exists(&l.meta_tmp("v1")).unwrap());
+        let gone = sync_dir(&l.dir("v2")).unwrap_err();
+        assert!(gone.message.contains("v2"), "{}", gone.message);
     }
 
     #[test]

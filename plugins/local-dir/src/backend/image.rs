@@ -1,5 +1,6 @@
 //! Image mode: a sparse `disk.img` with an xfs/ext4 filesystem (or none,
-//! for raw block), attached to a loop device when staged.
+//! for raw block), attached to a loop device when staged. The filesystem
+//! is made at the first stage (see `format`), not at create.
 //!
 //! Growth: node expand records `growPending` in meta before enlarging the
 //! image, then grows the filesystem online. Where that cannot happen (ext4
@@ -7,6 +8,8 @@
 //! finishes it: ext4 offline right after its fsck and before mounting
 //! (resize2fs wants a freshly checked filesystem), xfs online right after
 //! mounting (xfs only grows mounted).
+
+mod format;
 
 use std::fs::{self as stdfs, OpenOptions};
 
@@ -62,11 +65,8 @@ impl Backend for Image {
                 e,
             )
         })?;
-        if let Some(fs) = meta.fs_type {
-            env.host
-                .make_filesystem(&image, fs.as_str())
-                .context(|| format!("volume {id}: making {} on {image}", fs.as_str()))?;
-        }
+        // Its size is the capacity; its filesystem comes at first stage.
+        meta.format_pending = meta.fs_type.is_some();
         Ok(())
     }
 
@@ -89,6 +89,9 @@ impl Backend for Image {
     ) -> Result<()> {
         let image = env.layout.image(id);
         ensure_len(id, &image, meta.capacity_bytes)?;
+        // Before any access, block included: a volume created with a
+        // filesystem has one whenever it is used.
+        let fresh = format::first_use(env, id, meta)?;
         // Also right after a reboot, when nothing is attached any more.
         let device = env
             .host
@@ -145,6 +148,7 @@ impl Backend for Image {
             .probe_filesystem(&image)
             .context(|| format!("volume {id}: probing the filesystem on {image}"))?
         {
+            _ if fresh => {}
             Some(found) if found == fs.as_str() => {}
             Some(found) => {
                 return Err(internal(format!(
@@ -159,7 +163,7 @@ impl Backend for Image {
                 )))
             }
         }
-        if fs == FsType::Ext4 {
+        if fs == FsType::Ext4 && !fresh {
             env.host
                 .check_filesystem(&image, "ext4")
                 .context(|| format!("volume {id}: checking ext4 on {image}"))?;
@@ -227,7 +231,9 @@ impl Backend for Image {
             // Intent first: whatever step a crash interrupts, the retry (or
             // the next stage) sees the new size and the pending grow.
             meta.capacity_bytes = capacity;
-            meta.grow_pending |= meta.fs_type.is_some();
+            // An unformatted image just grows: its filesystem will be made
+            // at the image's size.
+            meta.grow_pending |= meta.fs_type.is_some() && !meta.format_pending;
             store::write_meta(&env.layout, id, meta)?;
         }
         let image = env.layout.image(id);
@@ -364,7 +370,8 @@ fn image_problem(
 /// the root's filesystem can; the host freezes a mounted source for it),
 /// mountable next to its source (ext4: a new UUID; XFS: `nouuid`, see
 /// `Meta::nouuid`), enlarged to the new volume's size. Its filesystem grows to fill the
-/// image when it is first staged.
+/// image when it is first staged. A copy of a never-staged source is as
+/// unformatted as its source (`meta.format_pending` comes from it).
 fn copy(env: &Env, id: &str, meta: &mut Meta, from: &str, image: &str) -> Result<()> {
     let how = env
         .host
@@ -375,6 +382,9 @@ fn copy(env: &Env, id: &str, meta: &mut Meta, from: &str, image: &str) -> Result
         &[("volume", id), ("method", crate::snapshot::method(how))],
     );
     match meta.fs_type {
+        // No filesystem yet (the source was never staged): this copy gets
+        // its own at its first stage, with its own UUID.
+        Some(_) if meta.format_pending => {}
         Some(FsType::Xfs) => meta.nouuid = true,
         Some(fs) => env
             .host
@@ -388,7 +398,7 @@ fn copy(env: &Env, id: &str, meta: &mut Meta, from: &str, image: &str) -> Result
         None => {}
     }
     // Always: the source's own growth may have been pending too.
-    meta.grow_pending |= meta.fs_type.is_some();
+    meta.grow_pending |= meta.fs_type.is_some() && !meta.format_pending;
     ensure_len(id, image, meta.capacity_bytes)
 }
 

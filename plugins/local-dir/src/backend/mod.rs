@@ -31,8 +31,8 @@ pub trait Backend {
     /// Checks that this node can hold such a volume, before anything is made.
     fn precheck(&self, env: &Env, wanted: &Wanted) -> Result<()>;
 
-    /// Makes the storage of a volume whose meta (already written) says
-    /// `creating`: empty, or a copy of `meta.source` (a volume) or
+    /// Makes the storage of a volume in its directory, which has no meta
+    /// yet: empty, or a copy of `meta.source` (a volume) or
     /// `meta.snapshot`. Must start from nothing: leftovers are torn down
     /// first. May note work left for later in `meta` (written when ready).
     fn make(&self, env: &Env, id: &str, meta: &mut Meta) -> Result<()>;
