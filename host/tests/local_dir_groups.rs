@@ -109,7 +109,7 @@ fn seq(target: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes 1, 2, 3... to `a/seq` then to `b/seq`, each durable before the
+/// Writes 1, 2, 3... to `a/seq` then to `b/seq`, each done before the
 /// next: at every instant `a` holds n and `b` holds n or n-1. A cut that is
 /// one point in time keeps that; copies taken one after the other can
 /// catch `b` ahead of `a`.
@@ -118,10 +118,12 @@ fn ordered_writer(a: PathBuf, b: PathBuf, stop: Arc<AtomicBool>) -> std::thread:
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             n += 1;
+            // Whole values only: written aside, then renamed over.
             for dir in [&a, &b] {
-                let mut f = std::fs::File::create(dir.join("seq")).unwrap();
+                let mut f = std::fs::File::create(dir.join("seq.new")).unwrap();
                 writeln!(f, "{n}").unwrap();
                 f.sync_all().unwrap();
+                std::fs::rename(dir.join("seq.new"), dir.join("seq")).unwrap();
             }
         }
         n
