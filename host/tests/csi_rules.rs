@@ -738,15 +738,20 @@ async fn metrics_and_health_are_served() {
         Code::InvalidArgument
     );
     d.delete(&id).await.unwrap();
-    let get = |path: &str| {
+    let ask = |method: &str, path: &str| {
         let mut s = std::net::TcpStream::connect(&address).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .unwrap();
+        s.write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
     };
+    let get = |path: &str| ask("GET", path);
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(ask("POST", "/metrics").starts_with("HTTP/1.1 405"));
     let m = get("/metrics");
     assert!(
         m.contains(r#"wasmcsi_csi_requests_total{method="CreateVolume",code="OK"} 1"#),
