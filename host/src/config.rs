@@ -569,6 +569,14 @@ plugins:
         assert!(err.contains("plugins[0].capabilities.fs.root"), "{err}");
     }
 
+    /// YAML keys are unique: a repeated one is refused with its line, not
+    /// silently won by the last (a settings map used to take the last).
+    #[test]
+    fn a_repeated_key_is_refused() {
+        let err = error_of(&GOOD.replace("size: 5", "size: 5, size: 6"));
+        assert!(err.contains("duplicate") && err.contains("line 9"), "{err}");
+    }
+
     #[test]
     fn overrides_win() {
         let o = Overrides {
