@@ -4,12 +4,17 @@ the official Python client's parser, and follow the naming rules wasmcsi
 promises (https://prometheus.io/docs/practices/naming/): a `wasmcsi_`
 prefix, HELP on every family, counters ending in `_total`, a base unit on
 histograms, cumulative buckets whose `+Inf` equals `_count`. Exits 1 with
-one line per problem."""
+one line per problem. With `--openmetrics` the input is OpenMetrics 1.0
+text, read by the same client's OpenMetrics parser (counter families are
+named there without `_total`; their samples carry it)."""
 
 import re
 import sys
 from collections import defaultdict
 
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -17,9 +22,13 @@ LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 UNITS = ("_seconds", "_bytes")
 
 
-def check(text):
-    problems = check_raw(text)
-    families = list(text_string_to_metric_families(text))
+def check(text, openmetrics=False):
+    problems = check_raw(text, openmetrics)
+    parse = openmetrics_families if openmetrics else text_string_to_metric_families
+    try:
+        families = list(parse(text))
+    except ValueError as e:
+        return problems + [f"does not parse: {e}"]
     if not families:
         return ["no metric families"]
     for f in families:
@@ -44,7 +53,7 @@ def check(text):
     return problems
 
 
-def check_raw(text):
+def check_raw(text, openmetrics=False):
     """What the parser forgives: it adds `_total` to counter samples itself,
     so the names as written are checked here."""
     problems = []
@@ -53,11 +62,17 @@ def check_raw(text):
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ", 3)
             declared[name] = kind
-            if (kind == "counter") != name.endswith("_total"):
+            if openmetrics:
+                if name.endswith("_total"):
+                    problems.append(f"{name} ({kind}): an OpenMetrics family named with _total")
+            elif (kind == "counter") != name.endswith("_total"):
                 problems.append(f"{name} ({kind}): only counters end in _total")
         elif line and not line.startswith("#"):
             name = re.match(r"[^{ ]+", line).group(0)
             base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if openmetrics and name.endswith("_total"):
+                if declared.get(name[: -len("_total")]) == "counter":
+                    continue
             if name not in declared and declared.get(base) != "histogram":
                 problems.append(f"{name}: a sample with no TYPE line")
     return problems
@@ -85,7 +100,7 @@ def check_histogram(where, samples):
 
 
 if __name__ == "__main__":
-    found = check(sys.stdin.read())
+    found = check(sys.stdin.read(), openmetrics="--openmetrics" in sys.argv[1:])
     for p in found:
         print(p)
     sys.exit(1 if found else 0)

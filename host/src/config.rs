@@ -1,6 +1,9 @@
 //! The driver config: what a ConfigMap holds. Loading expands `${NAME}` and
-//! `${NAME:-default}` from the environment, then validates every field so
-//! that a bad config fails at start with one message naming the field.
+//! `${NAME:-default}` from the environment inside the parsed values, then
+//! validates every field so that a bad config fails at start with one
+//! message naming the field.
+
+mod env;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// How often the config file and the `.wasm` files are checked for
     /// changes (hot reload); 0 turns watching off.
-    #[serde(default = "default_watch_interval")]
+    #[serde(default = "default_watch_interval", deserialize_with = "env::scalar")]
     pub watch_interval_ms: u64,
 }
 
@@ -95,7 +98,7 @@ pub struct PluginConfig {
     pub sha256: Option<String>,
     /// Handed to the plugin as a string map.
     #[serde(default)]
-    pub settings: BTreeMap<String, serde_yaml::Value>,
+    pub settings: BTreeMap<String, serde_norway::Value>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -106,24 +109,24 @@ pub struct PluginConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
     /// Cap on the plugin's linear memory per call.
-    #[serde(default = "default_memory_bytes")]
+    #[serde(default = "default_memory_bytes", deserialize_with = "env::scalar")]
     pub memory_bytes: u64,
     /// Wall-clock bound of one plugin call (the gRPC deadline may be shorter).
-    #[serde(default = "default_call_timeout")]
+    #[serde(default = "default_call_timeout", deserialize_with = "env::scalar")]
     pub call_timeout_seconds: u64,
     /// Plugin calls running at once; more wait.
-    #[serde(default = "default_max_concurrent")]
+    #[serde(default = "default_max_concurrent", deserialize_with = "env::scalar")]
     pub max_concurrent_calls: u32,
     /// WASI handles (open files, directories, streams) one call may hold at
     /// once; each is at most a host file descriptor or two.
-    #[serde(default = "default_max_open_handles")]
+    #[serde(default = "default_max_open_handles", deserialize_with = "env::scalar")]
     pub max_open_handles: u32,
     /// Log lines one call may write; the rest are counted, and one line
     /// says how many were dropped when the call ends.
-    #[serde(default = "default_log_lines")]
+    #[serde(default = "default_log_lines", deserialize_with = "env::scalar")]
     pub log_lines_per_call: u32,
     /// Log bytes (messages and fields, after cutting) one call may write.
-    #[serde(default = "default_log_bytes")]
+    #[serde(default = "default_log_bytes", deserialize_with = "env::scalar")]
     pub log_bytes_per_call: u64,
 }
 
@@ -183,7 +186,7 @@ pub struct QuotaGrant {
     /// Turn btrfs quotas on for the root's filesystem at load. Quotas are
     /// a filesystem-wide setting (with a cost on every write), so the host
     /// never turns them on as a side effect of a plugin's call.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env::scalar")]
     pub enable_btrfs_quotas: bool,
 }
 
@@ -196,7 +199,7 @@ pub struct MountGrant {
     /// Mount targets must resolve under one of these directories.
     pub target_prefixes: Vec<PathBuf>,
     /// Every mount the plugin makes is also `noexec` (always `nosuid,nodev`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env::scalar")]
     pub noexec: bool,
     /// Test aid for nodes without an NFS client: network mounts are
     /// appended to this file (one JSON line each) instead of performed.
@@ -215,7 +218,7 @@ pub struct HttpGrant {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Accept any TLS certificate. For labs only; logged at every start.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env::scalar")]
     pub insecure_skip_tls_verify: bool,
 }
 
@@ -245,14 +248,25 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         overrides: &Overrides,
     ) -> Result<Config> {
-        let expanded = expand_env_outside_comments(text, env)?;
-        let mut config: Config = serde_yaml::from_str(&expanded).map_err(|e| {
+        let raw: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
                 .unwrap_or_default();
-            anyhow::anyhow!("invalid config{at}: {e}")
+            let hint = match text.contains("${") && e.to_string().contains("flow") {
+                true => " (inside { } or [ ], a value with ${NAME} must be quoted)",
+                false => "",
+            };
+            anyhow::anyhow!("invalid config{at}: {e}{hint}")
         })?;
+        let expanded = env::expand_values(raw, env)?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(expanded).map_err(|e| {
+                match e.path().to_string().as_str() {
+                    "." => anyhow::anyhow!("invalid config: {}", e.inner()),
+                    path => anyhow::anyhow!("invalid config: {path}: {}", e.inner()),
+                }
+            })?;
         if let Some(endpoint) = &overrides.endpoint {
             config.driver.endpoint = endpoint.clone();
         }
@@ -413,8 +427,8 @@ impl PluginConfig {
     }
 }
 
-fn setting_string(value: &serde_yaml::Value) -> Result<String> {
-    use serde_yaml::Value;
+fn setting_string(value: &serde_norway::Value) -> Result<String> {
+    use serde_norway::Value;
     Ok(match value {
         Value::String(s) => s.clone(),
         Value::Bool(b) => b.to_string(),
@@ -455,76 +469,6 @@ fn split_list(items: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Expands variables in every line's YAML content, leaving comments (which
-/// may well mention `${NAME}` to document the syntax) as they are.
-fn expand_env_outside_comments(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
-    for (number, line) in text.split_inclusive('\n').enumerate() {
-        let (content, comment) = line.split_at(comment_start(line));
-        let expanded = expand_env(content, env).with_context(|| format!("line {}", number + 1))?;
-        out.push_str(&expanded);
-        out.push_str(comment);
-    }
-    Ok(out)
-}
-
-/// Byte offset of a YAML comment (`#` at the start or after white space,
-/// outside quotes), or the line's length.
-fn comment_start(line: &str) -> usize {
-    let (mut single, mut double) = (false, false);
-    let mut previous = ' ';
-    for (i, c) in line.char_indices() {
-        match c {
-            '\'' if !double => single = !single,
-            '"' if !single && previous != '\\' => double = !double,
-            '#' if !single && !double && previous.is_whitespace() => return i,
-            _ => {}
-        }
-        previous = c;
-    }
-    line.len()
-}
-
-/// Replaces `${NAME}` and `${NAME:-default}`; an unset variable without a
-/// default is an error naming it. `$$` stands for a literal `$`.
-pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .with_context(|| format!("unclosed ${{ in {:?}", &rest[..rest.len().min(40)]))?;
-            let expr = &body[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (expr, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                bail!("invalid variable name {name:?} in ${{{expr}}}");
-            }
-            match (env(name).filter(|v| !v.is_empty()), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    bail!("environment variable {name} is not set (used as ${{{name}}})")
-                }
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +477,9 @@ mod tests {
         match name {
             "ROOT" => Some("/srv/vols".into()),
             "EMPTY" => Some(String::new()),
+            "PASSWORD" => Some("s3cr3t #1: ok\nplugins: []".into()),
+            "MEMORY" => Some("8388608".into()),
+            "YES" => Some("true".into()),
             _ => None,
         }
     }
@@ -553,30 +500,6 @@ plugins:
 "#;
 
     #[test]
-    fn expands_variables_and_defaults() {
-        let text = "a=${ROOT} b=${NOPE:-dflt} c=${EMPTY:-x} d=$$HOME e=$x";
-        assert_eq!(
-            expand_env(text, &env).unwrap(),
-            "a=/srv/vols b=dflt c=x d=$HOME e=$x"
-        );
-    }
-
-    #[test]
-    fn comments_are_not_expanded() {
-        let text = "# use ${NAME} here\nroot: ${ROOT} # or ${OTHER}\nq: \"a # ${ROOT}\"\n";
-        assert_eq!(
-            expand_env_outside_comments(text, &env).unwrap(),
-            "# use ${NAME} here\nroot: /srv/vols # or ${OTHER}\nq: \"a # /srv/vols\"\n"
-        );
-    }
-
-    #[test]
-    fn unset_variable_is_named() {
-        let err = expand_env("x: ${MISSING}", &env).unwrap_err().to_string();
-        assert!(err.contains("MISSING"), "{err}");
-    }
-
-    #[test]
     fn parses_a_good_config() {
         let c = Config::parse(GOOD, &env, &Overrides::default()).unwrap();
         let p = &c.plugins[0];
@@ -593,6 +516,65 @@ plugins:
         assert!(settings.contains(&("size".into(), "5".into())));
         assert!(settings.contains(&("on".into(), "true".into())));
         assert!(c.runs(Service::Node) && c.runs(Service::Controller));
+    }
+
+    /// The raw-text expansion cut this password at ` #` (a comment) and
+    /// turned its second line into a top-level `plugins: []`.
+    #[test]
+    fn a_variable_stays_one_value() {
+        let text = GOOD.replace(
+            "settings: { mode: image, size: 5, on: true }",
+            "settings:\n      password: ${PASSWORD}\n      quoted: \"${PASSWORD}\"",
+        );
+        let c = Config::parse(&text, &env, &Overrides::default()).unwrap();
+        assert_eq!(c.plugins.len(), 1);
+        let settings = c.plugins[0].settings_map();
+        let password = env("PASSWORD").unwrap();
+        assert!(
+            settings.contains(&("password".into(), password.clone()))
+                && settings.contains(&("quoted".into(), password)),
+            "{settings:?}"
+        );
+    }
+
+    /// In `{ }` and `[ ]` YAML ends a plain value at `}`: the error says
+    /// to quote it.
+    #[test]
+    fn an_unquoted_variable_in_a_flow_collection_gets_a_hint() {
+        let err = error_of(&GOOD.replace("size: 5", "size: ${NOPE:-5}"));
+        assert!(err.contains("quote"), "{err}");
+    }
+
+    #[test]
+    fn numbers_and_booleans_may_come_from_variables() {
+        let text = GOOD.replace(
+            "    settings:",
+            "    limits: { memoryBytes: \"${MEMORY}\", callTimeoutSeconds: \"${NOPE:-30}\" }\n    settings:",
+        )
+        .replace("targetPrefixes:", "noexec: \"${YES}\", targetPrefixes:");
+        let c = Config::parse(&text, &env, &Overrides::default()).unwrap();
+        let p = &c.plugins[0];
+        assert_eq!(p.limits.memory_bytes, 8 << 20);
+        assert_eq!(p.limits.call_timeout_seconds, 30);
+        assert!(p.capabilities.mount.as_ref().unwrap().noexec);
+        let bad = text.replace("${MEMORY}", "lots");
+        let err = error_of(&bad);
+        assert!(err.contains("plugins[0].limits.memoryBytes"), "{err}");
+    }
+
+    #[test]
+    fn an_unset_variable_is_named_with_its_field() {
+        let err = error_of(&GOOD.replace("${ROOT}", "${MISSING}"));
+        assert!(err.contains("MISSING"), "{err}");
+        assert!(err.contains("plugins[0].capabilities.fs.root"), "{err}");
+    }
+
+    /// YAML keys are unique: a repeated one is refused with its line, not
+    /// silently won by the last (a settings map used to take the last).
+    #[test]
+    fn a_repeated_key_is_refused() {
+        let err = error_of(&GOOD.replace("size: 5", "size: 5, size: 6"));
+        assert!(err.contains("duplicate") && err.contains("line 9"), "{err}");
     }
 
     #[test]

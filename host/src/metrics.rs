@@ -1,218 +1,246 @@
-//! Prometheus metrics, kept in-process and rendered in the text format.
-//! A small registry of our own: counters and histograms keyed by label
-//! values, enough for the few families the driver exports.
+//! Prometheus metrics: typed families of the `prometheus-client` crate,
+//! registered once. Recording takes no global lock (a family's read lock
+//! and an atomic per series); `/metrics` renders the Prometheus text
+//! format, or OpenMetrics when the scraper asks for it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::{Mutex, OnceLock};
+mod endpoint;
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub use endpoint::{bind, serve};
 
 /// Latency buckets in seconds: wasm calls take microseconds, mkfs seconds.
 const BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
 }
 
-type Labels = Vec<(&'static str, String)>;
-/// name → (label values → value)
-type Family<T> = BTreeMap<&'static str, BTreeMap<Labels, T>>;
+type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
-#[derive(Default)]
-struct Registry {
-    counters: Family<f64>,
-    gauges: Family<f64>,
-    histograms: Family<Histogram>,
-    help: BTreeMap<&'static str, &'static str>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CsiCall {
+    method: &'static str,
+    code: String,
 }
 
-fn registry() -> &'static Mutex<Registry> {
-    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CsiMethod {
+    method: &'static str,
 }
 
-fn labels(pairs: &[(&'static str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCall {
+    plugin: String,
+    op: &'static str,
+    outcome: &'static str,
 }
 
-/// Adds 1 to a counter.
-pub fn inc(name: &'static str, help: &'static str, pairs: &[(&'static str, &str)]) {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.help.entry(name).or_insert(help);
-    *r.counters
-        .entry(name)
-        .or_default()
-        .entry(labels(pairs))
-        .or_default() += 1.0;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginOp {
+    plugin: String,
+    op: &'static str,
 }
 
-/// Sets a gauge to the larger of its value and `value` (high-water marks).
-pub fn max(name: &'static str, help: &'static str, pairs: &[(&'static str, &str)], value: f64) {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.help.entry(name).or_insert(help);
-    let g = r
-        .gauges
-        .entry(name)
-        .or_default()
-        .entry(labels(pairs))
-        .or_insert(value);
-    *g = g.max(value);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginName {
+    plugin: String,
 }
 
-/// Sets a gauge.
-pub fn set(name: &'static str, help: &'static str, pairs: &[(&'static str, &str)], value: f64) {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.help.entry(name).or_insert(help);
-    r.gauges
-        .entry(name)
-        .or_default()
-        .insert(labels(pairs), value);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLoad {
+    plugin: String,
+    source: &'static str,
 }
 
-/// Records one observation in a histogram.
-pub fn observe(
-    name: &'static str,
-    help: &'static str,
-    pairs: &[(&'static str, &str)],
-    took: Duration,
-) {
-    let seconds = took.as_secs_f64();
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.help.entry(name).or_insert(help);
-    let h = r
-        .histograms
-        .entry(name)
-        .or_default()
-        .entry(labels(pairs))
-        .or_default();
-    if h.counts.is_empty() {
-        h.counts = vec![0; BUCKETS.len()];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpRequest {
+    plugin: String,
+    status: String,
+}
+
+/// Every family the driver exports, and the registry that renders them.
+struct Metrics {
+    registry: Registry,
+    csi_requests: Family<CsiCall, Counter>,
+    csi_duration: Latencies<CsiMethod>,
+    plugin_calls: Family<PluginCall, Counter>,
+    plugin_call_duration: Latencies<PluginOp>,
+    plugin_memory: Family<PluginName, Gauge<i64, AtomicI64>>,
+    plugin_load: Family<PluginLoad, Gauge<f64, AtomicU64>>,
+    http_requests: Family<HttpRequest, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            csi_requests: Family::default(),
+            csi_duration: Family::new_with_constructor(latency_histogram),
+            plugin_calls: Family::default(),
+            plugin_call_duration: Family::new_with_constructor(latency_histogram),
+            plugin_memory: Family::default(),
+            plugin_load: Family::default(),
+            http_requests: Family::default(),
+        };
+        let mut r = m.registry;
+        // Counters are registered without `_total`: the encoders add it.
+        // The registry ends every help text with a period.
+        r.register(
+            "wasmcsi_csi_requests",
+            "CSI calls served, by method and gRPC code",
+            m.csi_requests.clone(),
+        );
+        r.register(
+            "wasmcsi_csi_request_duration_seconds",
+            "Time to answer a CSI call, by method",
+            m.csi_duration.clone(),
+        );
+        r.register(
+            "wasmcsi_plugin_calls",
+            "Plugin calls by plugin, operation and outcome (ok, plugin_error, deadline, memory, handles, trap, instantiate)",
+            m.plugin_calls.clone(),
+        );
+        r.register(
+            "wasmcsi_plugin_call_duration_seconds",
+            "Time of one plugin call, instantiation included",
+            m.plugin_call_duration.clone(),
+        );
+        r.register(
+            "wasmcsi_plugin_memory_high_water_bytes",
+            "Largest linear memory any call of the plugin reached",
+            m.plugin_memory.clone(),
+        );
+        r.register(
+            "wasmcsi_plugin_load_seconds",
+            "Time the last load of a plugin took to compile or to load from the cache",
+            m.plugin_load.clone(),
+        );
+        r.register(
+            "wasmcsi_http_requests",
+            "Outbound HTTP requests of plugins, by plugin and status (or failure)",
+            m.http_requests.clone(),
+        );
+        Metrics { registry: r, ..m }
     }
-    for (i, bound) in BUCKETS.iter().enumerate() {
-        if seconds <= *bound {
-            h.counts[i] += 1;
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// One CSI call answered with `code` (`OK` or the gRPC code's name).
+pub fn csi_request(method: &'static str, code: &str, took: Duration) {
+    let m = metrics();
+    m.csi_requests
+        .get_or_create(&CsiCall {
+            method,
+            code: code.to_string(),
+        })
+        .inc();
+    m.csi_duration
+        .get_or_create(&CsiMethod { method })
+        .observe(took.as_secs_f64());
+}
+
+/// One plugin call and how it ended.
+pub fn plugin_call(plugin: &str, op: &'static str, outcome: &'static str, took: Duration) {
+    let m = metrics();
+    let plugin = plugin.to_string();
+    m.plugin_call_duration
+        .get_or_create(&PluginOp {
+            plugin: plugin.clone(),
+            op,
+        })
+        .observe(took.as_secs_f64());
+    m.plugin_calls
+        .get_or_create(&PluginCall {
+            plugin,
+            op,
+            outcome,
+        })
+        .inc();
+}
+
+/// Raises the plugin's memory high-water mark to `bytes` if higher.
+pub fn plugin_memory_high_water(plugin: &str, bytes: u64) {
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    metrics()
+        .plugin_memory
+        .get_or_create(&PluginName {
+            plugin: plugin.to_string(),
+        })
+        .inner()
+        .fetch_max(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How long the last load of a plugin took; `source` is `compile` or `cache`.
+pub fn plugin_loaded(plugin: &str, source: &'static str, took: Duration) {
+    metrics()
+        .plugin_load
+        .get_or_create(&PluginLoad {
+            plugin: plugin.to_string(),
+            source,
+        })
+        .set(took.as_secs_f64());
+}
+
+/// One outbound HTTP request of a plugin: its status, or the failure.
+pub fn http_request(plugin: &str, status: &str) {
+    metrics()
+        .http_requests
+        .get_or_create(&HttpRequest {
+            plugin: plugin.to_string(),
+            status: status.to_string(),
+        })
+        .inc();
+}
+
+/// The exposition formats `/metrics` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4, what any scraper reads.
+    Prometheus,
+    /// OpenMetrics 1.0 text, for scrapers that ask for it.
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
         }
     }
-    h.sum += seconds;
-    h.count += 1;
 }
 
-fn label_text(labels: &[(&'static str, String)], extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Everything, in the Prometheus text exposition format.
-pub fn render() -> String {
-    let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+/// Everything, in `format`.
+pub fn render(format: Format) -> String {
+    let registry = &metrics().registry;
     let mut out = String::new();
-    let help = |out: &mut String, name: &str, kind: &str| {
-        let text = r.help.get(name).copied().unwrap_or("");
-        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+    let encoded = match format {
+        Format::Prometheus => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+        }
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry),
     };
-    for (name, series) in &r.counters {
-        help(&mut out, name, "counter");
-        for (l, v) in series {
-            let _ = writeln!(out, "{name}{} {v}", label_text(l, None));
-        }
-    }
-    for (name, series) in &r.gauges {
-        help(&mut out, name, "gauge");
-        for (l, v) in series {
-            let _ = writeln!(out, "{name}{} {v}", label_text(l, None));
-        }
-    }
-    for (name, series) in &r.histograms {
-        help(&mut out, name, "histogram");
-        for (l, h) in series {
-            for (bound, count) in BUCKETS.iter().zip(&h.counts) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {count}",
-                    label_text(l, Some(("le", bound.to_string())))
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{} {}",
-                label_text(l, Some(("le", "+Inf".into()))),
-                h.count
-            );
-            let _ = writeln!(out, "{name}_sum{} {}", label_text(l, None), h.sum);
-            let _ = writeln!(out, "{name}_count{} {}", label_text(l, None), h.count);
-        }
+    // Writing into a String cannot fail; an encoder error would be a bug.
+    if let Err(e) = encoded {
+        tracing::error!(error = %e, "metrics: encoding failed");
     }
     out
-}
-
-/// Binds the metrics address, so that a taken port fails the start.
-pub async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("metrics: listening on {address}"))?;
-    tracing::info!(%address, "serving /metrics and /healthz");
-    Ok(listener)
-}
-
-/// Serves `/metrics` and `/healthz` over plain HTTP/1.1.
-pub async fn serve(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                continue;
-            }
-        };
-        tokio::spawn(async move {
-            // Read up to the end of the request line (a client may send it
-            // in pieces); requests have no body worth reading.
-            let mut request = Vec::with_capacity(512);
-            let mut buf = [0u8; 512];
-            while !request.contains(&b'\n') && request.len() < 8192 {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
-            let n = request.len();
-            let line = String::from_utf8_lossy(&request[..n]);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", render()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
 }
 
 #[cfg(test)]
@@ -220,40 +248,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histograms() {
-        inc(
-            "wasmcsi_test_total",
-            "A test counter.",
-            &[("method", "Probe"), ("code", "OK")],
-        );
-        inc(
-            "wasmcsi_test_total",
-            "A test counter.",
-            &[("method", "Probe"), ("code", "OK")],
-        );
-        observe(
-            "wasmcsi_test_seconds",
-            "A test histogram.",
-            &[("method", "Probe")],
-            Duration::from_millis(3),
-        );
-        let text = render();
-        assert!(text.contains("# TYPE wasmcsi_test_total counter"), "{text}");
+    fn renders_counters_gauges_and_histograms() {
+        csi_request("TestProbe", "OK", Duration::from_millis(3));
+        csi_request("TestProbe", "OK", Duration::from_millis(3));
+        plugin_memory_high_water("test-plugin", 2048);
+        plugin_memory_high_water("test-plugin", 1024);
+        let text = render(Format::Prometheus);
         assert!(
-            text.contains("wasmcsi_test_total{method=\"Probe\",code=\"OK\"} 2"),
+            text.contains("# TYPE wasmcsi_csi_requests_total counter"),
             "{text}"
         );
         assert!(
-            text.contains("wasmcsi_test_seconds_bucket{method=\"Probe\",le=\"0.001\"} 0"),
+            text.contains("wasmcsi_csi_requests_total{method=\"TestProbe\",code=\"OK\"} 2"),
             "{text}"
         );
         assert!(
-            text.contains("wasmcsi_test_seconds_bucket{method=\"Probe\",le=\"0.005\"} 1"),
+            text.contains(
+                "wasmcsi_csi_request_duration_seconds_bucket{le=\"0.001\",method=\"TestProbe\"} 0"
+            ) || text.contains(
+                "wasmcsi_csi_request_duration_seconds_bucket{method=\"TestProbe\",le=\"0.001\"} 0"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("wasmcsi_test_seconds_count{method=\"Probe\"} 1"),
+            text.contains("wasmcsi_csi_request_duration_seconds_count{method=\"TestProbe\"} 2"),
             "{text}"
         );
+        assert!(
+            text.contains("wasmcsi_plugin_memory_high_water_bytes{plugin=\"test-plugin\"} 2048"),
+            "the high-water mark only rises: {text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn openmetrics_names_families_without_total_and_ends_with_eof() {
+        http_request("test-plugin", "200");
+        let text = render(Format::OpenMetrics);
+        assert!(
+            text.contains("# TYPE wasmcsi_http_requests counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wasmcsi_http_requests_total{plugin=\"test-plugin\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -738,15 +738,21 @@ async fn metrics_and_health_are_served() {
         Code::InvalidArgument
     );
     d.delete(&id).await.unwrap();
-    let get = |path: &str| {
+    let ask_with = |method: &str, path: &str, headers: &str| {
         let mut s = std::net::TcpStream::connect(&address).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .unwrap();
+        s.write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
     };
+    let ask = |method: &str, path: &str| ask_with(method, path, "");
+    let get = |path: &str| ask("GET", path);
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(ask("POST", "/metrics").starts_with("HTTP/1.1 405"));
     let m = get("/metrics");
     assert!(
         m.contains(r#"wasmcsi_csi_requests_total{method="CreateVolume",code="OK"} 1"#),
@@ -784,23 +790,40 @@ async fn metrics_and_health_are_served() {
     assert!(get("/nope").starts_with("HTTP/1.1 404"));
     // The whole exposition, through Prometheus' own parser and the naming rules.
     let body = m.split_once("\r\n\r\n").expect("an HTTP response").1;
-    let checked = check_metrics(body);
+    let checked = check_metrics(body, false);
     assert!(checked.is_empty(), "{checked}\n{body}");
     // The checker itself must be able to fail.
     let broken = body.replace("wasmcsi_csi_requests_total", "wasmcsi_csi_requests");
     assert!(
-        !check_metrics(&broken).is_empty(),
+        !check_metrics(&broken, false).is_empty(),
         "a counter without _total passed"
+    );
+    // OpenMetrics, as Prometheus asks for it, through its parser too.
+    let om = ask_with(
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2\r\n",
+    );
+    assert!(om.contains("application/openmetrics-text"), "{om}");
+    let body = om.split_once("\r\n\r\n").expect("an HTTP response").1;
+    let checked = check_metrics(body, true);
+    assert!(checked.is_empty(), "{checked}\n{body}");
+    let broken = body.replace("wasmcsi_csi_requests_total", "wasmcsi_csi_requests");
+    assert!(
+        !check_metrics(&broken, true).is_empty(),
+        "an OpenMetrics counter sample without _total passed"
     );
 }
 
-/// What `scripts/check-metrics.py` finds wrong in `exposition` (empty: none).
-fn check_metrics(exposition: &str) -> String {
+/// What `scripts/check-metrics.py` finds wrong in `exposition` (empty:
+/// none), read as OpenMetrics or as the Prometheus text format.
+fn check_metrics(exposition: &str, openmetrics: bool) -> String {
     use std::io::Write;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-metrics.py");
     let mut child = std::process::Command::new("python3")
         .arg(script)
+        .args(openmetrics.then_some("--openmetrics"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

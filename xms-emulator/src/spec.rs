@@ -27,8 +27,8 @@ pub struct Operation<'a> {
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let yaml: serde_norway::Value =
+            serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let doc = serde_json::to_value(yaml).map_err(|e| format!("{}: {e}", path.display()))?;
         if doc["swagger"] != "2.0" {
             return Err(format!("{} is not Swagger 2.0", path.display()));

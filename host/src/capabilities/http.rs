@@ -173,11 +173,7 @@ impl Host for CallState {
             Ok(r) => r.status.to_string(),
             Err(e) => format!("{:?}", e.code).to_lowercase(),
         };
-        crate::metrics::inc(
-            "wasmcsi_http_requests_total",
-            "Outbound HTTP requests of plugins, by plugin and status (or failure).",
-            &[("plugin", &self.grants.plugin), ("status", &status)],
-        );
+        crate::metrics::http_request(&self.grants.plugin, &status);
         Ok(result?)
     }
 }

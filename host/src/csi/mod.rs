@@ -122,17 +122,7 @@ pub async fn traced<T>(
             Ok(_) => "OK".to_string(),
             Err(status) => format!("{:?}", status.code()),
         };
-        crate::metrics::inc(
-            "wasmcsi_csi_requests_total",
-            "CSI calls served, by method and gRPC code.",
-            &[("method", method), ("code", &code)],
-        );
-        crate::metrics::observe(
-            "wasmcsi_csi_request_duration_seconds",
-            "Time to answer a CSI call, by method.",
-            &[("method", method)],
-            started.elapsed(),
-        );
+        crate::metrics::csi_request(method, &code, started.elapsed());
         match &result {
             Ok(_) => tracing::info!(code = "OK", elapsed_ms, "done"),
             Err(status) => tracing::warn!(

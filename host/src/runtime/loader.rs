@@ -123,12 +123,7 @@ impl Loader {
             Origin::Compiled => "compile",
             Origin::Cache => "cache",
         };
-        crate::metrics::set(
-            "wasmcsi_plugin_load_seconds",
-            "Time the last load of a plugin took to compile or to load from the cache.",
-            &[("plugin", &config.name), ("source", source)],
-            started.elapsed().as_secs_f64(),
-        );
+        crate::metrics::plugin_loaded(&config.name, source, started.elapsed());
         let plugin = Plugin::new(&self.linker, &component, config, &self.node_id).await?;
         tracing::info!(
             plugin = %plugin.name,

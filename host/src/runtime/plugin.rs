@@ -221,11 +221,9 @@ impl Plugin {
                 Err(e) => return Err(self.classify(op, e, &store, timeout)),
             };
             let result = f(&exports, &mut store).await;
-            crate::metrics::max(
-                "wasmcsi_plugin_memory_high_water_bytes",
-                "Largest linear memory any call of the plugin reached.",
-                &[("plugin", &self.name)],
-                store.data().limiter.high_water as f64,
+            crate::metrics::plugin_memory_high_water(
+                &self.name,
+                store.data().limiter.high_water as u64,
             );
             match result {
                 Ok(Ok(value)) => Ok(value),
@@ -254,18 +252,7 @@ impl Plugin {
             Err(CallFailure::Crashed { .. }) => "trap",
             Err(CallFailure::Instantiate { .. }) => "instantiate",
         };
-        let plugin = self.name.as_str();
-        crate::metrics::inc(
-            "wasmcsi_plugin_calls_total",
-            "Plugin calls by plugin, operation and outcome (ok, plugin_error, deadline, memory, handles, trap, instantiate).",
-            &[("plugin", plugin), ("op", op), ("outcome", outcome)],
-        );
-        crate::metrics::observe(
-            "wasmcsi_plugin_call_duration_seconds",
-            "Time of one plugin call, instantiation included.",
-            &[("plugin", plugin), ("op", op)],
-            took,
-        );
+        crate::metrics::plugin_call(&self.name, op, outcome, took);
     }
 
     fn classify(

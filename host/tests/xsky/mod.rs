@@ -98,6 +98,16 @@ impl XskyDriver {
                 false => format!("http://{s}"),
             })
             .collect();
+        // A test's own timing replaces the default: YAML keys are unique.
+        let defaults: String = [
+            ("pollIntervalMs", "50"),
+            ("backoffMs", "50"),
+            ("callBudgetSeconds", "20"),
+        ]
+        .iter()
+        .filter(|(key, _)| !settings.contains(&format!("{key}:")))
+        .map(|(key, value)| format!(", {key}: {value}"))
+        .collect();
         let yaml = format!(
             r#"driver:
   name: xsky.wasmcsi.io
@@ -106,7 +116,7 @@ impl XskyDriver {
 plugins:
   - name: xsky-nfs
     path: {wasm}
-    settings: {{ xmsServers: "{servers}", pollIntervalMs: 50, backoffMs: 50, callBudgetSeconds: 20{settings} }}
+    settings: {{ xmsServers: "{servers}"{defaults}{settings} }}
     limits: {{ callTimeoutSeconds: 60 }}
     capabilities:
       http: {{ origins: ["{origins}"]{http_grant} }}

@@ -12,6 +12,7 @@ use crate::host::{log, Host};
 use crate::params::{Credentials, Timing};
 use crate::wasmcsi::plugin::http::Request;
 use crate::wasmcsi::plugin::log::Level;
+use crate::xms::{decode, Token};
 
 pub struct Client<'h> {
     host: &'h dyn Host,
@@ -169,14 +170,15 @@ impl<'h> Client<'h> {
             let a = self.send_anywhere("POST", "/v1/auth/tokens", Some(&body))?;
             match a.status {
                 200 | 201 => {
-                    let uuid = a.body["token"]["uuid"].as_str().unwrap_or_default();
-                    if uuid.is_empty() {
+                    let mut body = a.body;
+                    let token: Token = decode(&mut body, "token", "logging in to XMS")?;
+                    if token.uuid.is_empty() {
                         return Err(fail(
                             ErrorCode::Internal,
-                            "XMS CreateToken answered without token.uuid",
+                            "XMS CreateToken answered with an empty token.uuid",
                         ));
                     }
-                    self.token = Some(uuid.to_string());
+                    self.token = Some(token.uuid);
                     return Ok(());
                 }
                 401 | 403 => {

@@ -239,10 +239,10 @@ fn volume(
 }
 
 fn settled(c: &mut Client, tree: &Tree, doing: &str) -> Result<Tree> {
-    if tree.settled() {
+    if tree.state.settled() {
         return Ok(tree.clone());
     }
-    xms::wait_tree(c, tree.id, doing, |t| t.is_none_or(Tree::settled))?.ok_or_else(|| {
+    xms::wait_tree(c, tree.id, doing, |t| t.is_none_or(|t| t.state.settled()))?.ok_or_else(|| {
         fail(
             ErrorCode::Aborted,
             format!("{doing}: quota tree {} vanished", tree.name),
@@ -522,9 +522,9 @@ pub fn delete_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Res
     let Some(tree) = xms::get_tree(&mut c, id.tree_id)? else {
         return Ok(());
     };
-    if tree.status != "deleting" {
+    if tree.state.status != "deleting" {
         let tree = settled(&mut c, &tree, &doing)?;
-        xms::remove_tree(&mut c, tree.folder_id, tree.id).context(|| doing.clone())?;
+        xms::remove_tree(&mut c, tree.fs_folder.id, tree.id).context(|| doing.clone())?;
     }
     xms::wait_tree(&mut c, id.tree_id, &doing, |t| t.is_none())?;
     log(
@@ -564,10 +564,10 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
     if tree.size >= target {
         return Ok(done(tree.size));
     }
-    let folder = xms::get_folder(&mut c, tree.folder_id)?.ok_or_else(|| {
+    let folder = xms::get_folder(&mut c, tree.fs_folder.id)?.ok_or_else(|| {
         fail(
             ErrorCode::NotFound,
-            format!("{doing}: folder {} does not exist", tree.folder_id),
+            format!("{doing}: folder {} does not exist", tree.fs_folder.id),
         )
     })?;
     let others: Vec<Tree> = xms::list_trees(&mut c, &folder)?
@@ -602,7 +602,7 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
         return Err(capacity_race(e, room, target)).context(|| doing.clone());
     }
     let grown = xms::wait_tree(&mut c, tree.id, &doing, |t| {
-        t.is_none_or(|t| t.settled() && t.size >= target)
+        t.is_none_or(|t| t.state.settled() && t.size >= target)
     })?
     .ok_or_else(|| {
         fail(
@@ -631,7 +631,7 @@ pub fn get_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result
         volume_id: id.encode()?,
         capacity_bytes: tree.size,
         volume_context: vec![
-            ("folder".into(), tree.folder_name.clone()),
+            ("folder".into(), tree.fs_folder.name.clone()),
             ("quotaTree".into(), tree.name.clone()),
         ],
         content_source: None,

@@ -3,8 +3,6 @@
 //! public share). Snapshots are fs-snapshots of the folder; a volume from a
 //! snapshot is a folder cloned from it.
 
-use serde_json::Value;
-
 use crate::client::Client;
 use crate::controller::{
     capacity_race, clone_unsupported, fits, out_of_range, wanted_size, CLEANUP_GRACE,
@@ -18,30 +16,22 @@ use crate::host::{log, Host};
 use crate::volume::{fingerprint, folder_description, folder_mark, tree_name, Kind, VolumeId};
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{CapacityRange, ContentSource};
-use crate::xms::{self, until_gone, until_settled};
+use crate::xms::{self, until_gone, until_settled, FolderRecord, FsSnapshot, Share};
 
 fn folder_path(id: i64) -> String {
     format!("/v1/fs-folders/{id}")
 }
 
-fn get_folder(c: &mut Client, id: i64) -> Result<Option<Value>> {
+fn get_folder(c: &mut Client, id: i64) -> Result<Option<FolderRecord>> {
     xms::get_object(c, &folder_path(id), "fs_folder")
 }
 
-fn get_snapshot(c: &mut Client, id: i64) -> Result<Option<Value>> {
+fn get_snapshot(c: &mut Client, id: i64) -> Result<Option<FsSnapshot>> {
     xms::get_object(c, &format!("/v1/fs-snapshots/{id}"), "fs_snapshot")
 }
 
-fn id_of(v: &Value) -> i64 {
-    v["id"].as_i64().unwrap_or(0)
-}
-
-fn size_of(v: &Value) -> u64 {
-    v["size"].as_u64().unwrap_or(0)
-}
-
-fn whole_folder_share(shares: &[Value]) -> Option<&Value> {
-    shares.iter().find(|s| s["fs_quota_tree"]["id"].is_null())
+fn get_share(c: &mut Client, id: i64) -> Result<Option<Share>> {
+    xms::get_object(c, &format!("/v1/fs-nfs-shares/{id}"), "fs_nfs_share")
 }
 
 pub struct Plan<'p> {
@@ -104,8 +94,8 @@ pub fn create_volume(
                 format!("snapshot {sid} does not exist"),
             )
         })?;
-        if range.required_bytes.is_none_or(|r| r < size_of(&snap)) {
-            range.required_bytes = Some(size_of(&snap));
+        if range.required_bytes.is_none_or(|r| r < snap.size) {
+            range.required_bytes = Some(snap.size);
         }
     }
     let size = wanted_size(&range);
@@ -142,11 +132,11 @@ pub fn create_volume(
         "created folder",
         &[("name", &name), ("bytes", &size.to_string())],
     );
-    let folder = match finish_create(c, id_of(&f), gw_id, client_group, &doing) {
+    let folder = match finish_create(c, f.id, gw_id, client_group, &doing) {
         Ok(f) => f,
         Err(e) => {
             c.grace(CLEANUP_GRACE);
-            if let Err(ce) = remove(c, id_of(&f), &doing) {
+            if let Err(ce) = remove(c, f.id, &doing) {
                 log(
                     host,
                     Level::Error,
@@ -180,8 +170,8 @@ fn client_group(c: &mut Client, plan: &Plan) -> Result<Option<i64>> {
     }
 }
 
-fn description_of(v: &Value) -> &str {
-    v["description"].as_str().unwrap_or_default()
+fn description_of(f: &FolderRecord) -> &str {
+    f.description.as_deref().unwrap_or_default()
 }
 
 /// A folder of the volume's name exists: the same volume if xsky-nfs made
@@ -189,13 +179,13 @@ fn description_of(v: &Value) -> &str {
 /// otherwise, with nothing touched.
 fn existing(
     c: &mut Client,
-    folder: &Value,
+    folder: &FolderRecord,
     req: &CreateVolumeRequest,
     fp: &str,
     plan: &Plan,
     doing: &str,
 ) -> Result<Volume> {
-    let name = folder["name"].as_str().unwrap_or_default();
+    let name = &folder.name;
     let refuse = |why: String| {
         Err(fail(
             ErrorCode::AlreadyExists,
@@ -213,15 +203,15 @@ fn existing(
         }
         Some(_) => {}
     }
-    if !fits(size_of(folder), &req.capacity) {
+    if !fits(folder.size, &req.capacity) {
         return refuse(format!(
             "with {} bytes, which does not fit the request",
-            size_of(folder)
+            folder.size
         ));
     }
     let (gw_id, vip) = gateway(c, plan)?;
     let client_group = client_group(c, plan)?;
-    let folder = finish_create(c, id_of(folder), gw_id, client_group, doing)?;
+    let folder = finish_create(c, folder.id, gw_id, client_group, doing)?;
     let snapshot = match &req.content_source {
         Some(ContentSource::Snapshot(sid)) => Some(sid.clone()),
         _ => None,
@@ -229,16 +219,21 @@ fn existing(
     volume(&folder, &vip, plan, snapshot)
 }
 
-fn volume(folder: &Value, vip: &str, plan: &Plan, snapshot: Option<String>) -> Result<Volume> {
-    let name = folder["name"].as_str().unwrap_or_default().to_string();
+fn volume(
+    folder: &FolderRecord,
+    vip: &str,
+    plan: &Plan,
+    snapshot: Option<String>,
+) -> Result<Volume> {
+    let name = folder.name.clone();
     Ok(Volume {
         volume_id: VolumeId {
             kind: Kind::Folder,
-            tree_id: id_of(folder),
+            tree_id: folder.id,
             servers: plan.id_servers.clone(),
         }
         .encode()?,
-        capacity_bytes: size_of(folder),
+        capacity_bytes: folder.size,
         volume_context: vec![
             ("server".into(), vip.to_string()),
             ("share".into(), format!("/sdsfs/{name}")),
@@ -256,7 +251,7 @@ fn finish_create(
     gw: i64,
     client_group: Option<i64>,
     doing: &str,
-) -> Result<Value> {
+) -> Result<FolderRecord> {
     let folder = xms::wait_for(
         c,
         doing,
@@ -265,14 +260,14 @@ fn finish_create(
     )?
     .ok_or_else(|| fail(ErrorCode::Aborted, format!("{doing}: the folder vanished")))?;
     let shares = xms::folder_shares(c, folder_id)?;
-    let share_id = match whole_folder_share(&shares) {
-        Some(s) => id_of(s),
+    let share_id = match shares.iter().find(|s| s.whole_folder()) {
+        Some(s) => s.id,
         None => match xms::create_share(c, folder_id, gw, client_group)? {
-            Some(s) => id_of(&s),
+            Some(s) => s.id,
             None => xms::folder_shares(c, folder_id)?
                 .iter()
-                .find(|s| s["fs_quota_tree"]["id"].is_null())
-                .map(id_of)
+                .find(|s| s.whole_folder())
+                .map(|s| s.id)
                 .ok_or_else(|| {
                     fail(
                         ErrorCode::Aborted,
@@ -281,26 +276,15 @@ fn finish_create(
                 })?,
         },
     };
-    xms::wait_for(
-        c,
-        doing,
-        |c| xms::get_object(c, &format!("/v1/fs-nfs-shares/{share_id}"), "fs_nfs_share"),
-        until_settled,
-    )?;
+    xms::wait_for(c, doing, |c| get_share(c, share_id), until_settled)?;
     Ok(folder)
 }
 
 /// Removes a folder's shares, then the folder.
 fn remove(c: &mut Client, folder_id: i64, doing: &str) -> Result<()> {
     for share in xms::folder_shares(c, folder_id)? {
-        let id = id_of(&share);
-        xms::delete_share(c, id)?;
-        xms::wait_for(
-            c,
-            doing,
-            |c| xms::get_object(c, &format!("/v1/fs-nfs-shares/{id}"), "fs_nfs_share"),
-            until_gone,
-        )?;
+        xms::delete_share(c, share.id)?;
+        xms::wait_for(c, doing, |c| get_share(c, share.id), until_gone)?;
     }
     xms::delete_folder(c, folder_id)?;
     xms::wait_for(c, doing, |c| get_folder(c, folder_id), until_gone).map(drop)
@@ -315,7 +299,7 @@ pub fn delete_volume(c: &mut Client, id: &VolumeId, volume_id: &str) -> Result<(
     let Some(folder) = get_folder(c, id.tree_id)? else {
         return Ok(());
     };
-    let name = folder["name"].as_str().unwrap_or_default().to_string();
+    let name = folder.name.clone();
     if folder_mark(description_of(&folder)).is_none() {
         return Err(precondition(format!(
             "{doing}: folder {name} was not made by xsky-nfs (no mark in its description); \
@@ -330,11 +314,7 @@ pub fn delete_volume(c: &mut Client, id: &VolumeId, volume_id: &str) -> Result<(
             snapshots.len()
         )));
     }
-    let f = xms::Folder {
-        id: id.tree_id,
-        name: name.clone(),
-        size: size_of(&folder),
-    };
+    let f = xms::Folder::from(folder);
     let trees = xms::list_trees(c, &f)?;
     if !trees.is_empty() {
         return Err(precondition(format!(
@@ -381,22 +361,23 @@ pub fn expand_volume(
         capacity_bytes: size,
         node_expansion_required: false,
     };
-    if size_of(&folder) >= target {
-        return Ok(done(size_of(&folder)));
+    if folder.size >= target {
+        return Ok(done(folder.size));
     }
     if let Err(e) = xms::resize_folder(c, id.tree_id, target) {
         // Room for the folder: what it has plus what its pool has free.
-        let room = folder["pool"]["id"]
-            .as_i64()
-            .and_then(|pool| xms::pool_free(c, pool).ok())
-            .map(|free| free + size_of(&folder));
+        let room = folder
+            .pool
+            .as_ref()
+            .and_then(|pool| xms::pool_free(c, pool.id).ok())
+            .map(|free| free + folder.size);
         return Err(capacity_race(e, room, target)).context(|| doing.clone());
     }
     let grown = xms::wait_for(
         c,
         &doing,
         |c| get_folder(c, id.tree_id),
-        |f| f.is_none_or(|f| until_settled(Some(f)) && size_of(f) >= target),
+        |f| f.is_none_or(|f| f.state.settled() && f.size >= target),
     )?
     .ok_or_else(|| {
         fail(
@@ -404,7 +385,7 @@ pub fn expand_volume(
             format!("{doing}: the folder vanished while resizing"),
         )
     })?;
-    Ok(done(size_of(&grown)))
+    Ok(done(grown.size))
 }
 
 pub fn get_volume(c: &mut Client, id: &VolumeId) -> Result<Volume> {
@@ -416,35 +397,34 @@ pub fn get_volume(c: &mut Client, id: &VolumeId) -> Result<Volume> {
     })?;
     Ok(Volume {
         volume_id: id.encode()?,
-        capacity_bytes: size_of(&f),
-        volume_context: vec![(
-            "folder".into(),
-            f["name"].as_str().unwrap_or_default().to_string(),
-        )],
+        capacity_bytes: f.size,
+        volume_context: vec![("folder".into(), f.name)],
         content_source: None,
     })
 }
 
-fn snapshot(v: &Value, servers: &[String]) -> Result<Snapshot> {
+fn snapshot(v: &FsSnapshot, servers: &[String]) -> Result<Snapshot> {
     Ok(Snapshot {
         snapshot_id: VolumeId {
             kind: Kind::Snapshot,
-            tree_id: id_of(v),
+            tree_id: v.id,
             servers: servers.to_vec(),
         }
         .encode()?,
         source_volume_id: VolumeId {
             kind: Kind::Folder,
-            tree_id: v["fs_folder"]["id"].as_i64().unwrap_or(0),
+            tree_id: v.fs_folder.id,
             servers: servers.to_vec(),
         }
         .encode()?,
-        size_bytes: size_of(v),
-        creation_time: v["create"]
-            .as_str()
+        size_bytes: v.size,
+        // Optional in the API: unknown is 0, which CSI reads as unset.
+        creation_time: v
+            .create
+            .as_deref()
             .and_then(xms::epoch_seconds)
             .unwrap_or(0),
-        ready_to_use: until_settled(Some(v)),
+        ready_to_use: v.state.settled(),
         group_snapshot_id: None,
     })
 }
@@ -474,9 +454,9 @@ pub fn create_snapshot(
     }
     let existing = xms::list_snapshots(c, None)?
         .into_iter()
-        .find(|s| s["name"] == name.as_str());
+        .find(|s| s.name == name);
     let snap = match existing {
-        Some(s) if s["fs_folder"]["id"].as_i64() == Some(source.tree_id) => s,
+        Some(s) if s.fs_folder.id == source.tree_id => s,
         Some(_) => {
             return Err(fail(
                 ErrorCode::AlreadyExists,
@@ -490,7 +470,7 @@ pub fn create_snapshot(
                 Some(s) => s,
                 None => xms::list_snapshots(c, Some(source.tree_id))?
                     .into_iter()
-                    .find(|s| s["name"] == name.as_str())
+                    .find(|s| s.name == name)
                     .ok_or_else(|| {
                         fail(
                             ErrorCode::Aborted,
@@ -500,7 +480,7 @@ pub fn create_snapshot(
             }
         }
     };
-    let id = id_of(&snap);
+    let id = snap.id;
     let snap = match xms::wait_for(c, &doing, |c| get_snapshot(c, id), until_settled) {
         Ok(s) => s.ok_or_else(|| {
             fail(
@@ -536,7 +516,7 @@ pub fn list_snapshots(
     servers: &[String],
     filter: &SnapshotFilter,
 ) -> Result<SnapshotPage> {
-    let all: Vec<Value> = if let Some(sid) = &filter.snapshot_id {
+    let all: Vec<FsSnapshot> = if let Some(sid) = &filter.snapshot_id {
         match VolumeId::parse(sid) {
             Ok(id) if id.kind == Kind::Snapshot => {
                 get_snapshot(c, id.tree_id)?.into_iter().collect()
