@@ -756,7 +756,7 @@ mod tests {
             basic(auth_from(json.as_bytes(), "other.example").unwrap()),
             "Anonymous"
         );
-        assert!(auth_from(b"[]", "x").is_err());
+        assert!(auth_from(b"not json", "x").is_err());
     }
 
     fn manifest(layers: &[(&str, &str, i64)]) -> Vec<u8> {
