@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing wasmcsi needs on a fresh Debian machine
-# with rustup: the wasm target, the node storage tools the driver runs, and
-# the image tools (mmdebstrap, buildah, umoci), the Kubernetes schema
+# with rustup: the wasm target, the node storage tools the driver runs, a
+# container registry for the OCI tests, the image tools (mmdebstrap, buildah,
+# umoci), the Kubernetes schema
 # validator and the Prometheus text parser. Safe to run again; skips what is there.
 set -euo pipefail
 
@@ -18,7 +19,8 @@ fi
 
 missing=()
 for tool in mkfs.xfs:xfsprogs xfs_growfs:xfsprogs mkfs.ext4:e2fsprogs resize2fs:e2fsprogs \
-            mkfs.btrfs:btrfs-progs losetup:mount blkid:util-linux; do
+            mkfs.btrfs:btrfs-progs losetup:mount blkid:util-linux \
+            docker-registry:docker-registry; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,6 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# docker-registry (the CNCF distribution server) is for the OCI tests, which
+# start their own on 127.0.0.1; the service the package enables is not wanted.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 # The driver image without Docker (make image, make test-image): a root

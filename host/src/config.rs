@@ -32,6 +32,51 @@ pub struct RuntimeConfig {
     /// changes (hot reload); 0 turns watching off.
     #[serde(default = "default_watch_interval", deserialize_with = "env::scalar")]
     pub watch_interval_ms: u64,
+    /// How plugins with an OCI `source` are pulled (`runtime::oci`).
+    #[serde(default)]
+    pub registries: RegistriesConfig,
+}
+
+/// Registry access for plugins pulled from OCI registries.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistriesConfig {
+    /// A `.dockerconfigjson` file (a `kubernetes.io/dockerconfigjson`
+    /// Secret mounted into the pod); read at every pull. Unset: anonymous.
+    #[serde(default)]
+    pub docker_config_json: Option<PathBuf>,
+    /// PEM CA certificates trusted for registries besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Registries (`host[:port]`) spoken to over plain HTTP. Loopback
+    /// registries fall back to plain HTTP without being listed.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    /// Largest wasm layer pulled (bytes).
+    #[serde(default = "default_registry_max_bytes", deserialize_with = "env::scalar")]
+    pub max_bytes: u64,
+    /// Bound of one whole pull (manifest and layer).
+    #[serde(default = "default_registry_timeout", deserialize_with = "env::scalar")]
+    pub timeout_seconds: u64,
+}
+
+fn default_registry_max_bytes() -> u64 {
+    64 << 20
+}
+fn default_registry_timeout() -> u64 {
+    60
+}
+
+impl Default for RegistriesConfig {
+    fn default() -> Self {
+        RegistriesConfig {
+            docker_config_json: None,
+            ca_file: None,
+            insecure: Vec::new(),
+            max_bytes: default_registry_max_bytes(),
+            timeout_seconds: default_registry_timeout(),
+        }
+    }
 }
 
 fn default_watch_interval() -> u64 {
@@ -43,6 +88,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cache_dir: None,
             watch_interval_ms: default_watch_interval(),
+            registries: RegistriesConfig::default(),
         }
     }
 }
@@ -92,7 +138,13 @@ fn default_topology_key() -> String {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PluginConfig {
     pub name: String,
+    /// The `.wasm` component on disk; or else `source`.
+    #[serde(default)]
     pub path: PathBuf,
+    /// An OCI reference pinned by digest (`oci://host/repo@sha256:…`) to
+    /// pull the component from, instead of `path`.
+    #[serde(default)]
+    pub source: Option<String>,
     /// Optional sha256 pin of the `.wasm` file (hex).
     #[serde(default)]
     pub sha256: Option<String>,
@@ -319,6 +371,10 @@ impl Config {
                 bail!("runtime.cacheDir {dir:?} must be an absolute path");
             }
         }
+        self.runtime
+            .registries
+            .validate()
+            .context("runtime.registries")?;
         if self.plugins.is_empty() {
             bail!("plugins must list at least one plugin");
         }
@@ -350,8 +406,16 @@ impl PluginConfig {
         {
             bail!("name {n:?} must be 1-30 characters of [a-z0-9-]");
         }
-        if self.path.as_os_str().is_empty() {
-            bail!("path is required");
+        match (&self.source, self.path.as_os_str().is_empty()) {
+            (None, true) => bail!("path (a .wasm file) or source (an OCI reference) is required"),
+            (Some(_), false) => bail!("path and source are both set: give one"),
+            (Some(source), true) => {
+                crate::runtime::oci::Source::parse(source).context("source")?;
+                if self.sha256.is_some() {
+                    bail!("sha256 pins a path; a source is pinned by the digest in its reference");
+                }
+            }
+            (None, false) => {}
         }
         if let Some(digest) = &self.sha256 {
             if !digest.is_empty()
@@ -418,12 +482,47 @@ impl PluginConfig {
         Ok(())
     }
 
+    /// Where the component comes from, for messages: the path or the source.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Some(source) => source.clone(),
+            None => self.path.display().to_string(),
+        }
+    }
+
     /// Settings as the string map the plugin receives.
     pub fn settings_map(&self) -> Vec<(String, String)> {
         self.settings
             .iter()
             .map(|(k, v)| (k.clone(), setting_string(v).unwrap_or_default()))
             .collect()
+    }
+}
+
+impl RegistriesConfig {
+    fn validate(&self) -> Result<()> {
+        for (field, path) in [
+            ("dockerConfigJson", &self.docker_config_json),
+            ("caFile", &self.ca_file),
+        ] {
+            if let Some(path) = path {
+                if !path.is_absolute() {
+                    bail!("{field} {path:?} must be an absolute path");
+                }
+            }
+        }
+        for entry in &self.insecure {
+            if entry.is_empty() || entry.contains('/') || entry.chars().any(char::is_whitespace) {
+                bail!("insecure entry {entry:?} must be a registry host[:port], without scheme or path");
+            }
+        }
+        if self.max_bytes < 1024 {
+            bail!("maxBytes must be at least 1024");
+        }
+        if self.timeout_seconds == 0 {
+            bail!("timeoutSeconds must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -618,6 +717,49 @@ plugins:
         assert!(error_of(&limits("maxOpenHandles: 3")).contains("limits.maxOpenHandles"));
         assert!(error_of(&limits("maxOpenHandles: 100000")).contains("limits.maxOpenHandles"));
         assert!(error_of(&limits("logBytesPerCall: 1000000000")).contains("limits.logBytesPerCall"));
+    }
+
+    #[test]
+    fn a_plugin_comes_from_a_path_or_a_digest_pinned_source() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let source = format!("source: \"oci://127.0.0.1:5000/wasmcsi/local-dir@{digest}\"");
+        let c = Config::parse(
+            &GOOD.replace("path: /plugins/local_dir.wasm", &source),
+            &env,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.plugins[0].path.as_os_str().is_empty());
+        assert!(c.plugins[0].origin().starts_with("oci://127.0.0.1:5000/"));
+        assert_eq!(c.runtime.registries.max_bytes, 64 << 20);
+        let tag = GOOD.replace(
+            "path: /plugins/local_dir.wasm",
+            "source: oci://registry.example/wasmcsi/local-dir:v1",
+        );
+        let err = error_of(&tag);
+        assert!(
+            err.contains("plugins[0]") && err.contains("names a tag, not a digest"),
+            "{err}"
+        );
+        let both = GOOD.replace(
+            "path: /plugins/local_dir.wasm",
+            &format!("path: /p.wasm\n    {source}"),
+        );
+        assert!(error_of(&both).contains("path and source are both set"));
+        let neither = GOOD.replace("path: /plugins/local_dir.wasm", "");
+        assert!(error_of(&neither).contains("path (a .wasm file) or source"));
+        let registries = format!(
+            "{}runtime: {{ registries: {{ insecure: [\"http://x\"] }} }}\n",
+            GOOD
+        );
+        assert!(error_of(&registries).contains("runtime.registries"));
+        let ok = format!(
+            "{}runtime: {{ registries: {{ dockerConfigJson: /etc/r/.dockerconfigjson, caFile: /etc/r/ca.pem, insecure: [\"registry.lab:5000\"], maxBytes: 1048576, timeoutSeconds: 5 }} }}\n",
+            GOOD
+        );
+        let c = Config::parse(&ok, &env, &Overrides::default()).unwrap();
+        assert_eq!(c.runtime.registries.insecure, vec!["registry.lab:5000"]);
+        assert_eq!(c.runtime.registries.timeout_seconds, 5);
     }
 
     #[test]

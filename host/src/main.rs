@@ -43,8 +43,36 @@ enum Command {
         #[arg(long)]
         load_plugins: bool,
     },
+    /// Work with plugins in OCI registries.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Publish a component as an OCI artifact (config
+    /// application/vnd.wasm.config.v0+json, one application/wasm layer) and
+    /// print the digest-pinned reference to put in a plugin's `source`.
+    Push {
+        /// The plugin's .wasm component.
+        file: PathBuf,
+        /// Where to: [oci://]registry/repository[:tag].
+        reference: String,
+        /// Credentials: a .dockerconfigjson (as a pull Secret holds).
+        #[arg(long)]
+        docker_config_json: Option<PathBuf>,
+        /// PEM CA certificates trusted besides the system roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Speak plain HTTP to this registry (host[:port]); loopback
+        /// registries fall back to it without this.
+        #[arg(long)]
+        insecure: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +102,19 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("wasmcsi {}", wasmcsi::VERSION);
             Ok(())
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Push {
+                    file,
+                    reference,
+                    docker_config_json,
+                    ca_file,
+                    insecure,
+                },
+        } => {
+            init_logging(LogFormat::Text);
+            push(file, reference, docker_config_json, ca_file, insecure)
         }
         Command::ValidateConfig {
             config,
@@ -138,5 +179,29 @@ fn validate(path: &std::path::Path, load_plugins: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+fn push(
+    file: PathBuf,
+    reference: String,
+    docker_config_json: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let mut registries = wasmcsi::config::RegistriesConfig {
+        docker_config_json,
+        ca_file,
+        ..Default::default()
+    };
+    if insecure {
+        let text = reference.strip_prefix("oci://").unwrap_or(&reference);
+        registries
+            .insecure
+            .push(text.split('/').next().unwrap_or_default().to_string());
+    }
+    let pinned =
+        runtime()?.block_on(wasmcsi::runtime::oci::push(&file, &reference, &registries))?;
+    println!("{pinned}");
     Ok(())
 }

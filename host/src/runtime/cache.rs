@@ -66,6 +66,11 @@ impl ComponentCache {
         })
     }
 
+    /// The cache's directory (the OCI blob store lives beneath it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The entry file for a wasm with this sha256 (hex) on this engine.
     pub fn entry(&self, engine: &Engine, wasm_sha256: &str) -> PathBuf {
         let mut h = DefaultHasher::new();

@@ -15,7 +15,7 @@ use super::cache::{ComponentCache, Origin};
 use super::engine::{self, EngineSizing};
 use super::state::CallState;
 use super::Plugin;
-use crate::config::{Config, PluginConfig};
+use crate::config::{Config, PluginConfig, RegistriesConfig};
 
 /// The engine is sized for this many times the configured instances, so
 /// that a reload (old and new plugin side by side) still fits.
@@ -27,6 +27,8 @@ pub struct Loader {
     cache: Option<ComponentCache>,
     node_id: String,
     sizing: EngineSizing,
+    /// Registry access for plugins with an OCI `source`.
+    registries: RegistriesConfig,
 }
 
 /// What one config asks of the engine.
@@ -71,6 +73,7 @@ impl Loader {
             cache,
             node_id: config.driver.node_id.clone(),
             sizing,
+            registries: config.runtime.registries.clone(),
         })
     }
 
@@ -107,13 +110,9 @@ impl Loader {
     }
 
     pub async fn load(&self, config: &PluginConfig) -> Result<Arc<Plugin>> {
-        self.load_inner(config).await.with_context(|| {
-            format!(
-                "loading plugin {} from {}",
-                config.name,
-                config.path.display()
-            )
-        })
+        self.load_inner(config)
+            .await
+            .with_context(|| format!("loading plugin {} from {}", config.name, config.origin()))
     }
 
     async fn load_inner(&self, config: &PluginConfig) -> Result<Arc<Plugin>> {
@@ -139,13 +138,20 @@ impl Loader {
 
     /// The compiled component: from the cache when there is one.
     pub async fn component(&self, config: &PluginConfig) -> Result<(Component, Origin)> {
-        let bytes = read_verified(&config.path, config.sha256.as_deref())?;
+        let (bytes, digest) = match &config.source {
+            Some(source) => {
+                let cache_dir = self.cache.as_ref().map(|c| c.dir());
+                let pulled = super::oci::fetch(source, &self.registries, cache_dir).await?;
+                (pulled.wasm, Some(pulled.sha256))
+            }
+            None => (read_verified(&config.path, config.sha256.as_deref())?, None),
+        };
         let engine = self.engine.clone();
         let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || -> Result<(Component, Origin)> {
             match cache {
                 Some(cache) => {
-                    let digest = hex::encode(Sha256::digest(&bytes));
+                    let digest = digest.unwrap_or_else(|| hex::encode(Sha256::digest(&bytes)));
                     cache.component(&engine, &bytes, &digest)
                 }
                 None => Component::new(&engine, &bytes)

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod engine;
 pub mod limits;
 pub mod loader;
+pub mod oci;
 pub mod plugin;
 pub mod preopens;
 pub mod reload;

@@ -125,14 +125,12 @@ impl Plugin {
             .with_context(|| {
                 format!(
                     "linking {}: was it built against this host's wasmcsi:plugin WIT version?",
-                    config.path.display()
+                    config.origin()
                 )
             })?;
         let exports = export_indices(&pre)
             .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("{} does not export the plugin world", config.path.display())
-            })?;
+            .with_context(|| format!("{} does not export the plugin world", config.origin()))?;
         let grants = Arc::new(Grants::from_config(config, node_id)?);
         let mut plugin = Plugin {
             name: config.name.clone(),

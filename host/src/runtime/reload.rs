@@ -1,7 +1,8 @@
 //! Hot reload: every few seconds, look at the config file and at each
 //! plugin's `.wasm`; when one changed, load the new version and hand the
 //! new plugin set over to be swapped in. A version that fails to load is
-//! logged and skipped while the old one keeps serving. Polling metadata
+//! logged and skipped while the old one keeps serving (one from a registry
+//! is tried again every little while: the registry may come back). Polling metadata
 //! (device, inode, size, mtime) follows a ConfigMap's `..data` symlink
 //! swap as well as a file copied over in place, with no extra dependency.
 
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Loader, Plugin};
 use crate::config::{Config, Overrides, PluginConfig};
@@ -57,9 +58,15 @@ pub struct Watcher {
     config_file: Option<Stamp>,
     /// Serving now.
     loaded: HashMap<String, Arc<Plugin>>,
-    /// Last tried, loaded or not: a broken version is tried once.
+    /// Last tried, loaded or not: a broken version is tried once...
     tried: HashMap<String, Version>,
+    /// ...except one pulled from a registry, which may have been down:
+    /// tried again from this time on.
+    retry_pull: HashMap<String, Instant>,
 }
+
+/// How long a failed pull waits before it is tried again.
+const RETRY_PULL: Duration = Duration::from_secs(15);
 
 impl Watcher {
     pub fn new(
@@ -85,6 +92,7 @@ impl Watcher {
                 .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
             tried,
+            retry_pull: HashMap::new(),
         }
     }
 
@@ -107,11 +115,21 @@ impl Watcher {
         let wanted: Vec<PluginConfig> = self.config.plugins.clone();
         for p in &wanted {
             let version = Version::of(p);
-            if self.tried.get(&p.name) == Some(&version) {
+            let retry_due = self
+                .retry_pull
+                .get(&p.name)
+                .is_some_and(|at| *at <= Instant::now());
+            if self.tried.get(&p.name) == Some(&version) && !retry_due {
                 continue;
             }
             self.tried.insert(p.name.clone(), version);
-            match self.loader.load(p).await {
+            self.retry_pull.remove(&p.name);
+            let result = self.loader.load(p).await;
+            if result.is_err() && p.source.is_some() {
+                self.retry_pull
+                    .insert(p.name.clone(), Instant::now() + RETRY_PULL);
+            }
+            match result {
                 Ok(plugin) => {
                     tracing::info!(plugin = %p.name, "plugin reloaded: new calls use the new version");
                     self.loaded.insert(p.name.clone(), plugin);
@@ -128,6 +146,7 @@ impl Watcher {
         let before = self.loaded.len();
         self.loaded.retain(|name, _| names.contains(&name));
         self.tried.retain(|name, _| names.contains(&name));
+        self.retry_pull.retain(|name, _| names.contains(&name));
         if self.loaded.len() != before {
             tracing::info!("plugins removed from the config are unloaded");
             changed = true;
