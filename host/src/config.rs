@@ -53,7 +53,10 @@ pub struct RegistriesConfig {
     #[serde(default)]
     pub insecure: Vec<String>,
     /// Largest wasm layer pulled (bytes).
-    #[serde(default = "default_registry_max_bytes", deserialize_with = "env::scalar")]
+    #[serde(
+        default = "default_registry_max_bytes",
+        deserialize_with = "env::scalar"
+    )]
     pub max_bytes: u64,
     /// Bound of one whole pull (manifest and layer).
     #[serde(default = "default_registry_timeout", deserialize_with = "env::scalar")]
