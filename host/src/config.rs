@@ -315,13 +315,17 @@ impl Config {
             anyhow::anyhow!("invalid config{at}: {e}{hint}")
         })?;
         let expanded = env::expand_values(raw, env)?;
-        let mut config: Config =
-            serde_path_to_error::deserialize(expanded).map_err(|e| {
-                match e.path().to_string().as_str() {
-                    "." => anyhow::anyhow!("invalid config: {}", e.inner()),
-                    path => anyhow::anyhow!("invalid config: {path}: {}", e.inner()),
-                }
-            })?;
+        // Back through YAML text: a plain scalar such as `nodeId: 12345`
+        // then reads as text where the field is text (a parsed Value would
+        // insist on a number there).
+        let text = serde_norway::to_string(&expanded).context("re-encoding the config")?;
+        let mut config: Config = serde_path_to_error::deserialize(
+            serde_norway::Deserializer::from_str(&text),
+        )
+        .map_err(|e| match e.path().to_string().as_str() {
+            "." => anyhow::anyhow!("invalid config: {}", e.inner()),
+            path => anyhow::anyhow!("invalid config: {path}: {}", e.inner()),
+        })?;
         if let Some(endpoint) = &overrides.endpoint {
             config.driver.endpoint = endpoint.clone();
         }
@@ -637,6 +641,15 @@ plugins:
                 && settings.contains(&("quoted".into(), password)),
             "{settings:?}"
         );
+    }
+
+    /// Text fields take plain scalars as their text, as they always did:
+    /// a numeric node name is a name.
+    #[test]
+    fn a_text_field_takes_a_plain_number_as_text() {
+        let text = GOOD.replace("nodeId: node-1", "nodeId: 12345");
+        let c = Config::parse(&text, &env, &Overrides::default()).unwrap();
+        assert_eq!(c.driver.node_id, "12345");
     }
 
     /// In `{ }` and `[ ]` YAML ends a plain value at `}`: the error says
