@@ -87,7 +87,7 @@ async fn a_settings_change_reaches_new_calls_not_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = own_copy(dir.path());
     let s = start_with(
-        10,
+        15,
         &wasm,
         "    settings: { flavor: a }\n",
         "runtime: { watchIntervalMs: 200 }\n",
@@ -95,7 +95,8 @@ async fn a_settings_change_reaches_new_calls_not_calls_in_flight() {
     .await;
     assert_eq!(settings_seen(&s.d, "settings").await.unwrap(), "flavor=a");
 
-    // A 3 s call starts on version a; the config changes under it.
+    // An 8 s call starts on version a; the config changes under it (the
+    // reload must land within that, also on a loaded machine).
     let slow = tokio::spawn({
         let d_client = s.d.client.clone();
         async move {

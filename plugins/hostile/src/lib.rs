@@ -252,7 +252,7 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
         // meantime must not change what this call sees.
         "slow" | "settings" => {
             if req.name == "slow" {
-                std::thread::sleep(std::time::Duration::from_secs(3));
+                std::thread::sleep(std::time::Duration::from_secs(8));
             }
             Ok(volume(&req.name, settings_text()))
         }
