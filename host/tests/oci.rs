@@ -205,24 +205,6 @@ async fn null_volume(d: &TestDriver) -> Result<String, tonic::Status> {
         .map(|r| r.into_inner().volume.unwrap().volume_id)
 }
 
-/// Log text without colour escapes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The last `elapsed_ms` of a log line with `what` about the hostile plugin.
 fn elapsed_ms(log: &str, what: &str) -> Option<u64> {
     plain(log)

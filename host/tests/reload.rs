@@ -57,24 +57,6 @@ where
     panic!("{what} never happened\n{}", d.logs());
 }
 
-/// Log text without the colour escapes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A copy of hostile.wasm the test may overwrite.
 fn own_copy(dir: &Path) -> PathBuf {
     let path = dir.join("swap.wasm");

@@ -348,3 +348,21 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code
         Err(s) => s.code(),
     }
 }
+
+/// Log text without the colour escapes.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
