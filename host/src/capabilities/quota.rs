@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::command::{self, FD_ARG};
 use super::fs::FsCap;
 use super::{blocking, btrfs, CapError, CapResult, Grants};
 use crate::config::QuotaGrant;
@@ -63,21 +62,6 @@ fn quota_fs(grants: &Grants) -> Result<&FsCap, CapError> {
         .ok_or_else(|| CapError::not_granted("quota", &grants.plugin))
 }
 
-/// Reads `referenced` and `max referenced` of one qgroup from
-/// `btrfs qgroup show -re --raw` output.
-fn parse_qgroup_show(out: &str, qgroup: &str) -> Option<Usage> {
-    let line = out
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(qgroup))?;
-    let cols: Vec<&str> = line.split_whitespace().collect();
-    let used_bytes = cols.get(1)?.parse().ok()?;
-    let limit_bytes = cols.get(3).and_then(|v| v.parse().ok());
-    Some(Usage {
-        limit_bytes,
-        used_bytes,
-    })
-}
-
 impl Host for CallState {
     async fn set_limit(&mut self, kind: QuotaKind, path: String, bytes: u64) -> CapResult<()> {
         if kind == QuotaKind::Project {
@@ -97,41 +81,19 @@ impl Host for CallState {
             return Err(project_quota_not_yet().into());
         }
         let grants = self.grants.clone();
-        let (sub, id) = blocking::run(move || {
-            let sub = quota_fs(&grants)?.subvolume(&path)?;
-            let id = btrfs::subvolume_id(sub.as_fd())?;
-            Ok((sub, id))
-        })
-        .await?;
         // No forced commit: figures are as of the last transaction (at most
         // the commit interval old), which is what a stats poll needs.
-        let out = command::run_on_fd_ok(
-            "btrfs",
-            &["qgroup", "show", "-reF", "--raw", FD_ARG],
-            sub.as_fd(),
-        )
-        .await?;
-        let qgroup = format!("0/{id}");
-        Ok(parse_qgroup_show(&out, &qgroup).ok_or_else(|| {
-            CapError::not_found(format!("no qgroup {qgroup} (are quotas enabled?)"))
-        })?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_qgroup_show() {
-        let out = "Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path \n\
-                   --------    ----------    ---------  --------------  -------------   ---- \n\
-                   0/5              16384        16384            none           none   <toplevel>\n\
-                   0/256         10469376     10469376        10485760           none   v1\n";
-        let u = parse_qgroup_show(out, "0/256").unwrap();
-        assert_eq!((u.used_bytes, u.limit_bytes), (10469376, Some(10485760)));
-        let top = parse_qgroup_show(out, "0/5").unwrap();
-        assert_eq!(top.limit_bytes, None);
-        assert!(parse_qgroup_show(out, "0/257").is_none());
+        Ok(blocking::run(move || {
+            let sub = quota_fs(&grants)?.subvolume(&path)?;
+            let id = btrfs::subvolume_id(sub.as_fd())?;
+            let usage = btrfs::qgroup_usage(sub.as_fd(), id)?.ok_or_else(|| {
+                CapError::not_found(format!("no qgroup 0/{id} (are quotas enabled?)"))
+            })?;
+            Ok(Usage {
+                used_bytes: usage.referenced,
+                limit_bytes: usage.max_referenced,
+            })
+        })
+        .await?)
     }
 }
