@@ -166,7 +166,8 @@ pub fn delete_volume(env: &Env, volume_id: String) -> Result<()> {
     let id = volume_id.as_str();
     id::check(id)?;
     if !store::exists(&env.layout.dir(id))? {
-        return Ok(());
+        // Gone, perhaps by an earlier attempt that died before its sync.
+        return store::sync_removals(&env.layout.volumes());
     }
     // Mark it first so get/list stop showing it; removal itself works
     // from the layout, so a missing or torn meta does not block it. The
@@ -184,6 +185,9 @@ pub fn delete_volume(env: &Env, volume_id: String) -> Result<()> {
         ),
     }
     backend::teardown(env, id).context(|| format!("delete-volume {id}"))?;
+    // Durable before it answers: a deletion undone by a crash would leave
+    // storage that no CO will ask to delete again.
+    store::sync_removals(&env.layout.volumes())?;
     env.info("volume deleted", &[("volume", id)]);
     Ok(())
 }
@@ -341,7 +345,12 @@ fn make(env: &Env, backend: &dyn Backend, id: &str, meta: &mut Meta) -> Result<(
     store::make_dir(&env.layout, id)?;
     backend.make(env, id, meta)?;
     meta.state = State::Ready;
-    store::write_meta_durable(&env.layout, id, meta)
+    let root = env.layout.root();
+    let root_fs = env
+        .host
+        .filesystem_type(root)
+        .context(|| format!("finding the filesystem type of the local-dir root {root}"))?;
+    store::write_first_meta(&env.layout, id, meta, &root_fs)
 }
 
 /// A failed create removes what it made; if even that fails, the directory

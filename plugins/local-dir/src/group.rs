@@ -303,6 +303,7 @@ pub fn delete(env: &Env, id: &str, snapshot_ids: &[String]) -> Result<()> {
         write(env, id, &meta)?;
     }
     teardown(env, id, &meta.snapshot_ids).context(|| format!("delete-group-snapshot {id}"))?;
+    store::sync_removals(&env.layout.groups())?;
     env.info("group snapshot deleted", &[("group", id)]);
     Ok(())
 }

@@ -265,6 +265,8 @@ pub fn remove(env: &Env, id: &str) -> Result<()> {
         ),
     }
     teardown(env, id).context(|| format!("delete-snapshot {id}"))?;
+    // Durable before it answers, as a volume's deletion.
+    store::sync_removals(&env.layout.snapshots())?;
     env.info("snapshot deleted", &[("snapshot", id)]);
     Ok(())
 }

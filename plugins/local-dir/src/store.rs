@@ -105,16 +105,28 @@ pub fn exists(path: &str) -> Result<bool> {
     }
 }
 
-/// The volume's meta, or None when it has none (never made, or gone).
+/// The volume's meta, or None when it has none (never made, or gone). A
+/// record cut short (empty, or JSON ending early) also counts as none: only
+/// a crash in the one unsynced-before-visible write makes one — the first
+/// record of a create that never answered, or a deletion's mark — and a
+/// retry of either call redoes it from the layout.
 pub fn read_meta(layout: &Layout, id: &str) -> Result<Option<Meta>> {
     let path = layout.meta(id);
     match fs::read(&path) {
+        Ok(bytes) if cut_short(&bytes) => Ok(None),
         Ok(bytes) => Meta::from_json(&bytes)
             .map(Some)
             .map_err(|e| internal(format!("reading {path}: {e}"))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(error::io(format_args!("reading {path}"), e)),
     }
+}
+
+/// Whether a JSON record ends before its value does (a torn write), as
+/// against one that is whole but wrong, which stays an error.
+fn cut_short(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+        || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err_and(|e| e.is_eof())
 }
 
 /// The meta of a volume that exists and is usable; NOT_FOUND otherwise
@@ -165,11 +177,48 @@ pub fn write_meta_durable(layout: &Layout, id: &str, meta: &Meta) -> Result<()> 
     sync_dir(&layout.dir(id))
 }
 
+/// Where one fsync of a new file also makes its name durable, and the names
+/// of the new directories above it: the journalling filesystems commit the
+/// creation with the file (ext4's and XFS's journals are in order; btrfs
+/// logs a new file's new ancestors, or commits). Elsewhere the directories
+/// are synced too.
+const NAME_DURABLE_WITH_FILE: &[&str] = &["ext4", "xfs", "btrfs"];
+
+/// Writes the first record of a volume just made in its new directory and
+/// makes it durable: once this returns, a crash leaves the volume. One
+/// fsync on `root_fs` types that persist a new file's name with it (a crash
+/// before then may leave the record cut short, which reads as none: the
+/// create never answered, and its retry redoes it).
+pub fn write_first_meta(layout: &Layout, id: &str, meta: &Meta, root_fs: &str) -> Result<()> {
+    let path = layout.meta(id);
+    let bytes = encode(&path, meta)?;
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create_new(&path)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| error::io(format_args!("writing {path}"), e))?;
+    if !NAME_DURABLE_WITH_FILE.contains(&root_fs) {
+        sync_dir(&layout.dir(id))?;
+        sync_dir(&layout.volumes())?;
+    }
+    Ok(())
+}
+
 /// fsync of a directory: makes the renames and creations in it durable.
 pub fn sync_dir(dir: &str) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| error::io(format_args!("syncing directory {dir}"), e))
+}
+
+/// Makes removals from `dir` durable: after a crash, what a delete removed
+/// stays removed. Nothing to do when `dir` itself does not exist.
+pub fn sync_removals(dir: &str) -> Result<()> {
+    match fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| error::io(format_args!("syncing directory {dir}"), e)),
+    }
 }
 
 /// A versioned JSON record (a snapshot's or a group's meta.json), or None
@@ -356,14 +405,44 @@ mod tests {
     }
 
     #[test]
-    fn torn_meta_is_internal() {
+    fn cut_short_meta_is_none_but_wrong_meta_is_internal() {
         let t = TempRoot::new("torn");
         let l = Layout::new(&t.0);
         make_dir(&l, "v1").unwrap();
-        fs::write(l.meta("v1"), b"{\"version\":").unwrap();
-        let e = read_meta(&l, "v1").unwrap_err();
-        assert_eq!(e.code, ErrorCode::Internal);
-        assert!(e.message.contains("meta.json"));
+        for torn in [
+            &b""[..],
+            b"  \n",
+            b"{\"version\":",
+            b"{\"version\":1,\"name\":\"pv",
+        ] {
+            fs::write(l.meta("v1"), torn).unwrap();
+            assert_eq!(read_meta(&l, "v1").unwrap(), None, "{torn:?}");
+        }
+        for wrong in [&b"{\"version\":\"one\"}"[..], b"xyz", b"{} {"] {
+            fs::write(l.meta("v1"), wrong).unwrap();
+            let e = read_meta(&l, "v1").unwrap_err();
+            assert_eq!(e.code, ErrorCode::Internal, "{wrong:?}");
+            assert!(e.message.contains("meta.json"));
+        }
+    }
+
+    #[test]
+    fn first_meta_is_new_and_readable() {
+        let t = TempRoot::new("first");
+        let l = Layout::new(&t.0);
+        make_dir(&l, "v1").unwrap();
+        let mut m = meta();
+        m.state = State::Ready;
+        // An unknown filesystem type takes the directory syncs as well.
+        for (id, fs_type) in [("v1", "ext4"), ("v2", "tmpfs")] {
+            make_dir(&l, id).unwrap();
+            write_first_meta(&l, id, &m, fs_type).unwrap();
+            assert_eq!(ready_meta(&l, id).unwrap(), m);
+        }
+        let e = write_first_meta(&l, "v1", &m, "ext4").unwrap_err();
+        assert!(e.message.contains("meta.json"), "{}", e.message);
+        sync_removals(&l.volumes()).unwrap();
+        sync_removals(&format!("{}/nothing-here", t.0)).unwrap();
     }
 
     #[test]
