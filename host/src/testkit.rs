@@ -95,17 +95,32 @@ pub fn teardown(dir: &Path) {
 
 /// Formats a sparse `size`-byte image as btrfs and loop-mounts it on `mount_point`.
 pub fn mount_btrfs(image: &Path, mount_point: &Path, size: u64) -> anyhow::Result<()> {
+    mount_new(image, mount_point, size, "btrfs", &["-q", "-f"])
+}
+
+/// Formats a sparse `size`-byte image as ext4 and loop-mounts it on `mount_point`.
+pub fn mount_ext4(image: &Path, mount_point: &Path, size: u64) -> anyhow::Result<()> {
+    mount_new(image, mount_point, size, "ext4", &["-q", "-F"])
+}
+
+fn mount_new(
+    image: &Path,
+    mount_point: &Path,
+    size: u64,
+    fs_type: &str,
+    mkfs_args: &[&str],
+) -> anyhow::Result<()> {
     use anyhow::{ensure, Context};
     std::fs::File::create(image)?.set_len(size)?;
     std::fs::create_dir_all(mount_point)?;
-    let out = Command::new("mkfs.btrfs")
-        .args(["-q", "-f"])
+    let out = Command::new(format!("mkfs.{fs_type}"))
+        .args(mkfs_args)
         .arg(image)
         .output()
-        .context("running mkfs.btrfs")?;
+        .with_context(|| format!("running mkfs.{fs_type}"))?;
     ensure!(
         out.status.success(),
-        "mkfs.btrfs: {}",
+        "mkfs.{fs_type}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let out = Command::new("mount")
@@ -115,7 +130,7 @@ pub fn mount_btrfs(image: &Path, mount_point: &Path, size: u64) -> anyhow::Resul
         .output()?;
     ensure!(
         out.status.success(),
-        "mount btrfs: {}",
+        "mount {fs_type}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

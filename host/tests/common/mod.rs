@@ -42,6 +42,8 @@ pub fn plugin_path(name: &str) -> PathBuf {
 pub struct Options {
     /// Put the plugin root on a fresh loop-mounted btrfs (for subvolume mode).
     pub btrfs_root: bool,
+    /// Put the plugin root on a fresh loop-mounted ext4 (a journal, unlike tmp).
+    pub ext4_root: bool,
     pub mode: &'static str,
     pub fs_type: &'static str,
     /// Extra YAML under the plugin entry (limits, extra capabilities...).
@@ -54,6 +56,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             btrfs_root: false,
+            ext4_root: false,
             mode: "image",
             fs_type: "xfs",
             plugin_extra: String::new(),
@@ -87,6 +90,9 @@ impl TestDriver {
         if options.btrfs_root {
             let image = base.path().join("btrfs.img");
             wasmcsi::testkit::mount_btrfs(&image, &root, 2 * GIB).expect("btrfs root");
+        } else if options.ext4_root {
+            let image = base.path().join("ext4.img");
+            wasmcsi::testkit::mount_ext4(&image, &root, 2 * GIB).expect("ext4 root");
         }
         let endpoint = format!("unix://{}/csi.sock", base.path().display());
         let config = base.path().join("config.yaml");

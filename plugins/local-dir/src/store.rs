@@ -147,8 +147,7 @@ pub fn ready_meta(layout: &Layout, id: &str) -> Result<Meta> {
     }
 }
 
-/// Replaces meta.json atomically (temp file, fsync, rename) so that a
-/// crash leaves the old or the new record, never a torn one.
+/// Replaces meta.json atomically and durably (`write_atomic`).
 pub fn write_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
     let (tmp, path) = (layout.meta_tmp(id), layout.meta(id));
     write_atomic(&tmp, &path, &encode(&path, meta)?)
@@ -168,13 +167,6 @@ pub fn mark_meta(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
 fn encode(path: &str, meta: &Meta) -> Result<Vec<u8>> {
     meta.to_json()
         .map_err(|e| internal(format!("encoding {path}: {e}")))
-}
-
-/// `write_meta`, then the volume's directory synced: once it returns, a
-/// crash leaves the new record, not merely a whole one.
-pub fn write_meta_durable(layout: &Layout, id: &str, meta: &Meta) -> Result<()> {
-    write_meta(layout, id, meta)?;
-    sync_dir(&layout.dir(id))
 }
 
 /// Where one fsync of a new file also makes its name durable, and the names
@@ -254,7 +246,9 @@ pub fn write_record<T: serde::Serialize>(dir: &str, value: &T) -> Result<()> {
     write_atomic(&tmp, &path, &bytes)
 }
 
-/// Replaces `path` with `bytes` through `tmp` (write, fsync, rename).
+/// Replaces `path` with `bytes` through `tmp` (write, fsync, rename, then
+/// its directory synced): a crash leaves the old record or the new one,
+/// and the new one once this returns.
 pub fn write_atomic(tmp: &str, path: &str, bytes: &[u8]) -> Result<()> {
     let write = || -> io::Result<()> {
         let mut f = fs::File::create(tmp)?;
@@ -262,7 +256,8 @@ pub fn write_atomic(tmp: &str, path: &str, bytes: &[u8]) -> Result<()> {
         f.sync_all()
     };
     write().map_err(|e| error::io(format_args!("writing {tmp}"), e))?;
-    fs::rename(tmp, path).map_err(|e| error::io(format_args!("renaming {tmp} to {path}"), e))
+    fs::rename(tmp, path).map_err(|e| error::io(format_args!("renaming {tmp} to {path}"), e))?;
+    sync_dir(path.rsplit_once('/').map_or(".", |(dir, _)| dir))
 }
 
 /// Ids of all volume directories, sorted; stray entries are skipped.
@@ -393,7 +388,7 @@ mod tests {
         assert_eq!(read_meta(&l, "v1").unwrap(), Some(m.clone()));
         assert_eq!(ready_meta(&l, "v1").unwrap_err().code, ErrorCode::NotFound);
         m.state = State::Ready;
-        write_meta_durable(&l, "v1", &m).unwrap();
+        write_meta(&l, "v1", &m).unwrap();
         assert_eq!(ready_meta(&l, "v1").unwrap(), m);
         assert!(!exists(&l.meta_tmp("v1")).unwrap());
         m.state = State::Deleting;

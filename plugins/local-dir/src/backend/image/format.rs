@@ -32,7 +32,7 @@ pub fn first_use(env: &Env, id: &str, meta: &mut Meta) -> Result<bool> {
     meta.format_pending = false;
     // Made at the image's full size: nothing is left to grow.
     meta.grow_pending = false;
-    store::write_meta_durable(&env.layout, id, meta)?;
+    store::write_meta(&env.layout, id, meta)?;
     env.info(
         "filesystem made at first stage",
         &[("volume", id), ("fs", fs.as_str())],
