@@ -3,7 +3,7 @@
 //! and snapshots (see `snapshot` and `group`). The mode-specific storage work is the
 //! backend's.
 
-use crate::backend::{self, Backend, UNKNOWN_MIN};
+use crate::backend::{self, Attached, Backend, UNKNOWN_MIN};
 use crate::config::{self, Wanted};
 use crate::env::Env;
 use crate::error::{fail, invalid, Context, Error, ErrorCode, Result};
@@ -145,7 +145,7 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
         check_room(env, &settings, &id, capacity)
             .context(|| format!("create-volume {:?}", req.name))?;
     }
-    backend::teardown(env, &id)?;
+    backend::teardown(env, &id, Attached::Maybe)?;
 
     if let Err(e) = make(env, backend, &id, &mut meta) {
         return Err(clean_up_failed_create(env, &id, e));
@@ -173,18 +173,24 @@ pub fn delete_volume(env: &Env, volume_id: String) -> Result<()> {
     // from the layout, so a missing or torn meta does not block it. The
     // mark is for concurrent readers only, hence not synced: after a crash
     // the CO retries the delete, whatever record the crash left.
-    match store::read_meta(&env.layout, id) {
-        Ok(Some(mut meta)) if meta.state != State::Deleting => {
-            meta.state = State::Deleting;
-            store::mark_meta(&env.layout, id, &meta)?;
+    let attached = match store::read_meta(&env.layout, id) {
+        Ok(Some(mut meta)) => {
+            if meta.state != State::Deleting {
+                meta.state = State::Deleting;
+                store::mark_meta(&env.layout, id, &meta)?;
+            }
+            Attached::of(&meta)
         }
-        Ok(_) => {}
-        Err(e) => env.warn(
-            "meta unreadable; deleting by layout",
-            &[("volume", id), ("error", &e.message)],
-        ),
-    }
-    backend::teardown(env, id).context(|| format!("delete-volume {id}"))?;
+        Ok(None) => Attached::Maybe,
+        Err(e) => {
+            env.warn(
+                "meta unreadable; deleting by layout",
+                &[("volume", id), ("error", &e.message)],
+            );
+            Attached::Maybe
+        }
+    };
+    backend::teardown(env, id, attached).context(|| format!("delete-volume {id}"))?;
     // Durable before it answers: a deletion undone by a crash would leave
     // storage that no CO will ask to delete again.
     store::sync_removals(&env.layout.volumes())?;
@@ -357,7 +363,7 @@ fn make(env: &Env, backend: &dyn Backend, id: &str, meta: &mut Meta) -> Result<(
 /// still has no `ready` meta, so a retry tears down and redoes, and delete
 /// removes it.
 fn clean_up_failed_create(env: &Env, id: &str, e: Error) -> Error {
-    match backend::teardown(env, id) {
+    match backend::teardown(env, id, Attached::Maybe) {
         Ok(()) => e,
         Err(cleanup) => {
             env.warn(

@@ -49,6 +49,8 @@ pub struct State {
     pub root_available: Option<u64>,
     /// Capability calls made so far.
     pub calls: usize,
+    /// The name of each, in order.
+    pub steps: Vec<&'static str>,
     pub fail_at: Option<usize>,
     pub crash_at: Option<usize>,
 }
@@ -70,10 +72,11 @@ impl Fake {
     }
 
     /// Counts a capability call and fires an injected failure or crash.
-    fn step(&self, what: &str) -> Result<()> {
+    fn step(&self, what: &'static str) -> Result<()> {
         let (n, fail_now, crash_now) = {
             let mut s = self.st();
             s.calls += 1;
+            s.steps.push(what);
             (
                 s.calls,
                 s.fail_at == Some(s.calls),

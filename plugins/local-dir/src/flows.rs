@@ -411,6 +411,31 @@ fn delete_removes_everything_even_after_crashes() {
     );
 }
 
+/// Deleting an image volume that was never staged looks for no loop device
+/// (that looks at every loop device on the node); once staged, it does.
+#[test]
+fn only_a_staged_image_is_looked_for_on_loop_devices() {
+    let w = World::new("loops", "xfs");
+    let env = w.env();
+    let steps_of = |op: &dyn Fn(&Env)| {
+        let from = w.fake.st().steps.len();
+        op(&env);
+        w.fake.st().steps[from..].to_vec()
+    };
+    create(&env, "pvc-n", MIB, mount_cap("")).unwrap();
+    let steps = steps_of(&|env| controller::delete_volume(env, "pvc-n".into()).unwrap());
+    assert!(!steps.contains(&"find-loop"), "{steps:?}");
+    assert!(w.volume_dirs().is_empty());
+
+    let staging = w.path("stage");
+    create(&env, "pvc-s", MIB, mount_cap("")).unwrap();
+    node::stage_volume(&env, stage_req("pvc-s", &staging, mount_cap(""))).unwrap();
+    node::unstage_volume(&env, "pvc-s".into(), staging.clone()).unwrap();
+    let steps = steps_of(&|env| controller::delete_volume(env, "pvc-s".into()).unwrap());
+    assert!(steps.contains(&"find-loop"), "{steps:?}");
+    assert!(w.volume_dirs().is_empty());
+}
+
 #[test]
 fn image_mount_lifecycle_is_idempotent() {
     let w = World::new("life", "xfs");

@@ -13,7 +13,7 @@ mod format;
 
 use std::fs::{self as stdfs, OpenOptions};
 
-use super::{condition, fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
+use super::{condition, fs_stats, mounted_at, not_mounted, Attached, Backend, ExpandAt};
 use crate::config::FsType;
 use crate::env::Env;
 use crate::error::{self, fail, internal, precondition, Context, ErrorCode, Result};
@@ -70,12 +70,14 @@ impl Backend for Image {
         Ok(())
     }
 
-    fn remove(&self, env: &Env, id: &str) -> Result<()> {
+    fn remove(&self, env: &Env, id: &str, attached: Attached) -> Result<()> {
         let image = env.layout.image(id);
         if !store::exists(&image)? {
             return Ok(());
         }
-        detach(env, id, &image)?;
+        if attached == Attached::Maybe {
+            detach(env, id, &image)?;
+        }
         store::remove_file(&image)
     }
 

@@ -39,7 +39,7 @@ pub trait Backend {
 
     /// Removes this backend's storage of the volume, if there is any. Works
     /// from the layout alone: meta may be missing or unreadable.
-    fn remove(&self, env: &Env, id: &str) -> Result<()>;
+    fn remove(&self, env: &Env, id: &str, attached: Attached) -> Result<()>;
 
     /// Makes the volume usable at `staging` as `cap` asks. Idempotent.
     fn stage(
@@ -105,14 +105,35 @@ pub fn for_mode(mode: Mode) -> Result<&'static dyn Backend> {
 /// expand on a node without the volume's meta).
 pub const UNKNOWN_MIN: (u64, &str) = (MIB, "local-dir volumes");
 
+/// Whether a volume's storage may be attached on this node (a loop
+/// device). Only meta can say it never was, and finding out otherwise costs
+/// a look at every loop device on the node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Attached {
+    Maybe,
+    /// Never staged: its filesystem is still to be made at the first
+    /// stage, which makes it before anything attaches the image.
+    Never,
+}
+
+impl Attached {
+    pub fn of(meta: &Meta) -> Attached {
+        if meta.format_pending {
+            Attached::Never
+        } else {
+            Attached::Maybe
+        }
+    }
+}
+
 /// Removes everything of a volume: every backend's storage, then the
 /// directory with meta.json last, so a crash half-way is finished by a retry.
-pub fn teardown(env: &Env, id: &str) -> Result<()> {
+pub fn teardown(env: &Env, id: &str, attached: Attached) -> Result<()> {
     if !store::exists(&env.layout.dir(id))? {
         return Ok(());
     }
     for b in all() {
-        b.remove(env, id)?;
+        b.remove(env, id, attached)?;
     }
     store::remove_dir(&env.layout, id)
 }

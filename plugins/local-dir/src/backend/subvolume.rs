@@ -2,7 +2,7 @@
 //! volume's size; staging bind-mounts it. Growing is raising the limit, so
 //! there is nothing to finish later.
 
-use super::{condition, fs_stats, mounted_at, not_mounted, Backend, ExpandAt};
+use super::{condition, fs_stats, mounted_at, not_mounted, Attached, Backend, ExpandAt};
 use crate::config::{FsType, Wanted};
 use crate::env::Env;
 use crate::error::{fail, internal, invalid, precondition, Context, ErrorCode, Result};
@@ -63,7 +63,7 @@ impl Backend for Subvolume {
         set_limit(env, id, &data, meta.capacity_bytes)
     }
 
-    fn remove(&self, env: &Env, id: &str) -> Result<()> {
+    fn remove(&self, env: &Env, id: &str, _attached: Attached) -> Result<()> {
         let data = env.layout.data(id);
         if store::exists(&data)? {
             env.host
