@@ -62,6 +62,9 @@ impl Rules<'_> {
             .ok_or_else(|| out_of_range(format!("{want} bytes is too large a volume")))?
             .max(self.min);
         let why = || {
+            if size == want {
+                return format!("{} requested", human(want));
+            }
             let units = match self.unit() {
                 1 => String::new(),
                 u => format!("{} units, ", human(u)),
@@ -209,7 +212,8 @@ mod tests {
         let e = create(EXACT, None, Some(MIB / 2)).unwrap_err();
         assert_eq!(e.code, ErrorCode::OutOfRange);
         assert!(
-            e.message.contains("(at least 1 MiB for quota trees), above limit-bytes"),
+            e.message
+                .contains("(at least 1 MiB for quota trees), above limit-bytes"),
             "{}",
             e.message
         );
@@ -217,7 +221,10 @@ mod tests {
 
     #[test]
     fn default_applies_without_required() {
-        let xfs = Rules { default: GIB, ..XFS };
+        let xfs = Rules {
+            default: GIB,
+            ..XFS
+        };
         assert_eq!(create(xfs, None, None).unwrap(), GIB);
         // Lowered to fit the limit, rounded down to the unit.
         assert_eq!(create(xfs, None, Some(500 * MIB + 7)).unwrap(), 500 * MIB);
@@ -228,7 +235,11 @@ mod tests {
         let e = create(XFS, Some(10 * MIB), Some(100 * MIB)).unwrap_err();
         assert_eq!(e.code, ErrorCode::OutOfRange);
         assert!(e.message.contains("limit-bytes 100 MiB"), "{}", e.message);
-        assert!(e.message.contains("(1 MiB units, at least 300 MiB"), "{}", e.message);
+        assert!(
+            e.message.contains("(1 MiB units, at least 300 MiB"),
+            "{}",
+            e.message
+        );
         let e = create(ANY, Some(MIB + 1), Some(MIB + 1)).unwrap_err();
         assert_eq!(e.code, ErrorCode::OutOfRange);
         let capped = Rules {
@@ -236,7 +247,10 @@ mod tests {
             ..ANY
         };
         let e = create(capped, Some(2 * MIB), None).unwrap_err();
-        assert!(e.message.contains("maxVolumeBytes"));
+        assert_eq!(
+            e.message,
+            "2 MiB requested, above this driver's maxVolumeBytes 1 MiB"
+        );
         assert_eq!(
             create(ANY, Some(u64::MAX), None).unwrap_err().code,
             ErrorCode::OutOfRange

@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(e.code, ErrorCode::OutOfRange);
         assert!(e.message.starts_with("growing /r/img: "), "{}", e.message);
         let r: io::Result<()> = Err(io::Error::from(io::ErrorKind::PermissionDenied));
-        assert_eq!(r.context(|| "x".into()).unwrap_err().code, ErrorCode::Internal);
+        assert_eq!(
+            r.context(|| "x".into()).unwrap_err().code,
+            ErrorCode::Internal
+        );
     }
 
     #[test]

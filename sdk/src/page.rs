@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn token_of_a_deleted_id_still_continues() {
-        let v: Vec<String> = ["v00", "v02", "v03"].iter().map(|s| s.to_string()).collect();
+        let v: Vec<String> = ["v00", "v02", "v03"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(page(&v, "v01", 1).unwrap(), (1..2, "v02".to_string()));
     }
 }

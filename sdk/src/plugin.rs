@@ -124,7 +124,11 @@ impl<T: Controller> controller::Guest for T {
     fn create_group_snapshot(req: CreateGroupSnapshotRequest) -> Result<GroupSnapshot> {
         T::create_group_snapshot(req)
     }
-    fn delete_group_snapshot(id: String, snapshot_ids: Vec<String>, secrets: Secrets) -> Result<()> {
+    fn delete_group_snapshot(
+        id: String,
+        snapshot_ids: Vec<String>,
+        secrets: Secrets,
+    ) -> Result<()> {
         T::delete_group_snapshot(id, snapshot_ids, secrets)
     }
     fn get_group_snapshot(
@@ -174,7 +178,11 @@ mod tests {
     fn unwritten_calls_answer_unimplemented_naming_the_call() {
         let e = <Nothing as controller::Guest>::list_volumes(String::new(), 0).unwrap_err();
         assert_eq!(e.code, ErrorCode::Unimplemented);
-        assert!(e.message.contains("controller.list-volumes"), "{}", e.message);
+        assert!(
+            e.message.contains("controller.list-volumes"),
+            "{}",
+            e.message
+        );
         let e = <Nothing as node::Guest>::expand_volume(NodeExpandRequest {
             volume_id: "v".into(),
             volume_path: "/p".into(),

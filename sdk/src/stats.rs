@@ -45,7 +45,10 @@ mod tests {
             total_inodes: 10,
             free_inodes: 4,
         });
-        assert_eq!((s.used_bytes, s.available_bytes, s.used_inodes), (70, 20, 6));
+        assert_eq!(
+            (s.used_bytes, s.available_bytes, s.used_inodes),
+            (70, 20, 6)
+        );
         assert!(s.healthy);
         // A corrupt answer must not panic.
         let s = from_statfs(&FsStats {
