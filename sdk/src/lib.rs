@@ -8,7 +8,8 @@
 //! - [`capacity`]: sizes rounded, fitted to the CO's range, refused with
 //!   OUT_OF_RANGE before anything is made;
 //! - [`id`]: stable volume ids from CSI names; [`page`]: paging tokens;
-//!   [`stats`]: statfs to volume stats;
+//!   [`stats`]: statfs to volume stats; [`files`]: state kept in files
+//!   under the root, crash-safe and idempotent;
 //! - [`host`]: the host's capabilities behind a trait, so plugin logic runs
 //!   natively in tests against [`fake`] (feature `fake`).
 //!
@@ -36,6 +37,7 @@ pub mod capacity;
 pub mod error;
 #[cfg(all(feature = "fake", not(target_family = "wasm")))]
 pub mod fake;
+pub mod files;
 pub mod host;
 pub mod id;
 pub mod page;
