@@ -53,9 +53,12 @@ pub struct State {
     pub calls: usize,
     pub fail_at: Option<usize>,
     pub crash_at: Option<usize>,
-    /// Every log line: (level, message, fields).
-    pub logs: Vec<(Level, String, Vec<(String, String)>)>,
+    /// Every log line, in order.
+    pub logs: Vec<LogLine>,
 }
+
+/// A line the plugin logged: (level, message, fields).
+pub type LogLine = (Level, String, Vec<(String, String)>);
 
 #[derive(Clone)]
 pub struct Fake(pub Rc<RefCell<State>>);
