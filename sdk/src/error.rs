@@ -23,6 +23,12 @@ pub fn not_found(message: impl Into<String>) -> Error {
     fail(ErrorCode::NotFound, message)
 }
 
+/// A create under a name already taken by a volume that does not fit
+/// the request (CSI's idempotency rule).
+pub fn already_exists(message: impl Into<String>) -> Error {
+    fail(ErrorCode::AlreadyExists, message)
+}
+
 pub fn precondition(message: impl Into<String>) -> Error {
     fail(ErrorCode::FailedPrecondition, message)
 }

@@ -4,8 +4,8 @@
 
 use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{environment, mount};
 use wasmcsi_plugin_sdk::capacity::{fits, Rules, GIB, MIB};
-use wasmcsi_plugin_sdk::error::{fail, internal, not_found, precondition};
-use wasmcsi_plugin_sdk::{files, id, types::*, Context, ErrorCode, Result};
+use wasmcsi_plugin_sdk::error::{already_exists, internal, not_found, precondition};
+use wasmcsi_plugin_sdk::{files, id, types::*, Context, Result};
 
 struct Dirs;
 wasmcsi_plugin_sdk::export!(Dirs);
@@ -54,7 +54,7 @@ impl wasmcsi_plugin_sdk::Controller for Dirs {
         let (dir, size_file) = paths(&volume_id)?;
         let capacity_bytes = match recorded(&size_file)? {
             Some(bytes) if fits(bytes, &req.capacity) => bytes,
-            Some(b) => return Err(fail(ErrorCode::AlreadyExists, format!("{dir}: {b} bytes"))),
+            Some(b) => return Err(already_exists(format!("{b} bytes at {dir}"))),
             None => SIZES.for_create(&req.capacity)?,
         };
         std::fs::create_dir_all(&dir).context(|| format!("creating {dir}"))?;
@@ -75,7 +75,8 @@ impl wasmcsi_plugin_sdk::Controller for Dirs {
 
     fn expand_volume(req: ExpandRequest) -> Result<ExpandResult> {
         let (_, size_file) = paths(&req.volume_id)?;
-        let current = recorded(&size_file)?.ok_or_else(|| not_found(&req.volume_id))?;
+        let gone = || not_found(format!("volume {} does not exist", req.volume_id));
+        let current = recorded(&size_file)?.ok_or_else(gone)?;
         let capacity_bytes = SIZES.for_expand(Some(current), &req.capacity)?;
         files::write_atomic(&size_file, capacity_bytes.to_string().as_bytes())?;
         Ok(ExpandResult {
