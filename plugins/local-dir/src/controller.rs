@@ -256,7 +256,8 @@ pub fn list_volumes(env: &Env, starting_token: String, max_entries: u32) -> Resu
         }
     }
     let ids: Vec<String> = ready.iter().map(|(id, _)| id.clone()).collect();
-    let (range, next_token) = page::page(&ids, &starting_token, max_entries)?;
+    let (range, next_token) =
+        page::page(&ids, &starting_token, max_entries).context(|| "list-volumes".into())?;
     let volumes = ready[range]
         .iter()
         .map(|(id, meta)| volume(env, id, meta))
