@@ -6,7 +6,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
-PLUGINS := local-dir hostile xsky-nfs
+PLUGINS := local-dir hostile xsky-nfs plugin-template
 
 .PHONY: setup plugins host demo test test-deploy test-sanity test-image image release bench clean
 

@@ -39,6 +39,26 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Builds a plugin crate of the workspace (release, wasm32-wasip2) and
+/// returns its `.wasm`, so a test loads what the source says now.
+pub fn build_plugin(package: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            package,
+        ])
+        .current_dir(&workspace)
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo to build the {package} plugin: {e}"));
+    assert!(status.success(), "building the {package} plugin failed");
+    plugin_path(package)
+}
+
 pub struct Options {
     /// Put the plugin root on a fresh loop-mounted btrfs (for subvolume mode).
     pub btrfs_root: bool,

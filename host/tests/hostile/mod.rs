@@ -15,25 +15,7 @@ use wasmcsi::proto::*;
 /// Builds `plugins/hostile` once per test binary and returns its path.
 pub fn hostile_wasm() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--release",
-                    "--target",
-                    "wasm32-wasip2",
-                    "-p",
-                    "hostile",
-                ])
-                .current_dir(&workspace)
-                .status()
-                .expect("running cargo to build the hostile plugin");
-            assert!(status.success(), "building the hostile plugin failed");
-            plugin_path("hostile")
-        })
-        .clone()
+    BUILT.get_or_init(|| build_plugin("hostile")).clone()
 }
 
 /// A 127.0.0.1 server answering every request with `body_bytes` of zeros.

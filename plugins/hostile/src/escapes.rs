@@ -11,9 +11,11 @@
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
 
-use crate::wasmcsi::plugin::types::{Error, ErrorCode, KeyValues};
-use crate::wasmcsi::plugin::{fs, mount, quota};
-use crate::{error, param, Result};
+use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{fs, mount, quota};
+use wasmcsi_plugin_sdk::error::fail as error;
+use wasmcsi_plugin_sdk::get as param;
+use wasmcsi_plugin_sdk::types::KeyValues;
+use wasmcsi_plugin_sdk::{Error, ErrorCode, Result};
 
 fn root() -> Result<(Descriptor, String)> {
     get_directories()

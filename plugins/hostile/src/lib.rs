@@ -5,26 +5,14 @@
 //! garbage those calls can return. Every other call answers at once. The
 //! host must turn each misdeed into one failed request and keep serving.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
-
 mod escapes;
 
-use exports::wasmcsi::plugin::controller::{
-    CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
-    ExpandResult, Guest as Controller, SnapshotFilter, SnapshotPage, VolumePage,
-};
-use exports::wasmcsi::plugin::identity::{Features, Guest as Identity, PluginInfo};
-use exports::wasmcsi::plugin::node::{
-    ExpandRequest as NodeExpandRequest, Guest as Node, PublishRequest, StageRequest, VolumeStats,
-};
-use wasmcsi::plugin::log::{self, Level};
-use wasmcsi::plugin::types::{
-    AccessMode, ContentSource, Error, ErrorCode, GroupSnapshot, KeyValues, Secrets, Snapshot,
-    Volume,
-};
-use wasmcsi::plugin::{environment, fs, http, mount};
-
-type Result<T> = std::result::Result<T, Error>;
+use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::log::{self, Level};
+use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{environment, fs, http, mount};
+use wasmcsi_plugin_sdk::error::fail as error;
+use wasmcsi_plugin_sdk::get as param;
+use wasmcsi_plugin_sdk::types::*;
+use wasmcsi_plugin_sdk::{Controller, ErrorCode, Identity, Node, Result};
 
 /// What an earlier call of this instance left behind, if the host ever
 /// reused one: a counter in a static and a string on the heap.
@@ -33,21 +21,7 @@ static LEFT_BEHIND: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(Non
 
 struct Hostile;
 
-export!(Hostile);
-
-fn error(code: ErrorCode, message: impl Into<String>) -> Error {
-    Error {
-        code,
-        message: message.into(),
-    }
-}
-
-fn param<'a>(params: &'a KeyValues, key: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
+wasmcsi_plugin_sdk::export!(Hostile);
 
 /// Deep recursion the optimiser cannot turn into a loop.
 #[allow(unconditional_recursion)]
@@ -299,19 +273,12 @@ impl Identity for Hostile {
     }
 }
 
-fn unimplemented<T>() -> Result<T> {
-    Err(error(ErrorCode::Unimplemented, "hostile does not do that"))
-}
-
 impl Controller for Hostile {
     fn create_volume(req: CreateVolumeRequest) -> Result<Volume> {
         misbehave(&req)
     }
     fn delete_volume(_volume_id: String, _secrets: Secrets) -> Result<()> {
         Ok(())
-    }
-    fn expand_volume(_req: ExpandRequest) -> Result<ExpandResult> {
-        unimplemented()
     }
     fn get_volume(volume_id: String, _secrets: Secrets) -> Result<Volume> {
         Ok(volume(&volume_id, String::new()))
@@ -425,22 +392,11 @@ impl Controller for Hostile {
     }
 }
 
+/// Stage, unstage, unpublish and expand: the SDK's UNIMPLEMENTED.
 impl Node for Hostile {
-    fn stage_volume(_req: StageRequest) -> Result<()> {
-        unimplemented()
-    }
-    fn unstage_volume(_volume_id: String, _staging_path: String) -> Result<()> {
-        unimplemented()
-    }
     /// The volume id picks an escape attempt (see `escapes`).
     fn publish_volume(req: PublishRequest) -> Result<()> {
         escapes::attempt(&req.volume_id, &req.target_path, &req.volume_context)
-    }
-    fn unpublish_volume(_volume_id: String, _target_path: String) -> Result<()> {
-        unimplemented()
-    }
-    fn expand_volume(_req: NodeExpandRequest) -> Result<u64> {
-        unimplemented()
     }
     /// The volume id picks the misdeed; any other: sane stats.
     fn get_volume_stats(

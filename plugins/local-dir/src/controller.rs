@@ -9,13 +9,13 @@ use crate::env::Env;
 use crate::error::{fail, invalid, Context, Error, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
-    ExpandResult, GroupSnapshot, Guest, Snapshot, SnapshotFilter, SnapshotPage, Volume, VolumePage,
+    ExpandResult, GroupSnapshot, Snapshot, SnapshotFilter, SnapshotPage, Volume, VolumePage,
 };
 use crate::group;
 use crate::id;
 use crate::meta::{Meta, State};
 use crate::page;
-use crate::size::{self, Bounds};
+use crate::size::{self, Rules};
 use crate::snapshot;
 use crate::store;
 use crate::wasmcsi::plugin::types::{
@@ -23,7 +23,7 @@ use crate::wasmcsi::plugin::types::{
 };
 use crate::LocalDir;
 
-impl Guest for LocalDir {
+impl wasmcsi_plugin_sdk::Controller for LocalDir {
     fn create_volume(req: CreateVolumeRequest) -> Result<Volume> {
         create_volume(&Env::load()?, req)
     }
@@ -118,12 +118,15 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     }
 
     let (min, kind) = backend.min_bytes(wanted.fs_type);
-    let bounds = Bounds {
+    let rules = Rules {
+        unit: size::MIB,
         min,
         max: settings.max_volume_bytes,
+        default: settings.default_volume_bytes,
         kind,
     };
-    let capacity = size::for_create(required, limit, settings.default_volume_bytes, bounds)
+    let capacity = rules
+        .for_create(&req.capacity)
         .context(|| format!("create-volume {:?}", req.name))?;
     // Only a volume still to be made needs its source (a repeat of a done
     // clone answers even when the source is gone since).
@@ -225,18 +228,16 @@ pub fn expand_volume(env: &Env, req: ExpandRequest) -> Result<ExpandResult> {
         }
         None => UNKNOWN_MIN,
     };
-    let bounds = Bounds {
+    let rules = Rules {
+        unit: size::MIB,
         min,
         max: settings.max_volume_bytes,
+        default: 0,
         kind,
     };
-    let capacity_bytes = size::for_expand(
-        meta.as_ref().map(|m| m.capacity_bytes),
-        req.capacity.required_bytes,
-        req.capacity.limit_bytes,
-        bounds,
-    )
-    .context(|| format!("expand-volume {id}"))?;
+    let capacity_bytes = rules
+        .for_expand(meta.as_ref().map(|m| m.capacity_bytes), &req.capacity)
+        .context(|| format!("expand-volume {id}"))?;
     Ok(ExpandResult {
         capacity_bytes,
         // Always: the node grows the image and filesystem (or quota),
@@ -265,7 +266,8 @@ pub fn list_volumes(env: &Env, starting_token: String, max_entries: u32) -> Resu
         }
     }
     let ids: Vec<String> = ready.iter().map(|(id, _)| id.clone()).collect();
-    let (range, next_token) = page::page(&ids, &starting_token, max_entries)?;
+    let (range, next_token) =
+        page::page(&ids, &starting_token, max_entries).context(|| "list-volumes".into())?;
     let volumes = ready[range]
         .iter()
         .map(|(id, meta)| volume(env, id, meta))

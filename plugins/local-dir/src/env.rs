@@ -58,10 +58,6 @@ impl Env {
     }
 
     fn log(&self, level: Level, message: &str, fields: &[(&str, &str)]) {
-        let fields: Vec<(String, String)> = fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.host.log(level, message, &fields);
+        host::log(&*self.host, level, message, fields)
     }
 }

@@ -2,12 +2,12 @@
 
 use crate::backend;
 use crate::config::{FsType, Mode, Settings, ACCESS_MODES};
-use crate::exports::wasmcsi::plugin::identity::{Features, Guest, PluginInfo};
+use crate::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
 use crate::host::{self, Host};
 use crate::size::MIB;
 use crate::LocalDir;
 
-impl Guest for LocalDir {
+impl wasmcsi_plugin_sdk::Identity for LocalDir {
     fn info() -> PluginInfo {
         PluginInfo {
             name: "local-dir".into(),

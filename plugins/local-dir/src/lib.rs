@@ -6,35 +6,35 @@
 //! `<root>/volumes/<local-id>/`; see `store` for the layout and `meta` for
 //! the record that makes retries after a crash finish the job.
 //!
-//! Pure logic (`config`, `size`, `id`, `meta`, `page`, `store`) has unit
-//! tests that run natively. Host capabilities are reached through the
-//! `host::Host` trait, so whole calls are tested natively too (`flows`)
-//! against a fake host (`fake`) that injects failures and crashes.
+//! Pure logic (`config`, `meta`, `store`) has unit tests that run
+//! natively. Host capabilities are reached through the SDK's `Host` trait,
+//! so whole calls are tested natively too (`flows`) against the SDK's fake
+//! host, which injects failures and crashes.
+//!
+//! The bindings, errors, size rules, ids, paging and the host trait are
+//! the SDK's (`wasmcsi-plugin-sdk`); the modules here name them by the
+//! short crate paths below.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+use wasmcsi_plugin_sdk::bindings::{exports, wasmcsi};
+#[cfg(test)]
+use wasmcsi_plugin_sdk::fake;
+use wasmcsi_plugin_sdk::{capacity as size, error, host, id, page};
 
 mod backend;
 mod config;
 mod controller;
 mod env;
-mod error;
 mod group;
-mod host;
-mod id;
 mod identity;
 mod meta;
 mod node;
-mod page;
-mod size;
 mod snapshot;
 mod store;
 
-#[cfg(test)]
-mod fake;
 #[cfg(test)]
 mod flows;
 
 /// The component: one stateless type implementing the three exports.
 struct LocalDir;
 
-export!(LocalDir);
+wasmcsi_plugin_sdk::export!(LocalDir);

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{FsType, Mode, Wanted};
 use crate::size;
+use crate::wasmcsi::plugin::types::CapacityRange;
 
 pub const VERSION: u32 = 1;
 
@@ -121,7 +122,11 @@ impl Meta {
                 fs_name(wanted.fs_type)
             ));
         }
-        if !size::fits(self.capacity_bytes, required, limit) {
+        let range = CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        };
+        if !size::fits(self.capacity_bytes, &range) {
             why.push(format!(
                 "its size {} is outside the requested range",
                 size::human(self.capacity_bytes)

@@ -7,15 +7,15 @@ use crate::config::{self, Mode};
 use crate::env::Env;
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::node::{
-    ExpandRequest, Guest, PublishRequest, StageRequest, VolumeStats,
+    ExpandRequest, PublishRequest, StageRequest, VolumeStats,
 };
 use crate::id;
-use crate::size::{self, Bounds};
+use crate::size::{self, Rules};
 use crate::store;
 use crate::wasmcsi::plugin::types::AccessType;
 use crate::LocalDir;
 
-impl Guest for LocalDir {
+impl wasmcsi_plugin_sdk::Node for LocalDir {
     fn stage_volume(req: StageRequest) -> Result<()> {
         stage_volume(&Env::load()?, req)
     }
@@ -139,18 +139,16 @@ pub fn expand_volume(env: &Env, req: ExpandRequest) -> Result<u64> {
         )));
     }
     let (min, kind) = backend.min_bytes(meta.fs_type);
-    let bounds = Bounds {
+    let rules = Rules {
+        unit: size::MIB,
         min,
         max: env.settings()?.max_volume_bytes,
+        default: 0,
         kind,
     };
-    let capacity = size::for_expand(
-        Some(meta.capacity_bytes),
-        req.capacity.required_bytes,
-        req.capacity.limit_bytes,
-        bounds,
-    )
-    .context(|| format!("expand-volume {id}"))?;
+    let capacity = rules
+        .for_expand(Some(meta.capacity_bytes), &req.capacity)
+        .context(|| format!("expand-volume {id}"))?;
     let at = ExpandAt {
         volume_path: &req.volume_path,
         staging_path: req.staging_path.as_deref().filter(|s| !s.is_empty()),

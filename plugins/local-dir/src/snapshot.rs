@@ -298,7 +298,8 @@ pub fn list(env: &Env, filter: SnapshotFilter) -> Result<SnapshotPage> {
         }
     }
     let ids: Vec<String> = found.iter().map(|(id, _)| id.clone()).collect();
-    let (range, next_token) = page::page(&ids, &filter.starting_token, filter.max_entries)?;
+    let (range, next_token) = page::page(&ids, &filter.starting_token, filter.max_entries)
+        .context(|| "list-snapshots".into())?;
     Ok(SnapshotPage {
         snapshots: found[range]
             .iter()

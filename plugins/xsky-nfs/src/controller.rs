@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::client::Client;
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
-    CreateGroupSnapshotRequest, CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest,
-    ExpandResult, GroupSnapshot, Guest, Snapshot, SnapshotFilter, SnapshotPage, Volume, VolumePage,
+    CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Snapshot,
+    SnapshotFilter, SnapshotPage, Volume,
 };
 use crate::folder;
 use crate::host::{log, Host, Wasm};
@@ -18,13 +18,14 @@ use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, ContentSource, KeyValues, Secrets};
 use crate::xms::{self, Added, Folder, Tree};
 use crate::XskyNfs;
-
-const GIB: u64 = 1 << 30;
-pub const MIB: u64 = 1 << 20;
+use wasmcsi_plugin_sdk::capacity::{self, fits, Rules, GIB, MIB};
 /// Time a failed create keeps to remove what it made.
 pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
-impl Guest for XskyNfs {
+/// No list-volumes; and XMS snapshots one folder at a time, so no
+/// point-in-time cut across folders and no group snapshots: those answer
+/// the SDK's UNIMPLEMENTED (the feature flags are off).
+impl wasmcsi_plugin_sdk::Controller for XskyNfs {
     fn create_volume(req: CreateVolumeRequest) -> Result<Volume> {
         create_volume(&Wasm, req)
     }
@@ -36,9 +37,6 @@ impl Guest for XskyNfs {
     }
     fn get_volume(volume_id: String, secrets: Secrets) -> Result<Volume> {
         get_volume(&Wasm, &volume_id, &secrets)
-    }
-    fn list_volumes(_starting_token: String, _max_entries: u32) -> Result<VolumePage> {
-        Err(unimplemented("ListVolumes"))
     }
     fn get_capacity(parameters: KeyValues) -> Result<u64> {
         get_capacity(&Wasm, &parameters)
@@ -66,28 +64,6 @@ impl Guest for XskyNfs {
         let mut c = client(&Wasm, &servers, &filter.secrets, &[])?;
         folder::list_snapshots(&mut c, &servers, &filter)
     }
-    // XMS snapshots one folder at a time: no point-in-time cut across
-    // folders, so no group snapshots (the feature flag is off).
-    fn create_group_snapshot(_req: CreateGroupSnapshotRequest) -> Result<GroupSnapshot> {
-        Err(unimplemented("group snapshots"))
-    }
-    fn delete_group_snapshot(_id: String, _snaps: Vec<String>, _secrets: Secrets) -> Result<()> {
-        Err(unimplemented("group snapshots"))
-    }
-    fn get_group_snapshot(
-        _id: String,
-        _snaps: Vec<String>,
-        _secrets: Secrets,
-    ) -> Result<GroupSnapshot> {
-        Err(unimplemented("group snapshots"))
-    }
-}
-
-pub fn unimplemented(what: &str) -> crate::error::Error {
-    fail(
-        ErrorCode::Unimplemented,
-        format!("xsky-nfs does not implement {what}"),
-    )
 }
 
 /// CreateVolume from another volume, in either mode: XMS clones a folder
@@ -95,23 +71,10 @@ pub fn unimplemented(what: &str) -> crate::error::Error {
 /// our own would pin the source (a folder with snapshots cannot be
 /// deleted), so xsky-nfs does not clone volumes.
 pub fn clone_unsupported() -> crate::error::Error {
-    unimplemented(
-        "volumes cloned from volumes (XMS clones folders only from snapshots): \
-         take a VolumeSnapshot and restore it, in mode folder",
-    )
-}
-
-/// A size the request's range does not allow (the 1 MiB minimum, or a
-/// snapshot's size, rounded past `limit_bytes`): refused before anything
-/// is made.
-pub fn out_of_range(name: &str, size: u64, range: &CapacityRange) -> crate::error::Error {
     fail(
-        ErrorCode::OutOfRange,
-        format!(
-            "volume {name:?}: the smallest volume xsky-nfs can make for this request is {size} bytes, \
-             above its limit_bytes {}",
-            range.limit_bytes.unwrap_or(0)
-        ),
+        ErrorCode::Unimplemented,
+        "xsky-nfs does not implement volumes cloned from volumes (XMS clones folders only \
+         from snapshots): take a VolumeSnapshot and restore it, in mode folder",
     )
 }
 
@@ -136,19 +99,22 @@ pub fn capacity_race(
     }
 }
 
-/// The size to create: required, else the limit, else 1 GiB; at least 1 MiB.
-pub fn wanted_size(range: &CapacityRange) -> u64 {
-    let size = match (range.required_bytes, range.limit_bytes) {
-        (Some(r), _) if r > 0 => r,
-        (_, Some(l)) if l > 0 => l.min(GIB),
-        _ => GIB,
-    };
-    size.max(MIB)
-}
+/// Sizes as asked, to the byte (XMS takes any); at least 1 MiB; 1 GiB
+/// (lowered to the limit) when no bytes are required. A range these do not
+/// meet is OUT_OF_RANGE before anything is made.
+pub const SIZES: Rules = Rules {
+    unit: 1,
+    min: MIB,
+    max: None,
+    default: GIB,
+    kind: "xsky-nfs volumes",
+};
 
-pub fn fits(size: u64, range: &CapacityRange) -> bool {
-    range.required_bytes.is_none_or(|r| size >= r)
-        && range.limit_bytes.is_none_or(|l| l == 0 || size <= l)
+/// The size of a new volume for `range`, or OUT_OF_RANGE naming `name`.
+pub fn size_for(name: &str, range: &CapacityRange) -> Result<u64> {
+    SIZES
+        .for_create(range)
+        .context(|| format!("volume {name:?}"))
 }
 
 /// The XMS client of a call: servers, credentials and timing from the
@@ -313,10 +279,7 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
         ));
     }
     let shares = params::shares(pick("shares").unwrap_or(""))?;
-    let size = wanted_size(&req.capacity);
-    if !fits(size, &req.capacity) {
-        return Err(out_of_range(&req.name, size, &req.capacity));
-    }
+    let size = size_for(&req.name, &req.capacity)?;
     // What else the request asked for is marked in the tree's name: the
     // same name with other parameters is another volume (ALREADY_EXISTS).
     let mut share_list: Vec<String> = shares
@@ -552,11 +515,8 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
         )
     })?;
     let tree = settled(&mut c, &tree, &doing)?;
-    let target = match (req.capacity.required_bytes, req.capacity.limit_bytes) {
-        (Some(r), _) if r > 0 => r,
-        (_, Some(l)) if l > 0 => l,
-        _ => return Err(invalid(format!("{doing}: no capacity asked"))),
-    };
+    let target = capacity::asked(&req.capacity)
+        .ok_or_else(|| invalid(format!("{doing}: no capacity asked")))?;
     let done = |size: u64| ExpandResult {
         capacity_bytes: size,
         node_expansion_required: false,
@@ -698,10 +658,16 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(wanted_size(&range(None, None)), GIB);
-        assert_eq!(wanted_size(&range(Some(5 * GIB), None)), 5 * GIB);
-        assert_eq!(wanted_size(&range(None, Some(MIB / 2))), MIB);
-        assert_eq!(wanted_size(&range(None, Some(3 * GIB))), GIB);
+        let size = |r, l| size_for("pvc-1", &range(r, l));
+        assert_eq!(size(None, None).unwrap(), GIB);
+        assert_eq!(size(Some(5 * GIB), None).unwrap(), 5 * GIB);
+        assert_eq!(size(Some(5 * GIB + 1), None).unwrap(), 5 * GIB + 1, "exact");
+        assert_eq!(size(Some(1), None).unwrap(), MIB);
+        assert_eq!(size(None, Some(3 * GIB)).unwrap(), GIB);
+        assert_eq!(size(None, Some(GIB - 1)).unwrap(), GIB - 1);
+        let e = size(None, Some(MIB / 2)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::OutOfRange);
+        assert!(e.message.starts_with("volume \"pvc-1\": "), "{}", e.message);
         assert!(fits(5 * GIB, &range(Some(5 * GIB), None)));
         assert!(fits(10 * GIB, &range(Some(5 * GIB), Some(0))));
         assert!(!fits(10 * GIB, &range(Some(5 * GIB), Some(6 * GIB))));

@@ -4,9 +4,7 @@
 //! snapshot is a folder cloned from it.
 
 use crate::client::Client;
-use crate::controller::{
-    capacity_race, clone_unsupported, fits, out_of_range, wanted_size, CLEANUP_GRACE,
-};
+use crate::controller::{capacity_race, clone_unsupported, size_for, CLEANUP_GRACE};
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandResult, Snapshot, SnapshotFilter,
@@ -17,6 +15,7 @@ use crate::volume::{fingerprint, folder_description, folder_mark, tree_name, Kin
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{CapacityRange, ContentSource};
 use crate::xms::{self, until_gone, until_settled, FolderRecord, FsSnapshot, Share};
+use wasmcsi_plugin_sdk::capacity::{self, fits};
 
 fn folder_path(id: i64) -> String {
     format!("/v1/fs-folders/{id}")
@@ -98,10 +97,7 @@ pub fn create_volume(
             range.required_bytes = Some(snap.size);
         }
     }
-    let size = wanted_size(&range);
-    if !fits(size, &req.capacity) {
-        return Err(out_of_range(&req.name, size, &req.capacity));
-    }
+    let size = size_for(&req.name, &range)?;
     let made = match xms::create_folder(
         c,
         &name,
@@ -340,11 +336,8 @@ pub fn expand_volume(
     range: &CapacityRange,
 ) -> Result<ExpandResult> {
     let doing = format!("expanding volume {volume_id}");
-    let target = match (range.required_bytes, range.limit_bytes) {
-        (Some(r), _) if r > 0 => r,
-        (_, Some(l)) if l > 0 => l,
-        _ => return Err(invalid(format!("{doing}: no capacity asked"))),
-    };
+    let target =
+        capacity::asked(range).ok_or_else(|| invalid(format!("{doing}: no capacity asked")))?;
     let folder = xms::wait_for(
         c,
         &doing,

@@ -1,11 +1,11 @@
 //! What xsky-nfs is and offers; the host asks once at load time.
 
-use crate::controller::MIB;
-use crate::exports::wasmcsi::plugin::identity::{Features, Guest, PluginInfo};
+use crate::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
 use crate::wasmcsi::plugin::types::AccessMode;
 use crate::XskyNfs;
+use wasmcsi_plugin_sdk::capacity::MIB;
 
-impl Guest for XskyNfs {
+impl wasmcsi_plugin_sdk::Identity for XskyNfs {
     fn info() -> PluginInfo {
         PluginInfo {
             name: "xsky-nfs".into(),

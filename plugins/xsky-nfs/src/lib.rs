@@ -13,15 +13,16 @@
 //! Modules: `params` (StorageClass parameters, settings, secrets),
 //! `client` (one XMS conversation: failover, re-login, retries, deadline),
 //! `xms` (the operations, typed), `volume` (ids and names), `controller`,
-//! `node`, `identity`. Host imports sit behind `host::Host`.
+//! `node`, `identity`. Host imports sit behind the SDK's `host::Host`;
+//! bindings, errors, size rules and stats are the SDK's
+//! (`wasmcsi-plugin-sdk`), named by the short crate paths below.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+use wasmcsi_plugin_sdk::bindings::{exports, wasmcsi};
+use wasmcsi_plugin_sdk::{error, host};
 
 mod client;
 mod controller;
-mod error;
 mod folder;
-mod host;
 mod identity;
 mod node;
 mod params;
@@ -31,4 +32,4 @@ mod xms;
 /// The component: one stateless type implementing the three exports.
 struct XskyNfs;
 
-export!(XskyNfs);
+wasmcsi_plugin_sdk::export!(XskyNfs);

@@ -3,33 +3,22 @@
 //! to XMS: the volume context says what to mount.
 
 use crate::error::{fail, invalid, Context, ErrorCode, Result};
-use crate::exports::wasmcsi::plugin::node::{
-    ExpandRequest, Guest, PublishRequest, StageRequest, VolumeStats,
-};
+use crate::exports::wasmcsi::plugin::node::{PublishRequest, VolumeStats};
 use crate::host::{Host, Wasm};
 use crate::params;
 use crate::wasmcsi::plugin::types::{AccessMode, AccessType};
 use crate::XskyNfs;
+use wasmcsi_plugin_sdk::stats;
 
-impl Guest for XskyNfs {
-    fn stage_volume(_req: StageRequest) -> Result<()> {
-        Err(fail(ErrorCode::Unimplemented, "xsky-nfs has no stage step"))
-    }
-    fn unstage_volume(_volume_id: String, _staging_path: String) -> Result<()> {
-        Err(fail(ErrorCode::Unimplemented, "xsky-nfs has no stage step"))
-    }
+/// No stage step and no node expansion (NFS clients see the array's new
+/// size): the SDK's UNIMPLEMENTED, and the features say so.
+impl wasmcsi_plugin_sdk::Node for XskyNfs {
     fn publish_volume(req: PublishRequest) -> Result<()> {
         publish_volume(&Wasm, req)
     }
     fn unpublish_volume(_volume_id: String, target_path: String) -> Result<()> {
         Wasm.unmount(&target_path, true)
             .context(|| format!("unmounting {target_path}"))
-    }
-    fn expand_volume(_req: ExpandRequest) -> Result<u64> {
-        Err(fail(
-            ErrorCode::Unimplemented,
-            "xsky-nfs volumes grow on the array; NFS clients see the new size without a node step",
-        ))
     }
     fn get_volume_stats(
         volume_id: String,
@@ -125,33 +114,15 @@ pub fn get_volume_stats(
             ),
         ));
     }
-    let st = match host.statfs(volume_path) {
-        Ok(st) => st,
-        Err(e) => {
-            return Ok(VolumeStats {
-                total_bytes: 0,
-                available_bytes: 0,
-                used_bytes: 0,
-                total_inodes: 0,
-                available_inodes: 0,
-                used_inodes: 0,
-                healthy: false,
-                message: format!(
-                    "{} is mounted at {volume_path} but does not answer: {}",
-                    entry.source, e.message
-                ),
-            })
-        }
-    };
-    Ok(VolumeStats {
-        total_bytes: st.total_bytes,
-        available_bytes: st.available_bytes,
-        used_bytes: st.total_bytes.saturating_sub(st.free_bytes),
-        total_inodes: st.total_inodes,
-        available_inodes: st.free_inodes,
-        used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
-        healthy: true,
-        message: format!("{} mounted and answering", entry.source),
+    Ok(match host.statfs(volume_path) {
+        Ok(st) => VolumeStats {
+            message: format!("{} mounted and answering", entry.source),
+            ..stats::from_statfs(&st)
+        },
+        Err(e) => stats::unhealthy(format!(
+            "{} is mounted at {volume_path} but does not answer: {}",
+            entry.source, e.message
+        )),
     })
 }
 

@@ -9,13 +9,8 @@ use crate::error::{invalid, precondition, Result};
 
 pub const DEFAULT_PORT: u16 = 8056;
 
-pub fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.trim())
-        .filter(|v| !v.is_empty())
-}
+/// A value, trimmed; empty counts as absent.
+pub use wasmcsi_plugin_sdk::get;
 
 /// One XMS address as a base URL without a trailing slash:
 /// `host`, `host:port` or a URL (default scheme http, default port 8056).

@@ -4,9 +4,8 @@
 //! StorageClass named XMS servers other than the plugin settings, so that
 //! delete and expand (which only get the id) reach the right array.
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{invalid, Result};
+use wasmcsi_plugin_sdk::id::hex_digest;
 
 const MAX_ID: usize = 96;
 const MAX_NAME: usize = 63;
@@ -91,21 +90,8 @@ impl VolumeId {
 }
 
 /// A short digest of what a create asked for besides name and size
-/// (mount options, shares, client group, ...): a repeated CreateVolume
-/// with other parameters must not be answered with the old volume.
-pub fn fingerprint(parts: &[(&str, &str)]) -> String {
-    let mut h = Sha256::new();
-    for (k, v) in parts {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([0]);
-    }
-    h.finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// (mount options, shares, client group, ...).
+pub use wasmcsi_plugin_sdk::id::fingerprint;
 
 /// Quota trees cannot carry a description, so xsky-nfs marks its own in
 /// the name: `<tree_name>_w<fingerprint>` (8 hex digits). A tree without
@@ -161,8 +147,7 @@ fn name_within(csi_name: &str, max: usize) -> String {
     if clean == csi_name && clean.len() <= max {
         return clean;
     }
-    let digest = Sha256::digest(csi_name.as_bytes());
-    let hash: String = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = hex_digest(csi_name.as_bytes(), 5);
     let keep = max - hash.len() - 1;
     let prefix: String = clean.chars().take(keep).collect();
     format!("{prefix}-{hash}")

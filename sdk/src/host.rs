@@ -1,16 +1,20 @@
-//! The host's capabilities behind one trait, so the volume logic can run
-//! natively against a fake host in tests (crashes and failures injected
-//! between any two calls). `Wasm` forwards to the real imports.
+//! The host's capabilities behind one trait, so a plugin's logic runs
+//! natively against a fake host in tests (see `fake`, feature `fake`).
+//! `Wasm` forwards to the component's real imports.
 
+use std::time::{Duration, Instant};
+
+use crate::bindings::wasmcsi::plugin::copies::CopyMethod;
+use crate::bindings::wasmcsi::plugin::fs::FsStats;
+use crate::bindings::wasmcsi::plugin::http::{Request, Response};
+use crate::bindings::wasmcsi::plugin::log::Level;
+use crate::bindings::wasmcsi::plugin::mount::MountEntry;
+use crate::bindings::wasmcsi::plugin::quota::{QuotaKind, Usage};
+use crate::bindings::wasmcsi::plugin::{copies, environment, fs, http, log, mount, quota};
 use crate::error::Result;
-use crate::wasmcsi::plugin::copies::CopyMethod;
-use crate::wasmcsi::plugin::fs::FsStats;
-use crate::wasmcsi::plugin::log::Level;
-use crate::wasmcsi::plugin::mount::MountEntry;
-use crate::wasmcsi::plugin::quota::{QuotaKind, Usage};
-use crate::wasmcsi::plugin::{copies, environment, fs, log, mount, quota};
 
-/// One method per WIT import, same names and meaning (see plugin.wit).
+/// One method per WIT import, same names and meaning (see plugin.wit);
+/// a capability the config does not grant answers an error at run time.
 pub trait Host {
     fn settings(&self) -> Vec<(String, String)>;
     fn node_id(&self) -> String;
@@ -46,6 +50,26 @@ pub trait Host {
     fn bind(&self, source: &str, target: &str, read_only: bool) -> Result<()>;
     fn unmount(&self, target: &str, remove_target: bool) -> Result<()>;
     fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>>;
+
+    fn send(&self, req: Request) -> Result<Response>;
+
+    /// The clock and sleeps, so tests can run time (retries, deadlines)
+    /// without waiting.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+}
+
+/// `Host::log` with borrowed fields.
+pub fn log(host: &dyn Host, level: Level, message: &str, fields: &[(&str, &str)]) {
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    host.log(level, message, &fields);
 }
 
 /// The real host, through the component's imports.
@@ -142,6 +166,10 @@ impl Host for Wasm {
     }
     fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>> {
         mount::mounted_at(target)
+    }
+
+    fn send(&self, req: Request) -> Result<Response> {
+        http::send(&req)
     }
 }
 

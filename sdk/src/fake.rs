@@ -2,18 +2,20 @@
 //! simulated loop devices, filesystems, subvolumes, quotas and mounts that
 //! behave as plugin.wit describes. A failure or a crash (a panic, i.e. the
 //! instance dies mid-call) can be injected at the n-th capability call.
+//! Log lines are kept (`State::logs`); `http` answers UNAVAILABLE.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+use crate::bindings::wasmcsi::plugin::copies::CopyMethod;
+use crate::bindings::wasmcsi::plugin::fs::FsStats;
+use crate::bindings::wasmcsi::plugin::http::{Request, Response};
+use crate::bindings::wasmcsi::plugin::log::Level;
+use crate::bindings::wasmcsi::plugin::mount::MountEntry;
+use crate::bindings::wasmcsi::plugin::quota::{QuotaKind, Usage};
 use crate::error::{fail, ErrorCode, Result};
 use crate::host::Host;
-use crate::wasmcsi::plugin::copies::CopyMethod;
-use crate::wasmcsi::plugin::fs::FsStats;
-use crate::wasmcsi::plugin::log::Level;
-use crate::wasmcsi::plugin::mount::MountEntry;
-use crate::wasmcsi::plugin::quota::{QuotaKind, Usage};
 
 /// Panic payload of an injected crash.
 pub const CRASH: &str = "simulated crash";
@@ -53,7 +55,12 @@ pub struct State {
     pub steps: Vec<&'static str>,
     pub fail_at: Option<usize>,
     pub crash_at: Option<usize>,
+    /// Every log line, in order.
+    pub logs: Vec<LogLine>,
 }
+
+/// A line the plugin logged: (level, message, fields).
+pub type LogLine = (Level, String, Vec<(String, String)>);
 
 #[derive(Clone)]
 pub struct Fake(pub Rc<RefCell<State>>);
@@ -104,7 +111,7 @@ impl Fake {
     }
 }
 
-fn err(code: ErrorCode, msg: impl Into<String>) -> crate::error::Error {
+fn err(code: ErrorCode, msg: impl Into<String>) -> crate::Error {
     fail(code, msg)
 }
 
@@ -124,7 +131,11 @@ impl Host for Fake {
     fn root(&self) -> Option<String> {
         self.0.borrow().root.clone()
     }
-    fn log(&self, _level: Level, _message: &str, _fields: &[(String, String)]) {}
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        self.st()
+            .logs
+            .push((level, message.to_string(), fields.to_vec()));
+    }
 
     fn statfs(&self, path: &str) -> Result<FsStats> {
         self.step("statfs")?;
@@ -454,5 +465,13 @@ impl Host for Fake {
     fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>> {
         self.step("mounted-at")?;
         Ok(self.0.borrow().mounts.get(target).cloned())
+    }
+
+    fn send(&self, req: Request) -> Result<Response> {
+        self.step("send")?;
+        Err(err(
+            ErrorCode::Unavailable,
+            format!("the fake host has no network ({} {})", req.method, req.url),
+        ))
     }
 }

@@ -1,5 +1,5 @@
-//! Local volume ids: derived from the CSI name alone, so a retried create
-//! lands on the directory of its first attempt; safe as one path component.
+//! Stable ids from CSI names: derived from the name alone, so a retried
+//! create lands on what its first attempt made; safe as one path component.
 
 use sha2::{Digest, Sha256};
 
@@ -14,7 +14,7 @@ const MAX_PREFIX: usize = 40;
 
 /// `pvc-<uuid>` stays itself; anything else becomes
 /// `<readable prefix>-<128-bit hash of the name>`. Two names that map to
-/// the same id are told apart by the name recorded in meta.json.
+/// the same id must be told apart by the name the plugin records.
 pub fn from_name(name: &str) -> Result<String> {
     if name.is_empty() {
         return Err(invalid("create-volume: the volume name is empty"));
@@ -30,19 +30,17 @@ pub fn from_name(name: &str) -> Result<String> {
         .collect();
     let prefix = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     let prefix = if prefix.is_empty() { "vol" } else { prefix };
-    let digest = Sha256::digest(name.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{prefix}-{hex}"))
+    Ok(format!("{prefix}-{}", hex_digest(name.as_bytes(), 16)))
 }
 
-/// Refuses ids this plugin could not have made, before they touch a path:
+/// Refuses ids `from_name` could not have made, before they touch a path:
 /// no separators, no dot-files (temp files), at most 96 bytes.
 pub fn check(id: &str) -> Result<()> {
     if is_valid(id) {
         Ok(())
     } else {
         Err(invalid(format!(
-            "volume id {id:?} is not a local-dir id (1-{MAX_ID} of a-z 0-9 . _ -, \
+            "volume id {id:?} was not made by this plugin (1-{MAX_ID} of a-z 0-9 . _ -, \
              starting with a letter or digit)"
         )))
     }
@@ -57,6 +55,32 @@ pub fn is_valid(id: &str) -> bool {
 
 fn allowed(c: char) -> bool {
     matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '-')
+}
+
+/// The first `bytes` bytes of the SHA-256 of `data`, in lower-case hex.
+pub fn hex_digest(data: &[u8], bytes: usize) -> String {
+    let digest = Sha256::digest(data);
+    digest[..bytes.min(digest.len())]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// 8 hex digits standing for what a create asked for besides its name
+/// (parameters that make another volume): a repeated create with other
+/// parameters must not be answered with the old volume.
+pub fn fingerprint(parts: &[(&str, &str)]) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in parts {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -104,5 +128,18 @@ mod tests {
             assert!(check(bad).is_err(), "{bad:?}");
         }
         assert!(check("pvc-1").is_ok());
+    }
+
+    /// Ids already on disk and names already on arrays were made with
+    /// these digests: they must never change.
+    #[test]
+    fn digests_are_pinned() {
+        assert_eq!(hex_digest(b"abc", 4), "ba7816bf");
+        assert_eq!(
+            from_name("My Volume!").unwrap(),
+            format!("my-volume-{}", hex_digest(b"My Volume!", 16))
+        );
+        assert_eq!(fingerprint(&[]), "e3b0c442", "sha256 of nothing");
+        assert_eq!(fingerprint(&[("a", "b")]), hex_digest(b"a\0b\0", 4));
     }
 }

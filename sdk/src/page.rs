@@ -1,23 +1,26 @@
-//! list-volumes paging over ids in sorted order. The token is the last id
-//! of the previous page, so pages need no state between calls, and a page
-//! still follows when that volume has been deleted meanwhile.
+//! Paging over ids in sorted order (list-volumes, list-snapshots). The
+//! token is the last id of the previous page, so pages need no state
+//! between calls, and a page still follows when that id has been deleted
+//! meanwhile. Tokens are ids in the form `id::is_valid` accepts.
+
+use std::ops::Range;
 
 use crate::error::{fail, ErrorCode, Result};
+use crate::id;
 
 /// One page of `sorted` after `token` (empty: from the start), at most
 /// `max` long (0: all). Returns the index range and the next token (empty
-/// when nothing follows).
-pub fn page(sorted: &[String], token: &str, max: u32) -> Result<(std::ops::Range<usize>, String)> {
+/// when nothing follows). A token this plugin cannot have made is ABORTED,
+/// the spec's code for "start over".
+pub fn page(sorted: &[String], token: &str, max: u32) -> Result<(Range<usize>, String)> {
     let start = if token.is_empty() {
         0
-    } else if crate::id::is_valid(token) {
-        // Continue after the token even if that volume was deleted since.
+    } else if id::is_valid(token) {
         sorted.partition_point(|id| id.as_str() <= token)
     } else {
-        // The spec's code for a token it cannot use: the CO starts over.
         return Err(fail(
             ErrorCode::Aborted,
-            format!("list-volumes: starting token {token:?} was not made by this plugin"),
+            format!("starting token {token:?} was not made by this plugin"),
         ));
     };
     let end = match max {
@@ -72,8 +75,7 @@ mod tests {
     }
 
     #[test]
-    fn token_of_a_deleted_volume_still_continues() {
-        // v01 was the last of a page and has been deleted since.
+    fn token_of_a_deleted_id_still_continues() {
         let v: Vec<String> = ["v00", "v02", "v03"]
             .iter()
             .map(|s| s.to_string())
