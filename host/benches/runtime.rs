@@ -191,7 +191,12 @@ async fn crossing(loader: &Loader, config: &PluginConfig, n: usize) -> (Duration
     let (component, _) = loader.component(config).await.unwrap();
     let pre = loader.linker().instantiate_pre(&component).unwrap();
     let grants = Arc::new(Grants::from_config(config, "n1").unwrap());
-    let state = CallState::new(grants, &config.limits).unwrap();
+    let state = CallState::new(
+        grants,
+        &config.limits,
+        std::time::Instant::now() + std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1 << 40);

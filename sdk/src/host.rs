@@ -61,6 +61,11 @@ pub trait Host {
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d)
     }
+    /// Time left before the host ends this call (it traps past it);
+    /// unbounded off the host, as in native tests.
+    fn time_left(&self) -> Duration {
+        Duration::MAX
+    }
 }
 
 /// `Host::log` with borrowed fields.
@@ -84,6 +89,9 @@ impl Host for Wasm {
     }
     fn root(&self) -> Option<String> {
         environment::root()
+    }
+    fn time_left(&self) -> Duration {
+        Duration::from_millis(environment::time_left_ms())
     }
     fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
         log::log(level, message, fields)

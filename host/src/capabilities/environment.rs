@@ -1,5 +1,5 @@
 //! The `environment` capability, always granted: the plugin's settings,
-//! the node id and the granted root.
+//! the node id, the granted root and the call's time left.
 
 use crate::runtime::bindings::wasmcsi::plugin::environment::Host;
 use crate::runtime::state::CallState;
@@ -11,6 +11,13 @@ impl Host for CallState {
 
     async fn node_id(&mut self) -> String {
         self.grants.node_id.clone()
+    }
+
+    async fn time_left_ms(&mut self) -> u64 {
+        let left = self
+            .ends
+            .saturating_duration_since(std::time::Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
     }
 
     async fn root(&mut self) -> Option<String> {

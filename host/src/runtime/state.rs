@@ -3,6 +3,7 @@
 //! call's limits: memory, the WASI handles it may hold, its log budget.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -24,6 +25,8 @@ pub struct CallState {
     pub limiter: MemoryLimiter,
     pub stderr: MemoryOutputPipe,
     pub log: CallLog,
+    /// When the host ends the call (the plugin sees the time left).
+    pub ends: Instant,
     wasi: WasiCtx,
     /// Every WASI handle of the call (descriptors, streams, pollables),
     /// bounded by `limits.maxOpenHandles`: a guest that opens one more file
@@ -32,7 +35,7 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub fn new(grants: Arc<Grants>, limits: &Limits) -> anyhow::Result<CallState> {
+    pub fn new(grants: Arc<Grants>, limits: &Limits, ends: Instant) -> anyhow::Result<CallState> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         // No environment, no arguments, no network, no stdin/stdout: only
@@ -48,6 +51,7 @@ impl CallState {
             log: CallLog::new(&grants.plugin, limits),
             grants,
             limiter: MemoryLimiter::new(limits.memory_bytes),
+            ends,
             stderr,
             wasi: wasi.build(),
             table,

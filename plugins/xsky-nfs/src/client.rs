@@ -23,6 +23,8 @@ pub struct Client<'h> {
     token: Option<String>,
     pub timing: Timing,
     started: Instant,
+    /// The host's time left for the call when it started.
+    host_left: Duration,
 }
 
 /// An XMS answer: status and JSON body (`Null` when empty or not JSON).
@@ -46,14 +48,24 @@ fn is_transport(e: &Error) -> bool {
     matches!(e.code, ErrorCode::Unavailable | ErrorCode::DeadlineExceeded)
 }
 
+/// What a failed call is given past its budget to undo what it made.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
+
 impl<'h> Client<'h> {
+    /// `timing.call_budget` is bounded by the time the host leaves the
+    /// call, less room to undo a failure (a third of it, at most the
+    /// grace): past the host's deadline the call is ended, not answered.
     pub fn new(
         host: &'h dyn Host,
         servers: Vec<String>,
         credentials: Credentials,
-        timing: Timing,
+        mut timing: Timing,
     ) -> Client<'h> {
+        let host_left = host.time_left();
+        let undo = (host_left / 3).min(CLEANUP_GRACE);
+        timing.call_budget = timing.call_budget.min(host_left.saturating_sub(undo));
         Client {
+            host_left,
             started: host.now(),
             host,
             servers,
@@ -75,17 +87,18 @@ impl<'h> Client<'h> {
         fail(
             ErrorCode::DeadlineExceeded,
             format!(
-                "{doing}: XMS did not finish within the call budget of {:?} (setting callBudgetSeconds)",
+                "{doing}: XMS did not finish within the call budget of {:?} (setting \
+                 callBudgetSeconds, bounded by the call's deadline)",
                 self.timing.call_budget
             ),
         )
     }
 
     /// Extends the budget by `extra` so that a failed call can still undo
-    /// what it made.
+    /// what it made, never past the host's end of the call.
     pub fn grace(&mut self, extra: Duration) {
         let spent = self.host.now().duration_since(self.started);
-        self.timing.call_budget = self.timing.call_budget.max(spent) + extra;
+        self.timing.call_budget = (self.timing.call_budget.max(spent) + extra).min(self.host_left);
     }
 
     /// Sleeps `d` unless that would run past the budget.

@@ -2,9 +2,7 @@
 //! tree in the folder behind one of the StorageClass's home shares. Folder
 //! mode and snapshots live in `folder`.
 
-use std::time::Duration;
-
-use crate::client::Client;
+use crate::client::{Client, CLEANUP_GRACE};
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandRequest, ExpandResult, Snapshot,
@@ -19,8 +17,6 @@ use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, ContentSource, Ke
 use crate::xms::{self, Added, Folder, Tree};
 use crate::XskyNfs;
 use wasmcsi_plugin_sdk::capacity::{self, fits, Rules, GIB, MIB};
-/// Time a failed create keeps to remove what it made.
-pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
 /// No list-volumes; and XMS snapshots one folder at a time, so no
 /// point-in-time cut across folders and no group snapshots: those answer

@@ -3,8 +3,8 @@
 //! public share). Snapshots are fs-snapshots of the folder; a volume from a
 //! snapshot is a folder cloned from it.
 
-use crate::client::Client;
-use crate::controller::{capacity_race, clone_unsupported, size_for, CLEANUP_GRACE};
+use crate::client::{Client, CLEANUP_GRACE};
+use crate::controller::{capacity_race, clone_unsupported, size_for};
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandResult, Snapshot, SnapshotFilter,
