@@ -123,6 +123,7 @@ impl Loader {
             Origin::Cache => "cache",
         };
         crate::metrics::plugin_loaded(&config.name, source, started.elapsed());
+        super::contract::check(&component, &self.engine)?;
         let plugin = Plugin::new(&self.linker, &component, config, &self.node_id).await?;
         tracing::info!(
             plugin = %plugin.name,

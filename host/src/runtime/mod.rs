@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod contract;
 pub mod engine;
 pub mod limits;
 pub mod loader;

@@ -124,8 +124,9 @@ impl Plugin {
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!(
-                    "linking {}: was it built against this host's wasmcsi:plugin WIT version?",
-                    config.origin()
+                    "linking {}: was it built against this host's wasmcsi:plugin@{} WIT?",
+                    config.origin(),
+                    super::contract::VERSION
                 )
             })?;
         let exports = export_indices(&pre)
@@ -185,13 +186,15 @@ impl Plugin {
             op,
             after: timeout,
         };
+        // One end for the whole call, the wait for a permit included.
+        let ends = Instant::now() + timeout;
         let work = async {
             let _permit = self
                 .permits
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            let state = CallState::new(self.grants.clone(), &self.limits).map_err(|e| {
+            let state = CallState::new(self.grants.clone(), &self.limits, ends).map_err(|e| {
                 CallFailure::Instantiate {
                     plugin: self.name.clone(),
                     detail: format!("{e:#}"),
@@ -201,7 +204,6 @@ impl Plugin {
             store.limiter(|s| &mut s.limiter);
             // Every epoch tick the guest yields to the executor, so a busy
             // plugin never holds a runtime thread; past the deadline it traps.
-            let ends = Instant::now() + timeout;
             store.set_epoch_deadline(1);
             store.epoch_deadline_callback(move |_| {
                 Ok(if Instant::now() >= ends {
