@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use wasmcsi::capabilities::Grants;
 use wasmcsi::config::{Config, Overrides, PluginConfig};
-use wasmcsi::runtime::bindings::exports::wasmcsi::plugin::identity;
 use wasmcsi::runtime::cache::Origin;
 use wasmcsi::runtime::state::CallState;
 use wasmcsi::runtime::{Identity, Loader};
+use wasmcsi::wit::exports::wasmcsi::plugin::identity;
 use wasmtime::Store;
 
 /// Calls per measured figure; `WASMCSI_BENCH_CALLS` overrides (profiling).

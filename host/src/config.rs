@@ -4,6 +4,11 @@
 //! message naming the field.
 
 mod env;
+pub mod oci_source;
+mod origin;
+
+pub use oci_source::OciSource;
+pub use origin::Origin;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -417,7 +422,7 @@ impl PluginConfig {
             (None, true) => bail!("path (a .wasm file) or source (an OCI reference) is required"),
             (Some(_), false) => bail!("path and source are both set: give one"),
             (Some(source), true) => {
-                crate::runtime::oci::Source::parse(source).context("source")?;
+                OciSource::parse(source).context("source")?;
                 if self.sha256.is_some() {
                     bail!("sha256 pins a path; a source is pinned by the digest in its reference");
                 }
@@ -482,7 +487,7 @@ impl PluginConfig {
         }
         if let Some(http) = &caps.http {
             for origin in &http.origins {
-                crate::capabilities::http::Origin::parse(origin)
+                Origin::parse(origin)
                     .with_context(|| format!("capabilities.http.origins entry {origin:?}"))?;
             }
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tonic::Status;
 
 use crate::locks::{KeyGuard, KeyedLocks};
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
 use crate::runtime::Plugin;
+use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
 /// StorageClass parameter that picks a plugin when several are loaded.
 pub const PLUGIN_PARAMETER: &str = "plugin";
@@ -83,7 +83,7 @@ impl Dispatcher {
     /// Whether any plugin offers the SINGLE_NODE_{SINGLE,MULTI}_WRITER modes,
     /// which CSI gates behind a capability of their own.
     pub fn offers_single_node_writer_modes(&self) -> bool {
-        use crate::runtime::bindings::wasmcsi::plugin::types::AccessMode;
+        use crate::wit::wasmcsi::plugin::types::AccessMode;
         self.plugins().iter().any(|p| {
             p.info
                 .access_modes

@@ -10,9 +10,12 @@ pub mod csi;
 pub mod dispatch;
 pub mod locks;
 pub mod metrics;
+pub mod returns;
 pub mod runtime;
 pub mod server;
 pub mod testkit;
+pub mod text;
+pub mod wit;
 
 /// The CSI v1.12 protocol, generated from `proto/csi.proto`.
 pub mod proto {

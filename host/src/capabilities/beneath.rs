@@ -19,7 +19,7 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use super::CapError;
-use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
+use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
 /// Every lookup below a grant: no escape upwards, no symlink of any kind.
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH

@@ -20,9 +20,8 @@ use super::command::{self, FD_ARG};
 use super::fs::{with_fs, FsCap};
 use super::loopdev::LoopDevice;
 use super::mount::unescape;
-use super::{beneath, btrfs, CapError, CapResult, ErrorCode};
-use crate::runtime::bindings::wasmcsi::plugin::copies::{CopyMethod, CopyPair, Host};
-use crate::runtime::state::CallState;
+use super::{beneath, btrfs, CallCaps, CapError, CapResult, ErrorCode};
+use crate::wit::wasmcsi::plugin::copies::{CopyMethod, CopyPair, Host};
 
 /// Most pairs one consistent copy takes: each holds open descriptors, and
 /// every frozen filesystem stalls its writers until the last copy is done.
@@ -322,7 +321,7 @@ fn subvolume_in_use(subvolumes: &[BorrowedFd]) -> Result<Option<(usize, PathBuf)
     Ok(None)
 }
 
-impl Host for CallState {
+impl Host for CallCaps {
     async fn copy_image(&mut self, source: String, destination: String) -> CapResult<CopyMethod> {
         let pair = [CopyPair {
             source,

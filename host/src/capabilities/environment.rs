@@ -1,10 +1,10 @@
 //! The `environment` capability, always granted: the plugin's settings,
 //! the node id, the granted root and the call's time left.
 
-use crate::runtime::bindings::wasmcsi::plugin::environment::Host;
-use crate::runtime::state::CallState;
+use super::CallCaps;
+use crate::wit::wasmcsi::plugin::environment::Host;
 
-impl Host for CallState {
+impl Host for CallCaps {
     async fn settings(&mut self) -> Vec<(String, String)> {
         self.grants.settings.clone()
     }

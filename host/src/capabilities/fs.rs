@@ -4,21 +4,23 @@
 //! get the open file as `/proc/self/fd/3`, loop devices and subvolumes are
 //! made by ioctl, filesystems grown by ioctl on their mount's root.
 
+use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rustix::fs::{FileType, OFlags};
 use wasmtime_wasi::filesystem::Dir;
+use wasmtime_wasi::{FsPerms, OpenMode};
 
 use super::beneath::{self, GrantedDir, Located};
 use super::command::{self, FD_ARG};
 use super::loopdev::{self, LoopDevice};
-use super::{blocking, btrfs, CapError, CapResult, ErrorCode, Grants};
+use super::{blocking, btrfs, CallCaps, CapError, CapResult, ErrorCode, Grants};
 use crate::config::FsGrant;
-use crate::runtime::bindings::wasmcsi::plugin::fs::{FsStats, Host};
-use crate::runtime::preopens;
-use crate::runtime::state::CallState;
+use crate::wit::wasmcsi::plugin::fs::{FsStats, Host};
 
 /// Filesystems the capability formats, checks and grows.
 const FORMATTABLE: &[&str] = &["xfs", "ext4"];
@@ -37,7 +39,7 @@ impl FsCap {
     pub fn new(grant: &FsGrant) -> Result<FsCap> {
         let root = GrantedDir::open(&grant.root)?;
         Ok(FsCap {
-            preopen: preopens::open_root(root.path())?,
+            preopen: open_preopen(root.path())?,
             loops: loopdev::LoopIndex::default(),
             root,
         })
@@ -185,7 +187,25 @@ fn fs_cap(grants: &Grants) -> Result<&FsCap, CapError> {
         .ok_or_else(|| CapError::not_granted("fs", &grants.plugin))
 }
 
-impl Host for CallState {
+/// The root directory as the plugin's WASI preopen, opened once per plugin. Every `*at` call
+/// through it is confined by wasmtime-wasi (cap-std) to the directory.
+fn open_preopen(root: &Path) -> anyhow::Result<Dir> {
+    // O_PATH: the descriptor only anchors lookups, as wasmtime-wasi's own
+    // preopens do; it grants no reading of the directory by itself.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(root)
+        .with_context(|| format!("opening the fs root {}", root.display()))?;
+    Ok(Dir::new(
+        file,
+        FsPerms::ReadWrite,
+        OpenMode::READ | OpenMode::WRITE,
+        false,
+    ))
+}
+
+impl Host for CallCaps {
     /// statfs of a path beneath the root or a granted mount prefix.
     async fn statfs(&mut self, path: String) -> CapResult<FsStats> {
         let grants = self.grants.clone();

@@ -6,45 +6,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{CapError, CapResult};
-use crate::config::HttpGrant;
-use crate::runtime::bindings::wasmcsi::plugin::http::{Host, Request, Response};
-use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
-use crate::runtime::state::CallState;
+use super::{CallCaps, CapError, CapResult};
+use crate::config::{HttpGrant, Origin};
+use crate::wit::wasmcsi::plugin::http::{Host, Request, Response};
+use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
 /// Response bodies larger than this fail the request.
 const MAX_RESPONSE_BYTES: usize = 8 << 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// scheme, host and port: what an allow-list entry and a request must share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Origin {
-    pub fn parse(text: &str) -> Result<Origin> {
-        let url = reqwest::Url::parse(text).context("not a URL")?;
-        if !url.path().trim_matches('/').is_empty() || url.query().is_some() {
-            bail!("an origin is scheme://host[:port], without a path");
-        }
-        Origin::of(&url)
-    }
-
-    fn of(url: &reqwest::Url) -> Result<Origin> {
-        let scheme = url.scheme();
-        if scheme != "http" && scheme != "https" {
-            bail!("scheme must be http or https");
-        }
-        Ok(Origin {
-            scheme: scheme.to_string(),
-            host: url.host_str().context("no host")?.to_ascii_lowercase(),
-            port: url.port_or_known_default().context("no port")?,
-        })
-    }
-}
 
 pub struct HttpCap {
     origins: Vec<Origin>,
@@ -91,8 +60,7 @@ impl HttpCap {
             Ok(parsed)
         } else {
             Err(CapError::denied(format!(
-                "{}://{}:{} is not an allowed origin",
-                origin.scheme, origin.host, origin.port
+                "{origin} is not an allowed origin"
             )))
         }
     }
@@ -161,7 +129,7 @@ fn transport_error(e: reqwest::Error) -> CapError {
     CapError::new(code, message)
 }
 
-impl Host for CallState {
+impl Host for CallCaps {
     async fn send(&mut self, req: Request) -> CapResult<Response> {
         let http = self
             .grants

@@ -7,10 +7,10 @@
 //! bytes. Past that budget lines are only counted, and a single line says
 //! how many were dropped when the call ends (however it ends).
 
+use super::CallCaps;
 use crate::config::Limits;
-use crate::runtime::bindings::wasmcsi::plugin::log::{Host, Level};
-use crate::runtime::limits::clip;
-use crate::runtime::state::CallState;
+use crate::text::clip;
+use crate::wit::wasmcsi::plugin::log::{Host, Level};
 
 /// Longest message kept of one line, in bytes.
 const MAX_MESSAGE: usize = 2048;
@@ -88,7 +88,7 @@ fn render_fields(fields: &[(String, String)]) -> String {
     out.join(" ")
 }
 
-impl Host for CallState {
+impl Host for CallCaps {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         if !self.grants.log {
             return;

@@ -1,6 +1,8 @@
 //! Host capabilities lent to plugins. Each module is one self-contained
 //! unit: its grant (built once per plugin from the config), its bounds
-//! checks, and its implementation of the WIT host trait on the call state.
+//! checks, and its implementation of the WIT host trait on `CallCaps`, the
+//! part of a call's state that capabilities see. They know nothing of the
+//! runtime that holds it: imports go one way, runtime → capabilities → wit.
 
 pub mod beneath;
 pub mod blocking;
@@ -19,12 +21,23 @@ pub mod netmount;
 pub mod quota;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
 
 use crate::config::PluginConfig;
-use crate::runtime::bindings::wasmcsi::plugin::types::Error as WitError;
-pub use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
+use crate::wit::wasmcsi::plugin::types::Error as WitError;
+pub use crate::wit::wasmcsi::plugin::types::ErrorCode;
+
+/// What one call's capabilities work with: the plugin's grants, the call's
+/// log budget and when the host ends the call.
+pub struct CallCaps {
+    pub grants: Arc<Grants>,
+    pub log: log::CallLog,
+    pub ends: Instant,
+}
+
+impl crate::wit::wasmcsi::plugin::types::Host for CallCaps {}
 
 /// Everything one plugin was granted, shared by all its calls.
 pub struct Grants {

@@ -28,11 +28,10 @@ use super::beneath::{self, GrantedDir, Located};
 use super::fs::FsCap;
 use super::loopdev::LoopDevice;
 use super::mount_options::{self, MountOptions};
-use super::{blocking, netmount, CapError, CapResult, Grants};
+use super::{blocking, netmount, CallCaps, CapError, CapResult, Grants};
 use crate::config::MountGrant;
-use crate::runtime::bindings::wasmcsi::plugin::mount::{Host, MountEntry};
-use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
-use crate::runtime::state::CallState;
+use crate::wit::wasmcsi::plugin::mount::{Host, MountEntry};
+use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
 /// Filesystem types whose source is a remote address, not a device.
 const NETWORK_TYPES: &[&str] = &["nfs", "nfs4", "cifs", "smb3"];
@@ -548,7 +547,7 @@ async fn with_mount<T: Send + 'static>(
     blocking::run(move || f(&mount)).await
 }
 
-impl Host for CallState {
+impl Host for CallCaps {
     async fn mount(
         &mut self,
         source: String,

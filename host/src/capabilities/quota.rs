@@ -11,11 +11,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::fs::FsCap;
-use super::{blocking, btrfs, CapError, CapResult, Grants};
+use super::{blocking, btrfs, CallCaps, CapError, CapResult, Grants};
 use crate::config::QuotaGrant;
-use crate::runtime::bindings::wasmcsi::plugin::quota::{Host, QuotaKind, Usage};
-use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
-use crate::runtime::state::CallState;
+use crate::wit::wasmcsi::plugin::quota::{Host, QuotaKind, Usage};
+use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
 pub struct QuotaCap {
     fs: Arc<FsCap>,
@@ -62,7 +61,7 @@ fn quota_fs(grants: &Grants) -> Result<&FsCap, CapError> {
         .ok_or_else(|| CapError::not_granted("quota", &grants.plugin))
 }
 
-impl Host for CallState {
+impl Host for CallCaps {
     async fn set_limit(&mut self, kind: QuotaKind, path: String, bytes: u64) -> CapResult<()> {
         if kind == QuotaKind::Project {
             return Err(project_quota_not_yet().into());

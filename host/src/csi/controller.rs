@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 
-use super::{convert, deadline, returns, traced, validate, Driver};
+use super::{convert, deadline, traced, validate, Driver};
 use crate::dispatch::PLUGIN_PARAMETER;
 use crate::proto::controller_server::Controller;
 use crate::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
-use crate::runtime::bindings::exports::wasmcsi::plugin::controller as wit_ctl;
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
-use crate::runtime::bindings::wasmcsi::plugin::types as wit;
+use crate::returns;
 use crate::runtime::Plugin;
+use crate::wit::exports::wasmcsi::plugin::controller as wit_ctl;
+use crate::wit::exports::wasmcsi::plugin::identity::Features;
+use crate::wit::wasmcsi::plugin::types as wit;
 
 pub struct ControllerService(pub Arc<Driver>);
 

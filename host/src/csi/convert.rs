@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use crate::dispatch::global_id;
 use crate::proto;
-use crate::runtime::bindings::wasmcsi::plugin::types as wit;
 use crate::runtime::Plugin;
+use crate::wit::wasmcsi::plugin::types as wit;
 
 pub fn map(pairs: Vec<(String, String)>) -> HashMap<String, String> {
     pairs.into_iter().collect()

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::controller::{gone, plugin_parameters, unloaded};
-use super::{convert, deadline, returns, traced, validate, Driver};
+use super::{convert, deadline, traced, validate, Driver};
 use crate::locks::KeyGuard;
 use crate::proto::group_controller_server::GroupController;
 use crate::proto::group_controller_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
-use crate::runtime::bindings::exports::wasmcsi::plugin::controller as wit_ctl;
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
+use crate::returns;
 use crate::runtime::Plugin;
+use crate::wit::exports::wasmcsi::plugin::controller as wit_ctl;
+use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
 pub struct GroupControllerService(pub Arc<Driver>);
 

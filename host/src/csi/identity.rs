@@ -12,7 +12,7 @@ use crate::proto::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
+use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
 pub struct IdentityService(pub Arc<Driver>);
 

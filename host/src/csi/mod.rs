@@ -24,7 +24,6 @@ pub mod group_controller;
 pub mod identity;
 pub mod mounts;
 pub mod node;
-pub mod returns;
 pub mod status;
 pub mod validate;
 

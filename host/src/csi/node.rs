@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{convert, deadline, mounts, off_workers, returns, traced, validate, Driver};
+use super::{convert, deadline, mounts, off_workers, traced, validate, Driver};
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
-use crate::runtime::bindings::exports::wasmcsi::plugin::node as wit_node;
-use crate::runtime::bindings::wasmcsi::plugin::types as wit;
+use crate::returns;
 use crate::runtime::Plugin;
+use crate::wit::exports::wasmcsi::plugin::identity::Features;
+use crate::wit::exports::wasmcsi::plugin::node as wit_node;
+use crate::wit::wasmcsi::plugin::types as wit;
 
 pub struct NodeService(pub Arc<Driver>);
 

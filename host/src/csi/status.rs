@@ -5,9 +5,10 @@
 
 use tonic::{Code, Status};
 
-use crate::runtime::bindings::wasmcsi::plugin::types::ErrorCode;
-use crate::runtime::limits::{clip, MAX_ERROR_MESSAGE};
+use crate::runtime::limits::MAX_ERROR_MESSAGE;
 use crate::runtime::CallFailure;
+use crate::text::clip;
+use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
 pub fn code_of(code: ErrorCode) -> Code {
     match code {
@@ -60,7 +61,7 @@ impl From<crate::capabilities::CapError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::wasmcsi::plugin::types::Error as PluginError;
+    use crate::wit::wasmcsi::plugin::types::Error as PluginError;
 
     #[test]
     fn a_huge_plugin_message_is_cut_and_escaped() {

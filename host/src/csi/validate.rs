@@ -6,9 +6,9 @@ use tonic::Status;
 use crate::proto;
 use crate::proto::volume_capability::access_mode::Mode;
 use crate::proto::volume_capability::AccessType;
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::Features;
-use crate::runtime::bindings::wasmcsi::plugin::types as wit;
 use crate::runtime::Plugin;
+use crate::wit::exports::wasmcsi::plugin::identity::Features;
+use crate::wit::wasmcsi::plugin::types as wit;
 
 /// A required string field.
 pub fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {

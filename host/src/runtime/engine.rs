@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Plugin as PluginWorld;
 use super::state::CallState;
+use crate::capabilities::CallCaps;
+use crate::wit::Plugin as PluginWorld;
 
 /// The epoch advances this often; call deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -91,7 +92,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<CallState>> {
         .map_err(anyhow::Error::from)
         .context("linking WASI")?;
     super::preopens::add_to_linker(&mut linker)?;
-    PluginWorld::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+    PluginWorld::add_to_linker::<CallState, HasSelf<CallCaps>>(&mut linker, |s| &mut s.caps)
         .map_err(anyhow::Error::from)
         .context("linking host capabilities")?;
     Ok(linker)

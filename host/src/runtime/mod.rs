@@ -1,7 +1,6 @@
 //! The wasm side of the host: one engine, plugins compiled once, a fresh
 //! store and instance per call.
 
-pub mod bindings;
 pub mod cache;
 pub mod contract;
 pub mod engine;

@@ -12,12 +12,12 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
-use super::bindings::exports::wasmcsi::plugin::{controller, identity, node};
-use super::bindings::wasmcsi::plugin::types::Error as PluginError;
 use super::state::CallState;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
+use crate::wit::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
+use crate::wit::exports::wasmcsi::plugin::{controller, identity, node};
+use crate::wit::wasmcsi::plugin::types::Error as PluginError;
 
 /// How much earlier than the caller's deadline a call is ended, at most.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
@@ -26,7 +26,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum CallFailure {
     /// The plugin answered with an error (its message cut when shown).
-    #[error("{}", super::limits::clip(&.0.message, super::limits::MAX_ERROR_MESSAGE))]
+    #[error("{}", crate::text::clip(&.0.message, super::limits::MAX_ERROR_MESSAGE))]
     Plugin(PluginError),
     #[error("plugin {plugin} did not finish {op} within {after:?}")]
     Deadline {
@@ -154,7 +154,7 @@ impl Plugin {
             })
             .await
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
-        crate::csi::returns::plugin_info(&plugin.name, &plugin.info)
+        crate::returns::plugin_info(&plugin.name, &plugin.info)
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {}", e.message()))?;
         Ok(plugin)
     }

@@ -3,35 +3,14 @@
 //! and its descriptor shared by every call, so a call costs no open(2) and
 //! close(2) of the root, and one that never touches a file never sees it.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
-use wasmtime_wasi::{FsPerms, OpenMode};
 
 use super::state::CallState;
-
-/// The root directory as a WASI preopen, opened once. Every `*at` call
-/// through it is confined by wasmtime-wasi (cap-std) to the directory.
-pub fn open_root(root: &Path) -> Result<Dir> {
-    // O_PATH: the descriptor only anchors lookups, as wasmtime-wasi's own
-    // preopens do; it grants no reading of the directory by itself.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
-        .open(root)
-        .with_context(|| format!("opening the fs root {}", root.display()))?;
-    Ok(Dir::new(
-        file,
-        FsPerms::ReadWrite,
-        OpenMode::READ | OpenMode::WRITE,
-        false,
-    ))
-}
 
 /// Replaces wasmtime-wasi's `get-directories` in `linker` with ours.
 pub fn add_to_linker(linker: &mut Linker<CallState>) -> Result<()> {

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::limits::MemoryLimiter;
 use crate::capabilities::fs::FsCap;
 use crate::capabilities::log::CallLog;
-use crate::capabilities::Grants;
+use crate::capabilities::{CallCaps, Grants};
 use crate::config::Limits;
 
 /// How much of a plugin's stderr (panic messages) is kept for the error.
@@ -21,12 +21,10 @@ use crate::config::Limits;
 const STDERR_CAPTURE: usize = 16 << 10;
 
 pub struct CallState {
-    pub grants: Arc<Grants>,
+    /// What the capabilities see (their host traits are implemented on it).
+    pub caps: CallCaps,
     pub limiter: MemoryLimiter,
     pub stderr: MemoryOutputPipe,
-    pub log: CallLog,
-    /// When the host ends the call (the plugin sees the time left).
-    pub ends: Instant,
     wasi: WasiCtx,
     /// Every WASI handle of the call (descriptors, streams, pollables),
     /// bounded by `limits.maxOpenHandles`: a guest that opens one more file
@@ -48,10 +46,12 @@ impl CallState {
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_open_handles as usize);
         Ok(CallState {
-            log: CallLog::new(&grants.plugin, limits),
-            grants,
+            caps: CallCaps {
+                log: CallLog::new(&grants.plugin, limits),
+                grants,
+                ends,
+            },
             limiter: MemoryLimiter::new(limits.memory_bytes),
-            ends,
             stderr,
             wasi: wasi.build(),
             table,
@@ -61,7 +61,7 @@ impl CallState {
     /// The plugin's fs grant beside the resource table WASI uses, borrowed
     /// together (the preopens need both).
     pub fn fs_and_table(&mut self) -> (Option<&FsCap>, &mut ResourceTable) {
-        (self.grants.fs.as_deref(), &mut self.table)
+        (self.caps.grants.fs.as_deref(), &mut self.table)
     }
 
     /// What the plugin wrote to stderr, e.g. a panic message.
@@ -80,5 +80,3 @@ impl WasiView for CallState {
         }
     }
 }
-
-impl super::bindings::wasmcsi::plugin::types::Host for CallState {}

@@ -15,10 +15,10 @@ use std::fmt::Display;
 
 use tonic::Status;
 
-use crate::runtime::bindings::exports::wasmcsi::plugin::identity::PluginInfo;
-use crate::runtime::bindings::exports::wasmcsi::plugin::node::VolumeStats;
-use crate::runtime::bindings::wasmcsi::plugin::types as wit;
-use crate::runtime::limits::{clip, is_invisible};
+use crate::text::{clip, is_invisible};
+use crate::wit::exports::wasmcsi::plugin::identity::PluginInfo;
+use crate::wit::exports::wasmcsi::plugin::node::VolumeStats;
+use crate::wit::wasmcsi::plugin::types as wit;
 
 /// A plugin-local id, as the WIT bounds it: with the plugin name (at most
 /// 30 bytes) and `:` a CSI id stays within CSI's 128-byte string limit.
