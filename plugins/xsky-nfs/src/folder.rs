@@ -4,13 +4,13 @@
 //! snapshot is a folder cloned from it.
 
 use crate::client::{Client, CLEANUP_GRACE};
-use crate::controller::{capacity_race, clone_unsupported, size_for};
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandResult, Snapshot, SnapshotFilter,
     SnapshotPage, Volume,
 };
 use crate::host::{log, Host};
+use crate::rules::{capacity_race, clone_unsupported, size_for};
 use crate::volume::{fingerprint, folder_description, folder_mark, tree_name, Kind, VolumeId};
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{CapacityRange, ContentSource};

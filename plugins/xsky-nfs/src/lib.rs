@@ -26,6 +26,7 @@ mod folder;
 mod identity;
 mod node;
 mod params;
+mod rules;
 mod volume;
 mod xms;
 
