@@ -72,22 +72,6 @@ fn read_back(copy: &Path) -> (BTreeMap<String, String>, BTreeMap<String, String>
     found
 }
 
-async fn snapshot(d: &mut TestDriver, name: &str, source: &str) -> String {
-    d.client
-        .controller
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: source.into(),
-            name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create snapshot")
-        .into_inner()
-        .snapshot
-        .unwrap()
-        .snapshot_id
-}
-
 async fn create(d: &mut TestDriver, name: &str, params: &[(&str, &str)]) -> String {
     d.client
         .controller
@@ -107,7 +91,11 @@ async fn answered_calls_survive(options: Options, image: &str, params: &[(&str, 
     let copies = tempfile::tempdir().unwrap();
     let mut d = TestDriver::start(options).await;
     let keep = create(&mut d, "pvc-keep", params).await;
-    let gone_snapshot = snapshot(&mut d, "snap-gone", &keep).await;
+    let gone_snapshot = d
+        .snapshot("snap-gone", &keep)
+        .await
+        .expect("snapshot")
+        .snapshot_id;
     d.client
         .controller
         .delete_snapshot(DeleteSnapshotRequest {
@@ -119,7 +107,7 @@ async fn answered_calls_survive(options: Options, image: &str, params: &[(&str, 
     let gone = create(&mut d, "pvc-gone", params).await;
     d.delete(&gone).await.expect("delete");
     let after_delete = power_cut(&d, image, copies.path(), "after-delete");
-    snapshot(&mut d, "snap-keep", &keep).await;
+    d.snapshot("snap-keep", &keep).await.expect("snapshot");
     let after_snapshot = power_cut(&d, image, copies.path(), "after-snapshot");
     drop(d); // stops the driver, unmounts its root
 

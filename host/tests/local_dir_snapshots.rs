@@ -47,18 +47,6 @@ async fn create(
         .map(|r| r.into_inner().volume.unwrap())
 }
 
-async fn snapshot(d: &mut TestDriver, name: &str, source: &str) -> Result<Snapshot, tonic::Status> {
-    d.client
-        .controller
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: source.into(),
-            name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().snapshot.unwrap())
-}
-
 async fn list(
     d: &mut TestDriver,
     snapshot_id: &str,
@@ -168,7 +156,8 @@ async fn snapshot_and_restore(d: &mut TestDriver, params: &[(&str, &str)], size:
     let src = publish(d, &source.volume_id, "src").await;
     std::fs::write(src.target.join("a"), "before").unwrap();
 
-    let snap = snapshot(d, "snap-1", &source.volume_id)
+    let snap = d
+        .snapshot("snap-1", &source.volume_id)
         .await
         .unwrap_or_else(|s| panic!("snapshot: {s:?}\n{}", d.logs()));
     assert!(snap.ready_to_use);
@@ -181,7 +170,7 @@ async fn snapshot_and_restore(d: &mut TestDriver, params: &[(&str, &str)], size:
     );
     assert!(snap.creation_time.is_some());
     // Idempotent by name; the name is taken for another source.
-    let again = snapshot(d, "snap-1", &source.volume_id).await.unwrap();
+    let again = d.snapshot("snap-1", &source.volume_id).await.unwrap();
     assert_eq!(again.snapshot_id, snap.snapshot_id);
     assert!(healthy(d, &src).await, "the source thawed and well");
 
@@ -227,7 +216,7 @@ async fn snapshot_and_restore(d: &mut TestDriver, params: &[(&str, &str)], size:
     );
 
     // Get, list with filters and pages.
-    let snap2 = snapshot(d, "snap-2", &restored.volume_id).await.unwrap();
+    let snap2 = d.snapshot("snap-2", &restored.volume_id).await.unwrap();
     let got = d
         .client
         .controller
@@ -495,7 +484,7 @@ async fn first_stage_formats(d: &mut TestDriver, params: &[(&str, &str)], size: 
     assert_eq!(std::fs::metadata(&image).unwrap().len(), expanded);
 
     // Copies of it, unformatted as it is.
-    let snap = snapshot(d, "snap-fresh", &id).await.expect("snapshot");
+    let snap = d.snapshot("snap-fresh", &id).await.expect("snapshot");
     let restored = create(
         d,
         "pvc-fresh-restored",

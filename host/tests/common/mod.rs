@@ -220,6 +220,16 @@ plugins:
         self.client.node.node_unstage_volume(req).await.map(drop)
     }
 
+    pub async fn snapshot(&mut self, name: &str, source: &str) -> Result<Snapshot, tonic::Status> {
+        let req = CreateSnapshotRequest {
+            source_volume_id: source.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let snapshot = self.client.controller.create_snapshot(req).await?;
+        Ok(snapshot.into_inner().snapshot.unwrap())
+    }
+
     pub async fn delete(&mut self, id: &str) -> Result<(), tonic::Status> {
         let req = DeleteVolumeRequest {
             volume_id: id.into(),

@@ -165,16 +165,9 @@ pub fn not_mounted(env: &Env, id: &str, path: &str) -> Result<VolumeStats> {
             e.code,
             format!("volume {id}: statfs of {path}: {}", e.message),
         )),
-        Ok(_) => Ok(VolumeStats {
-            total_bytes: 0,
-            available_bytes: 0,
-            used_bytes: 0,
-            total_inodes: 0,
-            available_inodes: 0,
-            used_inodes: 0,
-            healthy: false,
-            message: format!("volume {id} is not mounted at {path}"),
-        }),
+        Ok(_) => Ok(wasmcsi_plugin_sdk::stats::unhealthy(format!(
+            "volume {id} is not mounted at {path}"
+        ))),
     }
 }
 
@@ -193,14 +186,5 @@ pub fn fs_stats(env: &Env, id: &str, path: &str) -> Result<VolumeStats> {
         .host
         .statfs(path)
         .context(|| format!("volume {id}: statfs of {path}"))?;
-    Ok(VolumeStats {
-        total_bytes: st.total_bytes,
-        available_bytes: st.available_bytes,
-        used_bytes: st.total_bytes.saturating_sub(st.free_bytes),
-        total_inodes: st.total_inodes,
-        available_inodes: st.free_inodes,
-        used_inodes: st.total_inodes.saturating_sub(st.free_inodes),
-        healthy: true,
-        message: String::new(),
-    })
+    Ok(wasmcsi_plugin_sdk::stats::from_statfs(&st))
 }
