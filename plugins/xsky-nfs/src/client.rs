@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use crate::error::{fail, Error, ErrorCode, Result};
 use crate::host::{log, Host};
+use crate::model::{decode, Token};
 use crate::params::{Credentials, Timing};
 use crate::wasmcsi::plugin::http::Request;
 use crate::wasmcsi::plugin::log::Level;
-use crate::xms::{decode, Token};
 
 pub struct Client<'h> {
     host: &'h dyn Host,

@@ -24,6 +24,7 @@ mod client;
 mod controller;
 mod folder;
 mod identity;
+mod model;
 mod node;
 mod params;
 mod rules;

@@ -8,10 +8,9 @@ use serde_json::{json, Value};
 use crate::client::{status_error, Client};
 use crate::error::{fail, ErrorCode, Result};
 
-mod model;
-
-pub use model::{decode, FolderRecord, FsSnapshot, Share, Stateful, Token, Tree};
-use model::{decode_list, GatewayGroup, Named, PoolStat};
+use crate::model::decode;
+use crate::model::{decode_list, GatewayGroup, Named, PoolStat};
+pub use crate::model::{FolderRecord, FsSnapshot, Share, Stateful, Tree};
 
 /// The plugin's view of a folder that holds quota trees.
 #[derive(Debug, Clone)]
