@@ -428,7 +428,8 @@ fn check_memory_name(name: &str) -> Result<(), CapError> {
     } else {
         Err(CapError::invalid(format!(
             "a tmpfs source is a name (1-96 of A-Z a-z 0-9 . _ -), not {:?}",
-            crate::runtime::limits::clip(name, 128)
+            // Debug escapes control characters; the cut bounds the length.
+            name.chars().take(100).collect::<String>()
         )))
     }
 }
