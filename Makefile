@@ -8,13 +8,41 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 PLUGINS := local-dir hostile xsky-nfs plugin-template
 
-.PHONY: setup plugins host demo test test-deploy test-sanity test-image image release bench clean
+.PHONY: setup plugins plugin-py test-plugin-py host demo test test-deploy test-sanity test-image image release bench clean
 
 setup:
 	scripts/setup.sh
 
 plugins: setup
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+
+# The plugin in Python (plugins/tmpfs-py), a component made by
+# componentize-py at the version its requirements.txt pins (CI installs it
+# with pip). Not part of `plugins` or `demo`: those need Rust alone.
+PY_PLUGIN := $(WASM_DIR)/tmpfs_py.wasm
+COMPONENTIZE_PY := $(shell sed -n 's/^componentize-py==//p' plugins/tmpfs-py/requirements.txt)
+
+plugin-py: $(PY_PLUGIN)
+
+$(PY_PLUGIN): wit/plugin.wit plugins/tmpfs-py/requirements.txt $(wildcard plugins/tmpfs-py/*.py)
+	@have=$$(componentize-py --version 2>/dev/null | awk '{print $$2}'); \
+	if [ -z "$$have" ]; then \
+	  printf '\n*** plugin-py: componentize-py is not installed: the Python plugin cannot be built.\n*** pip install -r plugins/tmpfs-py/requirements.txt\n\n' >&2; exit 1; \
+	elif [ "$$have" != "$(COMPONENTIZE_PY)" ]; then \
+	  printf '\n*** plugin-py: componentize-py %s found, %s pinned (plugins/tmpfs-py/requirements.txt)\n\n' "$$have" "$(COMPONENTIZE_PY)" >&2; exit 1; \
+	fi
+	cd plugins/tmpfs-py && PYTHONDONTWRITEBYTECODE=1 python3 -m unittest -q test_sizes
+	@mkdir -p $(WASM_DIR)
+	componentize-py -d wit -w plugin componentize -p plugins/tmpfs-py app -o $@
+
+# For `make test`: without componentize-py the Python plugin is skipped,
+# loudly (its test says so too), except in CI (CI=true), where it fails.
+test-plugin-py:
+	@if command -v componentize-py >/dev/null || [ "$${CI:-}" = true ]; then \
+	  $(MAKE) --no-print-directory plugin-py; \
+	else \
+	  printf '\n*** SKIPPING the Python plugin (plugins/tmpfs-py): componentize-py is not installed.\n*** pip install -r plugins/tmpfs-py/requirements.txt\n\n' >&2; \
+	fi
 
 host:
 	$(CARGO) build -p wasmcsi
@@ -48,7 +76,7 @@ test-image: plugins host
 # All the tests: the Kubernetes manifests, csi-sanity, the driver image, then
 # every crate's unit tests and the end-to-end tests against the real binary
 # (last, so its summary closes).
-test: plugins test-deploy test-sanity test-image
+test: plugins test-plugin-py test-deploy test-sanity test-image
 	$(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log

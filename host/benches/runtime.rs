@@ -2,7 +2,9 @@
 //! scratch vs load from cache (`cache`); the wasm boundary alone on a live
 //! instance, a fresh instance, and a fresh instance plus a null call — what
 //! every plugin call costs (`calls`); the real binary's start-to-ready with
-//! a cold and a warm cache (`start`).
+//! a cold and a warm cache (`start`); and per plugin side by side — the
+//! Rust local-dir and the Python tmpfs-py when built (`make plugin-py`) —
+//! compile, cache load, a fresh instance + `info` and its memory (`plugins`).
 //!
 //! Needs the plugins built (`cargo build --release --target wasm32-wasip2
 //! -p local-dir -p hostile`). Run: `cargo bench -p wasmcsi --bench runtime
@@ -214,6 +216,84 @@ async fn crossing(loader: &Loader, config: &PluginConfig, n: usize) -> (Duration
     spread(times)
 }
 
+/// What one plugin costs, Rust beside Python: the compile, the load from
+/// the cache, the first call after load, then p50/p99 of a fresh instance
+/// plus `info` (the cheapest call: every CSI call pays at least this) and
+/// the largest linear memory any of those calls reached.
+async fn side_by_side(dir: &Path) {
+    let py =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release/tmpfs_py.wasm");
+    let mut text = format!(
+        r#"driver: {{ name: bench.wasmcsi.io, nodeId: n1, endpoint: "unix://{sock}" }}
+runtime: {{ cacheDir: "{cache}", watchIntervalMs: 0 }}
+plugins:
+  - name: local-dir
+    path: {local}
+    settings: {{ mode: image }}
+    capabilities: {{ fs: {{ root: "{root}" }} }}
+"#,
+        sock = dir.join("csi.sock").display(),
+        cache = dir.join("cache-c").display(),
+        local = wasm("local_dir").display(),
+        root = dir.join("root").display(),
+    );
+    if py.exists() {
+        text.push_str(&format!(
+            "  - name: tmpfs-py\n    path: {}\n    limits: {{ memoryBytes: 134217728 }}\n",
+            py.display()
+        ));
+    } else {
+        println!("\n(tmpfs_py.wasm not built: make plugin-py for the Python figures)");
+    }
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let cfg = Config::parse(&text, &|_| None, &Overrides::default()).unwrap();
+    let plain = Loader::new(&config(dir, None)).unwrap();
+    let cached = Loader::new(&cfg).unwrap();
+    let n = calls_per_figure().min(500);
+    println!("\n== per plugin: compile, cache, a fresh instance + info ({n} calls) ==");
+    for p in &cfg.plugins {
+        let size = std::fs::metadata(&p.path).unwrap().len();
+        let t = Instant::now();
+        plain.component(p).await.unwrap();
+        let compile = t.elapsed();
+        cached.component(p).await.unwrap();
+        let t = Instant::now();
+        let (_, origin) = cached.component(p).await.unwrap();
+        let from_cache = t.elapsed();
+        assert_eq!(origin, Origin::Cache);
+        let plugin = cached.load(p).await.unwrap();
+        let high_water = std::sync::atomic::AtomicUsize::new(0);
+        let info = || async {
+            let seen = plugin
+                .call("info", None, |p: &Identity, s| {
+                    Box::pin(async move {
+                        p.call_info(&mut *s).await?;
+                        Ok(Ok(s.data().limiter.high_water))
+                    })
+                })
+                .await
+                .unwrap();
+            high_water.fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
+        };
+        let t = Instant::now();
+        info().await;
+        let first = t.elapsed();
+        let (p50, p99) = percentiles(n, info).await;
+        println!(
+            "{:<10} {:>6} KiB wasm  compile {:>11}  cache {:>10}  first call {:>10}  \
+             instance+info p50 {:>10} p99 {:>10}  memory {:>5.1} MiB",
+            p.name,
+            size >> 10,
+            ms(compile),
+            ms(from_cache),
+            ms(first),
+            us(p50),
+            us(p99),
+            high_water.into_inner() as f64 / f64::from(1 << 20),
+        );
+    }
+}
+
 /// Starts the real binary and waits for Probe to say ready.
 async fn start_to_ready(dir: &Path, label: &str, cache: Option<&Path>) {
     let file = dir.join(format!("config-{label}.yaml"));
@@ -268,6 +348,9 @@ async fn main() {
     }
     if wanted("calls") {
         calls(dir.path()).await;
+    }
+    if wanted("plugins") {
+        side_by_side(dir.path()).await;
     }
     if wanted("start") {
         println!("\n== real binary, start to Probe ready (both plugins) ==");

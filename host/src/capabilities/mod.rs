@@ -71,7 +71,7 @@ impl Grants {
             mount: caps
                 .mount
                 .as_ref()
-                .map(|m| mount::MountCap::new(m, fs.clone()).map(Arc::new))
+                .map(|m| mount::MountCap::new(m, fs.clone(), &config.name).map(Arc::new))
                 .transpose()?,
             http: caps.http.as_ref().map(http::HttpCap::new).transpose()?,
             log: caps.log.is_some(),

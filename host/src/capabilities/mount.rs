@@ -12,6 +12,13 @@
 //! with `move_mount` onto the target's descriptor. Every mount the host
 //! makes is `nosuid,nodev` (a block volume's device bind keeps `dev`), and
 //! `noexec` too when the grant says so.
+//!
+//! tmpfs has no device: its source is a name, recorded in the mount table
+//! as `wasmcsi:<plugin>:<name>`, and it must be given a size. That tag is
+//! how `reconfigure` (`fspick` on the target's descriptor, `fsconfig`,
+//! `FSCONFIG_CMD_RECONFIGURE`) knows a superblock is one this plugin made:
+//! a bind mount carries its source's tag, so binding the node's own tmpfs
+//! (or a directory of the root on one) under a prefix gets no such tag.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,8 +27,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use rustix::fs::{FileType, OFlags};
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
-    open_tree, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
+    fsconfig_create, fsconfig_reconfigure, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen,
+    fspick, move_mount, open_tree, FsMountFlags, FsOpenFlags, FsPickFlags, MountAttrFlags,
+    MoveMountFlags, OpenTreeFlags,
 };
 
 use super::beneath::{self, GrantedDir, Located};
@@ -35,6 +43,8 @@ use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
 /// Filesystem types whose source is a remote address, not a device.
 const NETWORK_TYPES: &[&str] = &["nfs", "nfs4", "cifs", "smb3"];
+/// Filesystem types with no device: their source is a name.
+const MEMORY_TYPES: &[&str] = &["tmpfs"];
 
 pub struct MountCap {
     pub types: Vec<String>,
@@ -44,10 +54,12 @@ pub struct MountCap {
     noexec: bool,
     fs: Option<Arc<FsCap>>,
     record_network_mounts: Option<PathBuf>,
+    /// `wasmcsi:<plugin>:`, the source of every tmpfs this plugin mounts.
+    memory_tag: String,
 }
 
 impl MountCap {
-    pub fn new(grant: &MountGrant, fs: Option<Arc<FsCap>>) -> Result<MountCap> {
+    pub fn new(grant: &MountGrant, fs: Option<Arc<FsCap>>, plugin: &str) -> Result<MountCap> {
         Ok(MountCap {
             types: grant.types.clone(),
             prefixes: grant
@@ -58,6 +70,7 @@ impl MountCap {
             noexec: grant.noexec,
             fs,
             record_network_mounts: grant.record_network_mounts.clone(),
+            memory_tag: format!("wasmcsi:{plugin}:"),
         })
     }
 
@@ -122,6 +135,99 @@ impl MountCap {
         }
         let mnt = new_filesystem(&dev, fs_type, options, attrs)?;
         attach(mnt.as_fd(), target_fd.as_fd(), target)
+    }
+
+    /// Mounts a new tmpfs named `name` onto `target` (blocking).
+    fn mount_memory(
+        &self,
+        name: &str,
+        target: &str,
+        fs_type: &str,
+        options: &MountOptions,
+    ) -> Result<(), CapError> {
+        check_memory_name(name)?;
+        check_bounded(fs_type, options, true)?;
+        let source = format!("{}{name}", self.memory_tag);
+        let target_fd = beneath::open_dir_creating(self.target(target)?)?;
+        if let Some(existing) = mount_at(target_fd.as_fd())? {
+            return if existing.fs_type == fs_type && existing.source == source {
+                Ok(())
+            } else {
+                Err(already(target, &existing))
+            };
+        }
+        let mut attrs = self.base_attrs() | options.attrs;
+        if options.read_only {
+            attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+        }
+        let mnt = new_superblock(&source, fs_type, options, attrs)?;
+        attach(mnt.as_fd(), target_fd.as_fd(), target)
+    }
+
+    /// New filesystem parameters for the tmpfs this plugin mounted exactly
+    /// at `target` (blocking). The mount is found by descriptor, beneath
+    /// the grant, and that descriptor is what is checked and what `fspick`
+    /// takes: no path is looked up again.
+    fn reconfigure(&self, target: &str, options: &[String]) -> Result<(), CapError> {
+        let nothing = || {
+            CapError::new(
+                ErrorCode::FailedPrecondition,
+                format!("nothing is mounted at {target} to reconfigure"),
+            )
+        };
+        let fd = match beneath::open(self.target(target)?, OFlags::PATH) {
+            Ok(fd) => fd,
+            Err(e) if e.code == ErrorCode::NotFound => return Err(nothing()),
+            Err(e) => return Err(e),
+        };
+        let existing = mount_at(fd.as_fd())?.ok_or_else(nothing)?;
+        if !MEMORY_TYPES.contains(&existing.fs_type.as_str())
+            || !existing.source.starts_with(&self.memory_tag)
+        {
+            return Err(CapError::denied(format!(
+                "{target} has {} ({}) mounted, not a tmpfs this plugin mounted: only those \
+                 can be reconfigured",
+                existing.source, existing.fs_type
+            )));
+        }
+        self.check_type(&existing.fs_type)?;
+        let options = mount_options::check(&existing.fs_type, options)?;
+        if options.read_only || !options.attrs.is_empty() {
+            return Err(CapError::invalid(
+                "reconfigure changes filesystem parameters (size=...), not ro or mount attributes",
+            ));
+        }
+        check_bounded(&existing.fs_type, &options, false)?;
+        let fs = fspick(
+            fd.as_fd(),
+            "",
+            FsPickFlags::FSPICK_CLOEXEC
+                | FsPickFlags::FSPICK_EMPTY_PATH
+                | FsPickFlags::FSPICK_NO_AUTOMOUNT
+                | FsPickFlags::FSPICK_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| CapError::internal(format!("fspick {target}: {e}")))?;
+        // A parameter the kernel refuses is the plugin's mistake; the
+        // reconfigure itself refused (tmpfs: "Too small a size for current
+        // use") is the filesystem's state.
+        let said = |what: &str, e: rustix::io::Errno| {
+            let code = match (what, e) {
+                ("reconfigure", rustix::io::Errno::INVAL | rustix::io::Errno::BUSY) => {
+                    ErrorCode::FailedPrecondition
+                }
+                (_, rustix::io::Errno::INVAL) => ErrorCode::InvalidArgument,
+                _ => ErrorCode::Internal,
+            };
+            CapError::new(
+                code,
+                format!(
+                    "reconfiguring {target}: {what}: {e}{}",
+                    kernel_messages(fs.as_fd())
+                ),
+            )
+        };
+        set_params(fs.as_fd(), &options).map_err(|(key, e)| said(&key, e))?;
+        fsconfig_reconfigure(fs.as_fd()).map_err(|e| said("reconfigure", e))
     }
 
     /// Bind-mounts `source` onto `target` (blocking).
@@ -259,31 +365,9 @@ fn new_filesystem(
     options: &MountOptions,
     attrs: MountAttrFlags,
 ) -> Result<OwnedFd, CapError> {
-    let fs = fsopen(fs_type, FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| CapError::internal(format!("fsopen {fs_type}: {e}")))?;
-    let said = |what: &str, e: rustix::io::Errno| {
-        CapError::internal(format!(
-            "mounting {} as {fs_type}: {what}: {e}{}",
-            dev.name,
-            kernel_messages(fs.as_fd())
-        ))
-    };
     // The name of the device the host holds open and checked; the check
     // below makes sure the kernel found that very device by it.
-    fsconfig_set_string(fs.as_fd(), "source", dev.name.as_str()).map_err(|e| said("source", e))?;
-    if options.read_only {
-        fsconfig_set_flag(fs.as_fd(), "ro").map_err(|e| said("ro", e))?;
-    }
-    for (key, value) in &options.params {
-        match value {
-            Some(v) => fsconfig_set_string(fs.as_fd(), key.as_str(), v.as_str()),
-            None => fsconfig_set_flag(fs.as_fd(), key.as_str()),
-        }
-        .map_err(|e| said(key, e))?;
-    }
-    fsconfig_create(fs.as_fd()).map_err(|e| said("create", e))?;
-    let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs)
-        .map_err(|e| said("fsmount", e))?;
+    let mnt = new_superblock(&dev.name, fs_type, options, attrs)?;
     if fs_device(mnt.as_fd())? != dev.rdev {
         return Err(CapError::internal(format!(
             "{} changed while it was being mounted",
@@ -291,6 +375,85 @@ fn new_filesystem(
         )));
     }
     Ok(mnt)
+}
+
+/// A new filesystem of `fs_type` from `source` with checked options, as a
+/// detached mount.
+fn new_superblock(
+    source: &str,
+    fs_type: &str,
+    options: &MountOptions,
+    attrs: MountAttrFlags,
+) -> Result<OwnedFd, CapError> {
+    let fs = fsopen(fs_type, FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| CapError::internal(format!("fsopen {fs_type}: {e}")))?;
+    let said = |what: &str, e: rustix::io::Errno| {
+        CapError::internal(format!(
+            "mounting {source} as {fs_type}: {what}: {e}{}",
+            kernel_messages(fs.as_fd())
+        ))
+    };
+    fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| said("source", e))?;
+    if options.read_only {
+        fsconfig_set_flag(fs.as_fd(), "ro").map_err(|e| said("ro", e))?;
+    }
+    set_params(fs.as_fd(), options).map_err(|(key, e)| said(&key, e))?;
+    fsconfig_create(fs.as_fd()).map_err(|e| said("create", e))?;
+    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| said("fsmount", e))
+}
+
+/// The checked filesystem parameters, onto a filesystem context.
+fn set_params(fs: BorrowedFd, options: &MountOptions) -> Result<(), (String, rustix::io::Errno)> {
+    for (key, value) in &options.params {
+        match value {
+            Some(v) => fsconfig_set_string(fs, key.as_str(), v.as_str()),
+            None => fsconfig_set_flag(fs, key.as_str()),
+        }
+        .map_err(|e| (key.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// A tmpfs's name: what the mount table shows after the plugin's tag.
+fn check_memory_name(name: &str) -> Result<(), CapError> {
+    let ok = !name.is_empty()
+        && name.len() <= 96
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CapError::invalid(format!(
+            "a tmpfs source is a name (1-96 of A-Z a-z 0-9 . _ -), not {:?}",
+            // Debug escapes control characters; the cut bounds the length.
+            name.chars().take(100).collect::<String>()
+        )))
+    }
+}
+
+/// Memory is the node's: a tmpfs is always bounded. `size=0` (or
+/// `nr_blocks=0`) is unlimited to the kernel, and a mount with neither is
+/// half the node's memory.
+fn check_bounded(fs_type: &str, options: &MountOptions, new: bool) -> Result<(), CapError> {
+    let sizes: Vec<&str> = options
+        .params
+        .iter()
+        .filter(|(k, _)| k == "size" || k == "nr_blocks")
+        .filter_map(|(_, v)| v.as_deref())
+        .collect();
+    let zero = sizes.iter().any(|v| {
+        v.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%'])
+            .bytes()
+            .all(|b| b == b'0')
+    });
+    if zero || (new && sizes.is_empty()) {
+        return Err(CapError::invalid(format!(
+            "a {fs_type} must have a size (size= or nr_blocks=, not 0: that is unlimited)"
+        )));
+    }
+    Ok(())
 }
 
 /// What the kernel said about a failed `fsconfig` (its log on the fs fd).
@@ -563,6 +726,12 @@ impl Host for CallCaps {
                 .mount_network(&source, &target, &fs_type, options)
                 .await?);
         }
+        if MEMORY_TYPES.contains(&fs_type.as_str()) {
+            return Ok(with_mount(self.grants.clone(), move |m| {
+                m.mount_memory(&source, &target, &fs_type, &options)
+            })
+            .await?);
+        }
         Ok(with_mount(self.grants.clone(), move |m| {
             m.mount_device(&source, &target, &fs_type, &options)
         })
@@ -586,6 +755,13 @@ impl Host for CallCaps {
     async fn mounted_at(&mut self, target: String) -> CapResult<Option<MountEntry>> {
         Ok(with_mount(self.grants.clone(), move |m| m.mounted_at(&target)).await?)
     }
+
+    async fn reconfigure(&mut self, target: String, options: Vec<String>) -> CapResult<()> {
+        Ok(with_mount(self.grants.clone(), move |m| {
+            m.reconfigure(&target, &options)
+        })
+        .await?)
+    }
 }
 
 #[cfg(test)]
@@ -604,6 +780,138 @@ mod tests {
         let e = parse_mountinfo(INFO, 40).unwrap();
         assert!(!e.read_only);
         assert!(parse_mountinfo(INFO, 4).is_none());
+    }
+
+    fn opts(list: &[&str]) -> MountOptions {
+        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        mount_options::check("tmpfs", &list).unwrap()
+    }
+
+    fn total_bytes(path: &Path) -> u64 {
+        let st = rustix::fs::statvfs(path).unwrap();
+        st.f_blocks * st.f_frsize
+    }
+
+    /// Unmounts whatever the test mounted, also when it fails.
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                while nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+            }
+        }
+    }
+
+    fn cap(prefix: &Path, plugin: &str) -> MountCap {
+        let grant = MountGrant {
+            types: vec!["tmpfs".into()],
+            target_prefixes: vec![prefix.to_path_buf()],
+            noexec: false,
+            record_network_mounts: None,
+        };
+        MountCap::new(&grant, None, plugin).unwrap()
+    }
+
+    /// reconfigure reaches only a tmpfs the plugin itself mounted beneath
+    /// its prefix: not the node's tmpfs outside it (by path, through a
+    /// link, or bound in), not one mounted under the prefix by someone
+    /// else, not another plugin's. Needs root (it mounts).
+    #[test]
+    fn reconfigure_touches_only_the_plugins_own_tmpfs_under_its_prefixes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prefix = tmp.path().join("kubelet");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&prefix).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let foreign_in = prefix.join("foreign");
+        std::fs::create_dir_all(&foreign_in).unwrap();
+        let mut cleanup = Cleanup(vec![]);
+        for dir in [&outside, &foreign_in] {
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir.as_path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("size=1m"),
+            )
+            .expect("mounting a tmpfs (run as root)");
+            cleanup.0.push(dir.clone());
+        }
+        std::fs::create_dir_all(outside.join("d")).unwrap();
+        std::os::unix::fs::symlink(&outside, prefix.join("link")).unwrap();
+        let m = cap(&prefix, "scratch");
+        let s = |p: &Path| p.display().to_string();
+
+        // Its own: mounted with a size, then grown in place, data kept.
+        let own = prefix.join("staging/v1");
+        cleanup.0.push(own.clone());
+        m.mount_memory("v1", &s(&own), "tmpfs", &opts(&["size=1m"]))
+            .unwrap();
+        m.mount_memory("v1", &s(&own), "tmpfs", &opts(&["size=1m"]))
+            .expect("the same mount again is success");
+        std::fs::write(own.join("kept"), b"x").unwrap();
+        assert_eq!(total_bytes(&own), 1 << 20);
+        m.reconfigure(&s(&own), &["size=3m".into()]).unwrap();
+        assert_eq!(total_bytes(&own), 3 << 20);
+        assert_eq!(std::fs::read(own.join("kept")).unwrap(), b"x");
+        let entry = m.mounted_at(&s(&own)).unwrap().unwrap();
+        assert_eq!(entry.source, "wasmcsi:scratch:v1");
+
+        // Not unlimited, never without a size, no attributes.
+        for bad in [&["size=0"][..], &["nr_blocks=0k"], &["ro"], &["noatime"]] {
+            let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            let e = m.reconfigure(&s(&own), &bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad:?}: {}", e.message);
+        }
+        let e = m
+            .mount_memory("v2", &s(&prefix.join("v2")), "tmpfs", &opts(&["mode=700"]))
+            .unwrap_err();
+        assert!(e.message.contains("must have a size"), "{}", e.message);
+        let e = m
+            .mount_memory("../x", &s(&prefix.join("v3")), "tmpfs", &opts(&["size=1m"]))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        // Shrinking below what is used: the kernel refuses.
+        std::fs::write(own.join("big"), vec![1u8; 2 << 20]).unwrap();
+        let e = m.reconfigure(&s(&own), &["size=1m".into()]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition, "{}", e.message);
+
+        // The node's tmpfs outside the prefix: by path, through a link.
+        for target in [
+            s(&outside),
+            s(&prefix.join("link")),
+            s(&prefix.join("link/d")),
+        ] {
+            let e = m.reconfigure(&target, &["size=5m".into()]).unwrap_err();
+            assert_ne!(e.code, ErrorCode::Internal, "{target}: {}", e.message);
+        }
+        // Someone else's tmpfs under the prefix, directly or bound in.
+        let bound = prefix.join("bound");
+        cleanup.0.push(bound.clone());
+        m.bind(&s(&foreign_in), &s(&bound), false).unwrap();
+        for target in [&foreign_in, &bound] {
+            let e = m.reconfigure(&s(target), &["size=5m".into()]).unwrap_err();
+            assert_eq!(e.code, ErrorCode::PermissionDenied, "{}", e.message);
+        }
+        // Another plugin's, under the same prefix.
+        let other = cap(&prefix, "other");
+        let e = other
+            .reconfigure(&s(&own), &["size=5m".into()])
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{}", e.message);
+        // Nothing mounted is not an unmount's "success".
+        let e = m
+            .reconfigure(&s(&prefix.join("none")), &["size=5m".into()])
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+
+        assert_eq!(
+            total_bytes(&outside),
+            1 << 20,
+            "the node's tmpfs kept its size"
+        );
+        assert_eq!(total_bytes(&foreign_in), 1 << 20);
+        assert_eq!(total_bytes(&own), 3 << 20);
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// touched; without it the whole span is reset, still cheaper than faults.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
+/// Core instances and tables one component may hold. A Rust plugin has
+/// 3-4 instances; a componentize-py (CPython) plugin 14: libc, libpython
+/// and the runtime are dynamically linked modules, each its own instance.
+/// Slots are address space, reserved, not memory.
+const MAX_CORE_INSTANCES: u32 = 32;
+const MAX_TABLES: u32 = 32;
+
 /// What the engine must be sized for, summed over all plugins.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineSizing {
@@ -46,12 +53,12 @@ pub fn build(sizing: EngineSizing) -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     let n = sizing.instances.max(1);
     pool.total_component_instances(n)
-        .total_core_instances(n * 8)
-        .max_core_instances_per_component(8)
+        .total_core_instances(n * MAX_CORE_INSTANCES)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES)
         .total_memories(n * 2)
         .max_memories_per_component(2)
-        .total_tables(n * 8)
-        .max_tables_per_component(8)
+        .total_tables(n * MAX_TABLES)
+        .max_tables_per_component(MAX_TABLES)
         .max_memory_size(usize::try_from(sizing.max_memory_bytes).unwrap_or(usize::MAX))
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)

@@ -1,0 +1,390 @@
+//! The plugin in Python (`plugins/tmpfs-py`, built by componentize-py with
+//! `make plugin-py`), loaded by the real host next to local-dir and spoken
+//! to over the unix socket: create → stage → publish → fill until the
+//! kernel refuses (ENOSPC at the size) → ControllerExpand + NodeExpand (the
+//! tmpfs resized in place) → fill again until refused at the new size →
+//! unpublish → unstage → delete, each step repeated; then bad input.
+//!
+//! Without componentize-py and the built `.wasm` the tests skip, loudly;
+//! with `CI=true` they fail instead.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use tonic::Code;
+use wasmcsi::proto::volume_capability::{AccessType, MountVolume};
+use wasmcsi::proto::*;
+
+/// Builds the plugin when componentize-py is here (`make plugin-py`, so
+/// the test loads what the source says now); else the `.wasm` already
+/// built, if any; else `None` (skip), or a failure in CI.
+fn python_plugin() -> Option<PathBuf> {
+    // Once per test process: the tests run in parallel, one build is enough.
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_python_plugin).clone()
+}
+
+fn build_python_plugin() -> Option<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let have_tool = Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_tool {
+        let status = Command::new("make")
+            .args(["--no-print-directory", "plugin-py"])
+            .current_dir(&workspace)
+            .status()
+            .expect("running make plugin-py");
+        assert!(status.success(), "make plugin-py failed");
+    }
+    let wasm = workspace.join("target/wasm32-wasip2/release/tmpfs_py.wasm");
+    if wasm.exists() {
+        return Some(wasm);
+    }
+    let why = "componentize-py is not installed and target/wasm32-wasip2/release/tmpfs_py.wasm \
+               is not built (pip install -r plugins/tmpfs-py/requirements.txt; make plugin-py)";
+    assert!(!in_ci, "CI=true: the Python plugin must be tested: {why}");
+    // Past libtest's capture (it hides a passing test's eprintln!).
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPING the tmpfs-py tests: {why}\n"
+    );
+    None
+}
+
+struct Scratch {
+    d: TestDriver,
+}
+
+/// A CPython component starts with 12.4 MiB of linear memory (the
+/// interpreter's initialised heap), so its calls need more than a Rust
+/// plugin's 1-2 MiB: 8 MiB fails at load ("ran out of memory in info"),
+/// 16 MiB passes these tests; 32 MiB leaves room. The default call
+/// timeout is ample (a call is milliseconds). See plugins/tmpfs-py/README.md.
+const LIMITS: &str = "limits: { memoryBytes: 33554432, callTimeoutSeconds: 30 }";
+
+impl Scratch {
+    async fn start() -> Option<Scratch> {
+        let wasm = python_plugin()?;
+        // Compiling 18 MiB of CPython takes a debug host ~20 s: the first
+        // driver compiles into a cache shared by this file's tests, and the
+        // others start after it, from the cache.
+        static FIRST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _first = FIRST.lock().await;
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tmpfs-py-cache");
+        let extra = format!(
+            r#"  - name: tmpfs
+    path: {wasm}
+    {LIMITS}
+    capabilities:
+      mount: {{ types: [tmpfs], targetPrefixes: ["${{TEST_KUBELET}}"] }}
+      log: {{}}
+runtime: {{ cacheDir: "{cache}" }}
+"#,
+            wasm = wasm.display(),
+            cache = cache.display(),
+        );
+        let d = TestDriver::start(Options {
+            plugin_extra: extra,
+            ..Default::default()
+        })
+        .await;
+        Some(Scratch { d })
+    }
+
+    async fn create(
+        &mut self,
+        name: &str,
+        range: Option<CapacityRange>,
+    ) -> Result<Volume, tonic::Status> {
+        let mut req = create_req(name, 0, &[("plugin", "tmpfs")]);
+        req.capacity_range = range;
+        let resp = self.d.client.controller.create_volume(req).await?;
+        Ok(resp.into_inner().volume.expect("a volume"))
+    }
+
+    async fn stage(&mut self, vol: &Volume, staging: &Path) -> Result<(), tonic::Status> {
+        let mut req = stage_req(&vol.volume_id, staging);
+        req.volume_context = vol.volume_context.clone();
+        self.d.client.node.node_stage_volume(req).await.map(drop)
+    }
+
+    async fn publish(
+        &mut self,
+        id: &str,
+        staging: &Path,
+        target: &Path,
+    ) -> Result<(), tonic::Status> {
+        let req = publish_req(id, staging, target, false);
+        self.d.client.node.node_publish_volume(req).await.map(drop)
+    }
+
+    async fn controller_expand(
+        &mut self,
+        id: &str,
+        bytes: u64,
+    ) -> Result<ControllerExpandVolumeResponse, tonic::Status> {
+        let req = ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: range(bytes),
+            ..Default::default()
+        };
+        let resp = self
+            .d
+            .client
+            .controller
+            .controller_expand_volume(req)
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    async fn node_expand(
+        &mut self,
+        id: &str,
+        target: &Path,
+        staging: &Path,
+        bytes: u64,
+    ) -> Result<u64, tonic::Status> {
+        let req = NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: target.display().to_string(),
+            staging_target_path: staging.display().to_string(),
+            capacity_range: range(bytes),
+            volume_capability: Some(rw()),
+            ..Default::default()
+        };
+        let resp = self.d.client.node.node_expand_volume(req).await?;
+        Ok(resp.into_inner().capacity_bytes as u64)
+    }
+}
+
+/// Size of the filesystem at `path` (statvfs), as the kernel enforces it.
+fn size_of(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    st.blocks() * st.fragment_size()
+}
+
+/// The mount table's line for a mount point: (source, fs type).
+fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if left.split(' ').nth(4)? != path.to_str()? {
+            return None;
+        }
+        let mut right = right.split(' ');
+        let fs_type = right.next()?.to_string();
+        Some((right.next()?.to_string(), fs_type))
+    })
+}
+
+/// Writes files into `dir` until the kernel refuses; the bytes it took.
+fn fill_until_refused(dir: &Path, name: &str, most: u64) -> u64 {
+    let (written, err) = fill(dir, name, most + 8 * MIB);
+    let err = err.unwrap_or_else(|| panic!("{most} bytes allowed, but {written} were written"));
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOSPC),
+        "the write stopped for another reason: {err}"
+    );
+    written
+}
+
+#[tokio::test]
+async fn python_plugin_lifecycle_fill_expand_fill() {
+    let Some(mut s) = Scratch::start().await else {
+        return;
+    };
+    let logs = s.d.logs();
+    assert!(
+        logs.contains("reports=tmpfs-py"),
+        "the Python plugin was loaded\n{logs}"
+    );
+
+    // Create: nothing made, the rounded size in the volume context.
+    let vol = s
+        .create("pvc-scratch", range(8 * MIB + 1))
+        .await
+        .expect("create");
+    let id = vol.volume_id.clone();
+    assert!(id.starts_with("tmpfs:tmp-"), "{id}");
+    assert_eq!(vol.capacity_bytes as u64, 9 * MIB);
+    assert_eq!(
+        vol.volume_context.get("capacityBytes").map(String::as_str),
+        Some("9437184")
+    );
+    let again = s
+        .create("pvc-scratch", range(9 * MIB))
+        .await
+        .expect("retry");
+    assert_eq!(again.volume_id, id, "the id comes from the name");
+
+    // Stage: a tmpfs of that size, named after the volume; twice is fine.
+    let staging = s.d.staging("scratch");
+    s.stage(&vol, &staging).await.expect("stage");
+    s.stage(&vol, &staging).await.expect("stage again");
+    let (source, fs_type) = mount_entry(&staging).expect("staged");
+    assert_eq!(fs_type, "tmpfs");
+    assert_eq!(source, format!("wasmcsi:{}", id));
+    assert_eq!(size_of(&staging), 9 * MIB);
+
+    // Publish: the pod sees the staged tmpfs.
+    let target = s.d.target("scratch");
+    s.publish(&id, &staging, &target).await.expect("publish");
+    s.publish(&id, &staging, &target)
+        .await
+        .expect("publish again");
+    std::fs::write(target.join("kept"), b"scratch").unwrap();
+    assert_eq!(std::fs::read(staging.join("kept")).unwrap(), b"scratch");
+
+    // Fill: the kernel refuses at the size.
+    let first = fill_until_refused(&target, "fill-1", 9 * MIB);
+    assert!(
+        (8 * MIB..=9 * MIB).contains(&first),
+        "{first} bytes in 9 MiB"
+    );
+
+    // Expand: the controller answers the size and asks for the node step;
+    // the node step resizes the mounted tmpfs in place.
+    let grown = s
+        .controller_expand(&id, 20 * MIB)
+        .await
+        .expect("controller expand");
+    assert_eq!(grown.capacity_bytes as u64, 20 * MIB);
+    assert!(grown.node_expansion_required);
+    let bytes = s
+        .node_expand(&id, &target, &staging, 20 * MIB)
+        .await
+        .expect("node expand");
+    assert_eq!(bytes, 20 * MIB);
+    assert_eq!(size_of(&target), 20 * MIB);
+    assert_eq!(size_of(&staging), 20 * MIB);
+    let bytes = s
+        .node_expand(&id, &target, &staging, 20 * MIB)
+        .await
+        .expect("node expand again");
+    assert_eq!(bytes, 20 * MIB);
+    let bytes = s
+        .node_expand(&id, &target, &staging, 5 * MIB)
+        .await
+        .expect("below: a no-op");
+    assert_eq!(bytes, 20 * MIB);
+    assert_eq!(std::fs::read(target.join("kept")).unwrap(), b"scratch");
+
+    // Fill again: more fits, and the kernel refuses at the new size.
+    let second = fill_until_refused(&target, "fill-2", 11 * MIB);
+    assert!(
+        second >= 10 * MIB,
+        "only {second} more bytes after growing to 20 MiB"
+    );
+    assert!(
+        first + second <= 20 * MIB,
+        "{first} + {second} bytes in 20 MiB"
+    );
+
+    // Stats: the tmpfs as the kernel counts it.
+    let stats =
+        s.d.client
+            .node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: target.display().to_string(),
+                staging_target_path: staging.display().to_string(),
+            })
+            .await
+            .expect("stats")
+            .into_inner();
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == 1)
+        .expect("bytes usage");
+    assert_eq!(bytes.total as u64, 20 * MIB);
+    assert!(bytes.used as u64 >= first + second, "{bytes:?}");
+
+    // Take it down, each step twice; the data went with the tmpfs.
+    s.d.unpublish(&id, &target).await.expect("unpublish");
+    s.d.unpublish(&id, &target).await.expect("unpublish again");
+    assert!(!mounted(&target));
+    s.d.unstage(&id, &staging).await.expect("unstage");
+    s.d.unstage(&id, &staging).await.expect("unstage again");
+    assert!(!mounted(&staging));
+    s.d.delete(&id).await.expect("delete");
+    s.d.delete(&id).await.expect("delete again");
+
+    // Staged again, it is empty: scratch.
+    s.stage(&vol, &staging).await.expect("stage a second time");
+    assert!(
+        !staging.join("kept").exists(),
+        "scratch data outlived unstage"
+    );
+    s.d.unstage(&id, &staging).await.expect("unstage");
+}
+
+#[tokio::test]
+async fn python_plugin_answers_bad_input_with_the_right_code() {
+    let Some(mut s) = Scratch::start().await else {
+        return;
+    };
+    // No capacity range: the plugin's default size.
+    let vol = s.create("pvc-default", None).await.expect("no range");
+    assert_eq!(vol.capacity_bytes as u64, 64 * MIB);
+    // A range no whole MiB fits in.
+    let tiny = Some(CapacityRange {
+        required_bytes: 0,
+        limit_bytes: 512 << 10,
+    });
+    assert_eq!(code(s.create("pvc-tiny", tiny).await), Code::OutOfRange);
+    // Access types it does not serve: block (the host, from the features)
+    // and a filesystem other than tmpfs (the plugin).
+    let mut req = create_req("pvc-block", MIB, &[("plugin", "tmpfs")]);
+    req.volume_capabilities = vec![block_cap()];
+    let r = s.d.client.controller.create_volume(req).await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    let mut req = create_req("pvc-xfs", MIB, &[("plugin", "tmpfs")]);
+    req.volume_capabilities[0].access_type = Some(AccessType::Mount(MountVolume {
+        fs_type: "xfs".into(),
+        ..Default::default()
+    }));
+    let r = s.d.client.controller.create_volume(req).await;
+    let status = r.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("tmpfs"), "{status:?}");
+
+    // Stage without the size CreateVolume put in the context.
+    let staging = s.d.staging("bad");
+    let req = stage_req(&vol.volume_id, &staging);
+    let r = s.d.client.node.node_stage_volume(req).await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    assert!(!mounted(&staging));
+    // An id it never made.
+    let mut fake = vol.clone();
+    fake.volume_id = "tmpfs:not-mine".into();
+    assert_eq!(code(s.stage(&fake, &staging).await), Code::NotFound);
+    // Expanding on the node what is not staged.
+    let target = s.d.target("bad");
+    std::fs::create_dir_all(&target).unwrap();
+    let r = s
+        .node_expand(&vol.volume_id, &target, &staging, 128 * MIB)
+        .await;
+    assert_eq!(code(r), Code::NotFound);
+    // A mount flag the host's tmpfs table does not allow.
+    let mut req = stage_req(&vol.volume_id, &staging);
+    req.volume_context = vol.volume_context.clone();
+    req.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            mount_flags: vec!["exec".into()],
+            ..Default::default()
+        })),
+        ..rw()
+    });
+    let r = s.d.client.node.node_stage_volume(req).await;
+    assert_eq!(code(r), Code::PermissionDenied);
+    assert!(!mounted(&staging));
+}

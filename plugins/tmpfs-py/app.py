@@ -1,0 +1,217 @@
+"""tmpfs-py: scratch volumes as size-limited tmpfs mounts, in Python.
+
+A wasmcsi plugin built with componentize-py against `wit/` (world
+`plugin`); `make plugin-py` builds it. Volumes are stateless: CreateVolume
+makes nothing (the id is a hash of the name, the rounded size goes into the
+volume context), NodeStageVolume mounts a tmpfs of that size at the
+staging path through the host's `mount` capability, NodePublishVolume binds
+it into the pod, and NodeExpandVolume grows it in place
+(`mount.reconfigure` with a larger `size=`). The kernel enforces the size:
+a write past it fails with ENOSPC.
+
+The data is scratch: it lives in the node's memory (and swap) and is gone
+at NodeUnstageVolume (or a node reboot). DeleteVolume has nothing to
+remove. A create repeated with the same name is the same volume; as
+nothing is recorded, one asking another size is answered with the new size
+(it cannot be told apart from a retry).
+"""
+
+import functools
+import hashlib
+import re
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.exports import controller, identity, node
+from wit_world.imports import environment, fs, mount, types
+
+from sizes import MIB, Invalid, OutOfRange, Rules, parse_quantity
+
+NAME = "tmpfs-py"
+VERSION = "0.1.0"
+ID = re.compile(r"^tmp-[0-9a-f]{32}$")
+CAPACITY_KEY = "capacityBytes"
+Code = types.ErrorCode
+
+
+def fail(code, message):
+    return Err(types.Error(code=code, message=message))
+
+
+def answers(f):
+    """Every exported call answers with a WIT error, never a trap: the
+    size rules' refusals become their codes, a host error keeps its code
+    with what was being done in front, and any other exception is INTERNAL
+    naming it."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except OutOfRange as e:
+            raise fail(Code.OUT_OF_RANGE, str(e))
+        except Invalid as e:
+            raise fail(Code.INVALID_ARGUMENT, str(e))
+        except Err:
+            raise
+        except Exception as e:  # a bug: say which
+            raise fail(Code.INTERNAL, f"{NAME} {f.__name__}: {type(e).__name__}: {e}")
+
+    return wrapper
+
+
+def host(what, call, *args):
+    """A host capability call; its error says what was being done."""
+    try:
+        return call(*args)
+    except Err as e:
+        raise fail(e.value.code, f"{what}: {e.value.message}")
+
+
+def rules():
+    """Whole MiB, at least 1 MiB, 64 MiB when no size is asked, at most the
+    `maxVolumeBytes` setting (a quantity, "2Gi")."""
+    settings = dict(environment.settings())
+    cap = settings.get("maxVolumeBytes")
+    maximum = parse_quantity(cap) if cap else None
+    if cap and maximum is None:
+        raise fail(Code.FAILED_PRECONDITION, f"setting maxVolumeBytes {cap!r} is not a quantity")
+    return Rules(maximum=maximum)
+
+
+def check_id(volume_id):
+    if not ID.match(volume_id):
+        raise fail(Code.NOT_FOUND, f"volume {volume_id!r} was not made by {NAME}")
+
+
+def check_capability(cap):
+    if isinstance(cap.access_type, types.AccessType_Block):
+        raise fail(Code.INVALID_ARGUMENT, "tmpfs volumes are filesystems, not block devices")
+    fs_type = cap.access_type.value.fs_type
+    if fs_type not in ("", "tmpfs"):
+        raise fail(Code.INVALID_ARGUMENT, f"fs_type {fs_type!r}: a tmpfs volume is tmpfs")
+
+
+class Identity(exports.Identity):
+    def info(self) -> identity.PluginInfo:
+        f = identity.Features
+        return identity.PluginInfo(
+            name=NAME,
+            version=VERSION,
+            features=f.STAGE | f.CONTROLLER_EXPAND | f.NODE_EXPAND | f.VOLUME_STATS,
+            access_modes=[
+                types.AccessMode.SINGLE_NODE_WRITER,
+                types.AccessMode.SINGLE_NODE_SINGLE_WRITER,
+                types.AccessMode.SINGLE_NODE_MULTI_WRITER,
+            ],
+            min_volume_bytes=MIB,
+        )
+
+
+def unimplemented(call):
+    def answer(self, *args):
+        raise fail(Code.UNIMPLEMENTED, f"{NAME} does not implement {call}")
+
+    return answer
+
+
+class Controller(exports.Controller):
+    @answers
+    def create_volume(self, req: controller.CreateVolumeRequest) -> types.Volume:
+        for cap in req.capabilities:
+            check_capability(cap)
+        if req.content_source is not None:
+            raise fail(Code.INVALID_ARGUMENT, "a tmpfs volume starts empty: no content source")
+        size = rules().for_create(req.capacity.required_bytes, req.capacity.limit_bytes)
+        digest = hashlib.sha256(req.name.encode()).hexdigest()[:32]
+        return types.Volume(
+            volume_id=f"tmp-{digest}",
+            capacity_bytes=size,
+            volume_context=[(CAPACITY_KEY, str(size))],
+            content_source=None,
+        )
+
+    @answers
+    def delete_volume(self, volume_id: str, secrets) -> None:
+        # Nothing was made; the tmpfs went at unstage.
+        return None
+
+    @answers
+    def expand_volume(self, req: controller.ExpandRequest) -> controller.ExpandResult:
+        check_id(req.volume_id)
+        size = rules().for_expand(None, req.capacity.required_bytes, req.capacity.limit_bytes)
+        return controller.ExpandResult(capacity_bytes=size, node_expansion_required=True)
+
+    get_volume = unimplemented("get-volume")
+    list_volumes = unimplemented("list-volumes")
+    get_capacity = unimplemented("get-capacity")
+    create_snapshot = unimplemented("create-snapshot")
+    delete_snapshot = unimplemented("delete-snapshot")
+    list_snapshots = unimplemented("list-snapshots")
+    create_group_snapshot = unimplemented("create-group-snapshot")
+    delete_group_snapshot = unimplemented("delete-group-snapshot")
+    get_group_snapshot = unimplemented("get-group-snapshot")
+
+
+class Node(exports.Node):
+    @answers
+    def stage_volume(self, req: node.StageRequest) -> None:
+        check_id(req.volume_id)
+        check_capability(req.capability)
+        text = dict(req.volume_context).get(CAPACITY_KEY, "")
+        if not text.isdigit() or int(text) <= 0:
+            raise fail(
+                Code.INVALID_ARGUMENT,
+                f"volume_context {CAPACITY_KEY}={text!r}: stage a volume CreateVolume made",
+            )
+        options = [f"size={int(text)}"] + list(req.capability.access_type.value.mount_flags)
+        host(f"mounting a tmpfs at {req.staging_path}", mount.mount,
+             req.volume_id, req.staging_path, "tmpfs", options)
+
+    @answers
+    def unstage_volume(self, volume_id: str, staging_path: str) -> None:
+        check_id(volume_id)
+        host(f"unmounting {staging_path}", mount.unmount, staging_path, True)
+
+    @answers
+    def publish_volume(self, req: node.PublishRequest) -> None:
+        check_id(req.volume_id)
+        check_capability(req.capability)
+        if not req.staging_path:
+            raise fail(Code.FAILED_PRECONDITION, "publish needs the staging path")
+        if host("looking at the staging path", mount.mounted_at, req.staging_path) is None:
+            raise fail(Code.FAILED_PRECONDITION, f"volume {req.volume_id} is not staged")
+        host(f"binding {req.staging_path} onto {req.target_path}", mount.bind,
+             req.staging_path, req.target_path, req.read_only)
+
+    @answers
+    def unpublish_volume(self, volume_id: str, target_path: str) -> None:
+        check_id(volume_id)
+        host(f"unmounting {target_path}", mount.unmount, target_path, True)
+
+    @answers
+    def expand_volume(self, req: node.ExpandRequest) -> int:
+        check_id(req.volume_id)
+        path = req.staging_path or req.volume_path
+        if host(f"looking at {path}", mount.mounted_at, path) is None:
+            raise fail(Code.NOT_FOUND, f"volume {req.volume_id} is not mounted at {path}")
+        current = host(f"statfs {path}", fs.statfs, path).total_bytes
+        size = rules().for_expand(current, req.capacity.required_bytes, req.capacity.limit_bytes)
+        if size != current:
+            host(f"resizing the tmpfs at {path}", mount.reconfigure, path, [f"size={size}"])
+        return size
+
+    @answers
+    def get_volume_stats(self, volume_id: str, volume_path: str, staging_path) -> node.VolumeStats:
+        check_id(volume_id)
+        st = host(f"statfs {volume_path}", fs.statfs, volume_path)
+        return node.VolumeStats(
+            total_bytes=st.total_bytes,
+            available_bytes=st.available_bytes,
+            used_bytes=st.total_bytes - st.free_bytes,
+            total_inodes=st.total_inodes,
+            available_inodes=st.free_inodes,
+            used_inodes=st.total_inodes - st.free_inodes,
+            healthy=True,
+            message="",
+        )
