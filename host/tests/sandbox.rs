@@ -58,7 +58,14 @@ async fn each_misdeed_costs_one_request() {
     assert_eq!(vol.volume_id, "hostile:null");
 
     expect_failure(&s, "loop", None, Code::DeadlineExceeded, "within").await;
-    expect_failure(&s, "memory", None, Code::ResourceExhausted, "memory limit").await;
+    expect_failure(
+        &s,
+        "memory",
+        None,
+        Code::ResourceExhausted,
+        "limits.memoryBytes",
+    )
+    .await;
     // Rust's stack lives in linear memory: overflowing it is an out of
     // bounds access below address 0 (or wasmtime's own stack limit).
     expect_failure(&s, "recursion", None, Code::Internal, "wasm trap").await;

@@ -43,7 +43,7 @@ impl ResourceLimiter for MemoryLimiter {
             // An error (not `false`) traps at once: a guest allocator that
             // sees a failed grow would just abort with a less clear message.
             return Err(wasmtime::Error::msg(format!(
-                "plugin memory limit of {} bytes reached (wanted {desired})",
+                "plugin memory limit of {} bytes reached (wanted {desired}; the limit is limits.memoryBytes)",
                 self.max_bytes
             )));
         }
