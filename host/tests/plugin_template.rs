@@ -65,28 +65,6 @@ impl Template {
         let resp = self.d.client.controller.create_volume(req).await?;
         Ok(resp.into_inner().volume.expect("a volume"))
     }
-
-    async fn expand(
-        &mut self,
-        id: &str,
-        required: u64,
-    ) -> Result<ControllerExpandVolumeResponse, tonic::Status> {
-        let req = ControllerExpandVolumeRequest {
-            volume_id: id.into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: required as i64,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        };
-        let resp = self
-            .d
-            .client
-            .controller
-            .controller_expand_volume(req)
-            .await?;
-        Ok(resp.into_inner())
-    }
 }
 
 fn local(id: &str) -> &str {
@@ -138,11 +116,11 @@ async fn template_lifecycle_create_publish_expand_delete() {
     assert!(!mounted(&target), "{} still mounted", target.display());
 
     // Expand: the controller alone, the new size recorded; smaller is a no-op.
-    let grown = t.expand(&id, 300 * MIB).await.expect("expand");
+    let grown = t.d.expand(&id, 300 * MIB).await.expect("expand");
     assert_eq!(grown.capacity_bytes as u64, 300 * MIB);
     assert!(!grown.node_expansion_required);
     assert_eq!(t.recorded(local(&id)), Some(300 * MIB));
-    let same = t.expand(&id, 10 * MIB).await.expect("expand below");
+    let same = t.d.expand(&id, 10 * MIB).await.expect("expand below");
     assert_eq!(same.capacity_bytes as u64, 300 * MIB);
     assert_eq!(
         std::fs::read(&data).unwrap(),
@@ -155,7 +133,7 @@ async fn template_lifecycle_create_publish_expand_delete() {
     assert!(!t.volume_dir(local(&id)).exists());
     assert_eq!(t.recorded(local(&id)), None);
     t.d.delete(&id).await.expect("delete again");
-    let err = t.expand(&id, 400 * MIB).await.unwrap_err();
+    let err = t.d.expand(&id, 400 * MIB).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
 

@@ -125,25 +125,6 @@ runtime: {{ cacheDir: "{cache}" }}
         self.d.client.node.node_publish_volume(req).await.map(drop)
     }
 
-    async fn controller_expand(
-        &mut self,
-        id: &str,
-        bytes: u64,
-    ) -> Result<ControllerExpandVolumeResponse, tonic::Status> {
-        let req = ControllerExpandVolumeRequest {
-            volume_id: id.into(),
-            capacity_range: range(bytes),
-            ..Default::default()
-        };
-        let resp = self
-            .d
-            .client
-            .controller
-            .controller_expand_volume(req)
-            .await?;
-        Ok(resp.into_inner())
-    }
-
     async fn node_expand(
         &mut self,
         id: &str,
@@ -252,10 +233,7 @@ async fn python_plugin_lifecycle_fill_expand_fill() {
 
     // Expand: the controller answers the size and asks for the node step;
     // the node step resizes the mounted tmpfs in place.
-    let grown = s
-        .controller_expand(&id, 20 * MIB)
-        .await
-        .expect("controller expand");
+    let grown = s.d.expand(&id, 20 * MIB).await.expect("controller expand");
     assert_eq!(grown.capacity_bytes as u64, 20 * MIB);
     assert!(grown.node_expansion_required);
     let bytes = s

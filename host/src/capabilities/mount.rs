@@ -111,6 +111,16 @@ impl MountCap {
         attrs
     }
 
+    /// The attributes of a new mount: the grant's, the options', read-only
+    /// when asked.
+    fn attrs_for(&self, options: &MountOptions) -> MountAttrFlags {
+        let mut attrs = self.base_attrs() | options.attrs;
+        if options.read_only {
+            attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+        }
+        attrs
+    }
+
     /// Mounts a loop device of the plugin's onto `target` (blocking).
     fn mount_device(
         &self,
@@ -129,10 +139,7 @@ impl MountCap {
                 Err(already(target, &existing))
             };
         }
-        let mut attrs = self.base_attrs() | options.attrs;
-        if options.read_only {
-            attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
-        }
+        let attrs = self.attrs_for(options);
         let mnt = new_filesystem(&dev, fs_type, options, attrs)?;
         attach(mnt.as_fd(), target_fd.as_fd(), target)
     }
@@ -156,10 +163,7 @@ impl MountCap {
                 Err(already(target, &existing))
             };
         }
-        let mut attrs = self.base_attrs() | options.attrs;
-        if options.read_only {
-            attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
-        }
+        let attrs = self.attrs_for(options);
         let mnt = new_superblock(&source, fs_type, options, attrs)?;
         attach(mnt.as_fd(), target_fd.as_fd(), target)
     }

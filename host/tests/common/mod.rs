@@ -230,6 +230,20 @@ plugins:
         Ok(snapshot.into_inner().snapshot.unwrap())
     }
 
+    pub async fn expand(
+        &mut self,
+        id: &str,
+        required: u64,
+    ) -> Result<ControllerExpandVolumeResponse, tonic::Status> {
+        let req = ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: range(required),
+            ..Default::default()
+        };
+        let resp = self.client.controller.controller_expand_volume(req).await?;
+        Ok(resp.into_inner())
+    }
+
     pub async fn delete(&mut self, id: &str) -> Result<(), tonic::Status> {
         let req = DeleteVolumeRequest {
             volume_id: id.into(),
