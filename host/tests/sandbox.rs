@@ -85,7 +85,16 @@ async fn each_misdeed_costs_one_request() {
         "big-response",
         Some(&big),
         Code::ResourceExhausted,
-        "exceeds",
+        "HttpResponseBodySize",
+    )
+    .await;
+    // 9 MiB to a granted origin: refused by the host before it is sent.
+    expect_failure(
+        &s,
+        "big-request",
+        Some(&format!("{}/", s.origin)),
+        Code::ResourceExhausted,
+        "HttpRequestBodySize",
     )
     .await;
     expect_failure(

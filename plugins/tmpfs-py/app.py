@@ -23,7 +23,8 @@ import re
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import controller, identity, node
-from wit_world.imports import environment, fs, mount, types
+from wit_world.imports import environment, fs_info, mount
+from wit_world.imports import wasmcsi_plugin_types as types
 
 from sizes import MIB, Invalid, OutOfRange, Rules, parse_quantity
 
@@ -195,7 +196,7 @@ class Node(exports.Node):
         path = req.staging_path or req.volume_path
         if host(f"looking at {path}", mount.mounted_at, path) is None:
             raise fail(Code.NOT_FOUND, f"volume {req.volume_id} is not mounted at {path}")
-        current = host(f"statfs {path}", fs.statfs, path).total_bytes
+        current = host(f"statfs {path}", fs_info.statfs, path).total_bytes
         size = rules().for_expand(current, req.capacity.required_bytes, req.capacity.limit_bytes)
         if size != current:
             host(f"resizing the tmpfs at {path}", mount.reconfigure, path, [f"size={size}"])
@@ -204,7 +205,7 @@ class Node(exports.Node):
     @answers
     def get_volume_stats(self, volume_id: str, volume_path: str, staging_path) -> node.VolumeStats:
         check_id(volume_id)
-        st = host(f"statfs {volume_path}", fs.statfs, volume_path)
+        st = host(f"statfs {volume_path}", fs_info.statfs, volume_path)
         return node.VolumeStats(
             total_bytes=st.total_bytes,
             available_bytes=st.available_bytes,

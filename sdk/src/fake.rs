@@ -8,14 +8,14 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use crate::bindings::wasmcsi::plugin::copies::CopyMethod;
-use crate::bindings::wasmcsi::plugin::fs::FsStats;
-use crate::bindings::wasmcsi::plugin::http::{Request, Response};
+use crate::bindings::wasmcsi::plugin::fs_info::FsStats;
+use crate::bindings::wasmcsi::plugin::images::CopyMethod;
 use crate::bindings::wasmcsi::plugin::log::Level;
 use crate::bindings::wasmcsi::plugin::mount::MountEntry;
 use crate::bindings::wasmcsi::plugin::quota::{QuotaKind, Usage};
 use crate::error::{fail, ErrorCode, Result};
 use crate::host::Host;
+use crate::http::{Request, Response};
 
 /// Panic payload of an injected crash.
 pub const CRASH: &str = "simulated crash";
@@ -406,6 +406,18 @@ impl Host for Fake {
         if s.mounts.contains_key(target) {
             return Err(err(ErrorCode::FailedPrecondition, "target busy"));
         }
+        if fs_type == "tmpfs" {
+            s.mounts.insert(
+                target.into(),
+                MountEntry {
+                    source: source.into(),
+                    fs_type: fs_type.into(),
+                    read_only: false,
+                },
+            );
+            s.mount_options.insert(target.into(), options.to_vec());
+            return Ok(());
+        }
         let image = s
             .loops
             .get(source)
@@ -459,6 +471,19 @@ impl Host for Fake {
     fn unmount(&self, target: &str, _remove_target: bool) -> Result<()> {
         self.step("unmount")?;
         self.st().mounts.remove(target);
+        Ok(())
+    }
+
+    fn reconfigure(&self, target: &str, options: &[String]) -> Result<()> {
+        self.step("reconfigure")?;
+        let mut s = self.st();
+        if s.mounts.get(target).map(|e| e.fs_type.as_str()) != Some("tmpfs") {
+            return Err(err(
+                ErrorCode::FailedPrecondition,
+                format!("no tmpfs mounted at {target}"),
+            ));
+        }
+        s.mount_options.insert(target.into(), options.to_vec());
         Ok(())
     }
 

@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bindings::wasmcsi::plugin::copies::CopyMethod;
-use crate::bindings::wasmcsi::plugin::fs::FsStats;
-use crate::bindings::wasmcsi::plugin::http::{Request, Response};
+use crate::bindings::wasmcsi::plugin::fs_info::FsStats;
+use crate::bindings::wasmcsi::plugin::images::CopyMethod;
 use crate::bindings::wasmcsi::plugin::log::Level;
 use crate::bindings::wasmcsi::plugin::mount::MountEntry;
 use crate::bindings::wasmcsi::plugin::quota::{QuotaKind, Usage};
-use crate::bindings::wasmcsi::plugin::{copies, environment, fs, http, log, mount, quota};
+use crate::bindings::wasmcsi::plugin::{btrfs, environment, fs_info, images, log, mount, quota};
 use crate::error::Result;
+use crate::http::{Request, Response};
 
 /// One method per WIT import, same names and meaning (see plugin.wit);
 /// a capability the config does not grant answers an error at run time.
@@ -50,6 +50,8 @@ pub trait Host {
     fn bind(&self, source: &str, target: &str, read_only: bool) -> Result<()>;
     fn unmount(&self, target: &str, remove_target: bool) -> Result<()>;
     fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>>;
+    /// A tmpfs this plugin mounted, given new options (`size=`) in place.
+    fn reconfigure(&self, target: &str, options: &[String]) -> Result<()>;
 
     fn send(&self, req: Request) -> Result<Response>;
 
@@ -98,62 +100,70 @@ impl Host for Wasm {
     }
 
     fn statfs(&self, path: &str) -> Result<FsStats> {
-        fs::statfs(path)
+        fs_info::statfs(path)
     }
     fn filesystem_type(&self, path: &str) -> Result<String> {
-        fs::filesystem_type(path)
+        fs_info::filesystem_type(path)
     }
     fn make_filesystem(&self, image: &str, fs_type: &str) -> Result<()> {
-        fs::make_filesystem(image, fs_type)
+        images::make_filesystem(image, fs_type)
     }
     fn probe_filesystem(&self, image: &str) -> Result<Option<String>> {
-        fs::probe_filesystem(image)
+        images::probe_filesystem(image)
     }
     fn check_filesystem(&self, image: &str, fs_type: &str) -> Result<()> {
-        fs::check_filesystem(image, fs_type)
+        images::check_filesystem(image, fs_type)
     }
     fn grow_filesystem(&self, device: &str, mount_path: &str, fs_type: &str) -> Result<()> {
-        fs::grow_filesystem(device, mount_path, fs_type)
+        images::grow_filesystem(device, mount_path, fs_type)
     }
     fn attach_loop(&self, image: &str) -> Result<String> {
-        fs::attach_loop(image)
+        images::attach_loop(image)
     }
     fn find_loop(&self, image: &str) -> Result<Option<String>> {
-        fs::find_loop(image)
+        images::find_loop(image)
     }
     fn refresh_loop(&self, device: &str) -> Result<()> {
-        fs::refresh_loop(device)
+        images::refresh_loop(device)
     }
     fn detach_loop(&self, device: &str) -> Result<()> {
-        fs::detach_loop(device)
+        images::detach_loop(device)
     }
     fn create_subvolume(&self, path: &str) -> Result<()> {
-        fs::create_subvolume(path)
+        btrfs::create_subvolume(path)
     }
     fn delete_subvolume(&self, path: &str) -> Result<()> {
-        fs::delete_subvolume(path)
+        btrfs::delete_subvolume(path)
     }
     fn snapshot_subvolume(&self, source: &str, path: &str) -> Result<()> {
-        fs::snapshot_subvolume(source, path)
+        btrfs::snapshot_subvolume(source, path)
     }
 
     fn copy_image(&self, source: &str, destination: &str) -> Result<CopyMethod> {
-        copies::copy_image(source, destination)
+        images::copy_image(source, destination)
     }
     fn read_only_snapshot(&self, source: &str, path: &str) -> Result<()> {
-        copies::read_only_snapshot(source, path)
+        btrfs::read_only_snapshot(source, path)
     }
     fn copy_images(&self, pairs: &[(String, String)]) -> Result<Vec<CopyMethod>> {
-        copies::copy_images(&copy_pairs(pairs))
+        images::copy_images(&to_pairs(pairs, |source, destination| images::CopyPair {
+            source,
+            destination,
+        }))
     }
     fn read_only_snapshots(&self, pairs: &[(String, String)]) -> Result<()> {
-        copies::read_only_snapshots(&copy_pairs(pairs))
+        btrfs::read_only_snapshots(&to_pairs(pairs, |source, destination| {
+            btrfs::SnapshotPair {
+                source,
+                destination,
+            }
+        }))
     }
     fn new_filesystem_uuid(&self, image: &str, fs_type: &str) -> Result<()> {
-        copies::new_filesystem_uuid(image, fs_type)
+        images::new_filesystem_uuid(image, fs_type)
     }
     fn allocated_bytes(&self, path: &str) -> Result<u64> {
-        copies::allocated_bytes(path)
+        images::allocated_bytes(path)
     }
 
     fn set_limit(&self, kind: QuotaKind, path: &str, bytes: u64) -> Result<()> {
@@ -175,18 +185,19 @@ impl Host for Wasm {
     fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>> {
         mount::mounted_at(target)
     }
+    fn reconfigure(&self, target: &str, options: &[String]) -> Result<()> {
+        mount::reconfigure(target, options)
+    }
 
     fn send(&self, req: Request) -> Result<Response> {
-        http::send(&req)
+        crate::http::send(&req)
     }
 }
 
-fn copy_pairs(pairs: &[(String, String)]) -> Vec<copies::CopyPair> {
+/// (source, destination) pairs as one of the WIT's pair records.
+fn to_pairs<T>(pairs: &[(String, String)], make: impl Fn(String, String) -> T) -> Vec<T> {
     pairs
         .iter()
-        .map(|(source, destination)| copies::CopyPair {
-            source: source.clone(),
-            destination: destination.clone(),
-        })
+        .map(|(source, destination)| make(source.clone(), destination.clone()))
         .collect()
 }

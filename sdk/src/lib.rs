@@ -1,6 +1,7 @@
 //! `wasmcsi-plugin-sdk`: what every wasmcsi storage plugin needs, once.
 //!
-//! - [`bindings`]: the Rust bindings of `wit/plugin.wit` (`wasmcsi:plugin@0.1.0`);
+//! - [`bindings`]: the Rust bindings of `wit/plugin.wit` (`wasmcsi:plugin@0.2.0`),
+//!   and of the `wasi:http` it imports;
 //! - [`Identity`], [`Controller`], [`Node`]: one trait per exported
 //!   interface; every call but `info` answers UNIMPLEMENTED until the
 //!   plugin says otherwise, and [`export!`] makes a type the component;
@@ -10,6 +11,7 @@
 //! - [`id`]: stable volume ids from CSI names; [`page`]: paging tokens;
 //!   [`stats`]: statfs to volume stats; [`files`]: state kept in files
 //!   under the root, crash-safe and idempotent;
+//! - [`http`]: a blocking request over the standard wasi:http;
 //! - [`host`]: the host's capabilities behind a trait, so plugin logic runs
 //!   natively in tests against [`fake`] (feature `fake`).
 //!
@@ -30,6 +32,11 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "wasmcsi_plugin_sdk::bindings",
+        // wasi:http and what it uses (io, clocks), for `http`.
+        generate_all,
+        // Old parsers trip on WASI's unstable timezone import unless its
+        // feature is on; nothing here uses it.
+        features: ["clocks-timezone"],
     });
 }
 
@@ -39,6 +46,7 @@ pub mod error;
 pub mod fake;
 pub mod files;
 pub mod host;
+pub mod http;
 pub mod id;
 pub mod page;
 mod plugin;

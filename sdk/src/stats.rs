@@ -1,7 +1,7 @@
 //! NodeGetVolumeStats from what the host's statfs answers.
 
 use crate::bindings::exports::wasmcsi::plugin::node::VolumeStats;
-use crate::bindings::wasmcsi::plugin::fs::FsStats;
+use crate::bindings::wasmcsi::plugin::fs_info::FsStats;
 
 /// Healthy stats of a mounted filesystem: used is what is not free
 /// (reserved blocks count as used), available is what users may still take.

@@ -16,12 +16,11 @@ use std::path::PathBuf;
 
 use rustix::fs::{FileType, OFlags};
 
-use super::command::{self, FD_ARG};
-use super::fs::{with_fs, FsCap};
+use super::fs::FsCap;
 use super::loopdev::LoopDevice;
 use super::mount::unescape;
-use super::{beneath, btrfs, CallCaps, CapError, CapResult, ErrorCode};
-use crate::wit::wasmcsi::plugin::copies::{CopyMethod, CopyPair, Host};
+use super::{beneath, btrfs, CapError, ErrorCode};
+use crate::wit::wasmcsi::plugin::images::{CopyMethod, CopyPair};
 
 /// Most pairs one consistent copy takes: each holds open descriptors, and
 /// every frozen filesystem stalls its writers until the last copy is done.
@@ -202,7 +201,7 @@ impl FsCap {
     /// Copies images as one cut (blocking): every source is opened and
     /// every destination made ready first; then all mounted sources are
     /// frozen together (attached-only ones flushed), copied, and thawed.
-    fn copy_images(&self, pairs: &[CopyPair]) -> Result<Vec<CopyMethod>, CapError> {
+    pub(super) fn copy_images(&self, pairs: &[CopyPair]) -> Result<Vec<CopyMethod>, CapError> {
         check_pairs(pairs)?;
         let mut opened = Vec::with_capacity(pairs.len());
         let mut sources = std::collections::HashSet::new();
@@ -251,7 +250,7 @@ impl FsCap {
     /// Read-only snapshots of subvolumes (blocking). btrfs cuts one
     /// subvolume per transaction, so several are only one point in time
     /// when none of them can change between the cuts: none is mounted.
-    fn read_only_snapshots(&self, pairs: &[CopyPair]) -> Result<(), CapError> {
+    pub(super) fn read_only_snapshots(&self, pairs: &[CopyPair]) -> Result<(), CapError> {
         check_pairs(pairs)?;
         let mut sources = Vec::with_capacity(pairs.len());
         for pair in pairs {
@@ -319,83 +318,6 @@ fn subvolume_in_use(subvolumes: &[BorrowedFd]) -> Result<Option<(usize, PathBuf)
         }
     }
     Ok(None)
-}
-
-impl Host for CallCaps {
-    async fn copy_image(&mut self, source: String, destination: String) -> CapResult<CopyMethod> {
-        let pair = [CopyPair {
-            source,
-            destination,
-        }];
-        let methods = with_fs(&self.grants, move |fs| fs.copy_images(&pair)).await?;
-        Ok(methods[0])
-    }
-
-    async fn read_only_snapshot(&mut self, source: String, path: String) -> CapResult<()> {
-        let pair = [CopyPair {
-            source,
-            destination: path,
-        }];
-        Ok(with_fs(&self.grants, move |fs| fs.read_only_snapshots(&pair)).await?)
-    }
-
-    async fn copy_images(&mut self, pairs: Vec<CopyPair>) -> CapResult<Vec<CopyMethod>> {
-        Ok(with_fs(&self.grants, move |fs| fs.copy_images(&pairs)).await?)
-    }
-
-    async fn read_only_snapshots(&mut self, pairs: Vec<CopyPair>) -> CapResult<()> {
-        Ok(with_fs(&self.grants, move |fs| fs.read_only_snapshots(&pairs)).await?)
-    }
-
-    async fn new_filesystem_uuid(&mut self, image: String, fs_type: String) -> CapResult<()> {
-        let name = image.clone();
-        let fd = with_fs(&self.grants, move |fs| {
-            let fd = fs.image(&image, true)?;
-            fs.refuse_attached(fd.as_fd(), &image)?;
-            Ok(fd)
-        })
-        .await?;
-        match fs_type.as_str() {
-            "xfs" => {
-                // xfs_admin exits 0 even when it refuses (a dirty log).
-                let args = ["-U", "generate", FD_ARG];
-                let out = command::run_on_fd("xfs_admin", &args, fd.as_fd()).await?;
-                let said = String::from_utf8_lossy(&out.stderr);
-                if !out.status.success() || said.contains("ERROR") {
-                    return Err(CapError::new(
-                        ErrorCode::FailedPrecondition,
-                        format!("xfs_admin -U generate {name}: {}", said.trim()),
-                    )
-                    .into());
-                }
-            }
-            "ext4" => {
-                // tune2fs wants a freshly checked filesystem for -U.
-                let out = command::run_on_fd("e2fsck", &["-f", "-p", FD_ARG], fd.as_fd()).await?;
-                if !matches!(out.status.code(), Some(0..=2)) {
-                    return Err(command::failure("e2fsck", &["-f", "-p", FD_ARG], &out).into());
-                }
-                command::run_on_fd_ok("tune2fs", &["-U", "random", FD_ARG], fd.as_fd()).await?;
-            }
-            other => {
-                return Err(CapError::invalid(format!(
-                    "filesystem type {other:?} is not supported (supported: xfs, ext4)"
-                ))
-                .into())
-            }
-        }
-        Ok(())
-    }
-
-    async fn allocated_bytes(&mut self, path: String) -> CapResult<u64> {
-        Ok(with_fs(&self.grants, move |fs| {
-            let fd = beneath::open(fs.locate(&path)?, OFlags::PATH)?;
-            let st =
-                rustix::fs::fstat(&fd).map_err(|e| CapError::internal(format!("{path:?}: {e}")))?;
-            Ok((st.st_blocks as u64).saturating_mul(512))
-        })
-        .await?)
-    }
 }
 
 #[cfg(test)]

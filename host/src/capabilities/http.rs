@@ -1,20 +1,34 @@
-//! The `http` capability: outbound HTTP(S) only to granted origins.
-//! Redirects are not followed by the host: the plugin sees the 3xx and any
-//! request it makes to the new location is checked like every other.
+//! The `http` capability: a plugin's outbound HTTP(S) is standard
+//! `wasi:http/outgoing-handler`, and every request it makes reaches the
+//! network only through `send_request` below, the host's send hook (as
+//! Spin enforces `allowed_outbound_hosts`): only to granted origins, with
+//! the grant's TLS settings, bounded in time by the call's deadline and in
+//! size both ways. Redirects are not followed by the host: the plugin sees
+//! the 3xx and any request it makes to the new location is checked like
+//! every other.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::{CallCaps, CapError, CapResult};
 use crate::config::{HttpGrant, Origin};
-use crate::wit::wasmcsi::plugin::http::{Host, Request, Response};
-use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
-/// Response bodies larger than this fail the request.
+/// A request body larger than this is refused before anything is sent.
+const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// A response body larger than this fails when the plugin reads past it.
 const MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// A request's whole exchange, unless the call ends sooner.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a plugin's `http` grant allows, built once per plugin.
 pub struct HttpCap {
     origins: Vec<Origin>,
     client: reqwest::Client,
@@ -29,7 +43,7 @@ impl HttpCap {
             .collect::<Result<_>>()?;
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(CONNECT_TIMEOUT);
         if let Some(path) = &grant.ca_file {
             let pem = std::fs::read(path)
                 .with_context(|| format!("reading caFile {}", path.display()))?;
@@ -51,74 +65,135 @@ impl HttpCap {
         Ok(HttpCap { origins, client })
     }
 
-    fn check(&self, url: &str) -> Result<reqwest::Url, CapError> {
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| CapError::invalid(format!("URL {url:?}: {e}")))?;
-        let origin =
-            Origin::of(&parsed).map_err(|e| CapError::invalid(format!("URL {url:?}: {e}")))?;
+    /// The request's URL when its origin is granted.
+    fn check(&self, uri: &http::Uri) -> Result<reqwest::Url, Refused> {
+        let url = reqwest::Url::parse(&uri.to_string())
+            .map_err(|e| Refused(HttpError::HttpRequestUriInvalid, format!("URL {uri}: {e}")))?;
+        let origin = Origin::of(&url)
+            .map_err(|e| Refused(HttpError::HttpRequestUriInvalid, format!("URL {uri}: {e}")))?;
         if self.origins.contains(&origin) {
-            Ok(parsed)
+            Ok(url)
         } else {
-            Err(CapError::denied(format!(
-                "{origin} is not an allowed origin"
-            )))
+            Err(Refused(
+                HttpError::HttpRequestDenied,
+                format!("{origin} is not an allowed origin"),
+            ))
         }
     }
 
-    async fn send(&self, req: Request) -> Result<Response, CapError> {
-        let url = self.check(&req.url)?;
-        let method = reqwest::Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| CapError::invalid(format!("HTTP method {:?}", req.method)))?;
-        let timeout = req
-            .timeout_ms
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let mut builder = self
+    async fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        ends: Instant,
+    ) -> Result<http::Response<WasiBody>, Refused> {
+        let url = self.check(request.uri())?;
+        let left = ends.saturating_duration_since(Instant::now());
+        let whole = DEFAULT_TIMEOUT.min(left);
+        if whole.is_zero() {
+            return Err(Refused(
+                HttpError::ConnectionTimeout,
+                "the call has no time left".into(),
+            ));
+        }
+        let options = options.unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let body = collect_limited(body).await?;
+        let mut headers = parts.headers;
+        // reqwest names the host from the URL; a plugin cannot say another.
+        headers.remove(http::header::HOST);
+        let sending = self
             .client
-            .request(method, url)
-            .timeout(timeout)
-            .body(req.body);
-        for (name, value) in &req.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        let mut resp = builder.send().await.map_err(transport_error)?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            .request(parts.method, url)
+            .headers(headers)
+            .timeout(whole)
+            .body(body)
+            .send();
+        // Until the response's head, counted from now (connecting
+        // included): the plugin's first-byte timeout, else its connect
+        // timeout, within the whole.
+        let head_timeout = options
+            .first_byte_timeout
+            .or(options.connect_timeout)
+            .unwrap_or(whole)
+            .min(whole);
+        let resp = tokio::time::timeout(head_timeout, sending)
+            .await
+            .map_err(|_| {
+                Refused(
+                    HttpError::HttpResponseTimeout,
+                    format!("no response within {head_timeout:?}"),
                 )
-            })
-            .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(CapError::new(
-                    ErrorCode::ResourceExhausted,
-                    format!("response body exceeds {MAX_RESPONSE_BYTES} bytes"),
-                ));
-            }
-            body.extend_from_slice(&chunk);
+            })?
+            .map_err(transport_error)?;
+        // A body announced too big fails now, with its code; one that
+        // grows past the limit fails when read.
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(Refused(
+                HttpError::HttpResponseBodySize(resp.content_length()),
+                format!("response body exceeds {MAX_RESPONSE_BYTES} bytes"),
+            ));
         }
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        let mut builder = http::Response::builder().status(resp.status());
+        if let Some(h) = builder.headers_mut() {
+            *h = resp.headers().clone();
+        }
+        let body = limited_body(resp, options.between_bytes_timeout.unwrap_or(whole));
+        builder
+            .body(body)
+            .map_err(|e| Refused(HttpError::InternalError(Some(e.to_string())), e.to_string()))
     }
 }
 
-fn transport_error(e: reqwest::Error) -> CapError {
-    let code = if e.is_timeout() {
-        ErrorCode::DeadlineExceeded
-    } else if e.is_connect() || e.is_request() {
-        ErrorCode::Unavailable
-    } else {
-        ErrorCode::Internal
-    };
+/// Why a request was not sent or answered: the code the plugin sees, and
+/// the reason the host logs (wasi:http's error codes carry none).
+struct Refused(HttpError, String);
+
+async fn collect_limited(mut body: WasiBody) -> Result<Bytes, Refused> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refused(e, "reading the request body".into()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_REQUEST_BYTES {
+                return Err(Refused(
+                    HttpError::HttpRequestBodySize(None),
+                    format!("request body exceeds {MAX_REQUEST_BYTES} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.into())
+}
+
+/// The response body as the plugin reads it: chunk by chunk, failing past
+/// `MAX_RESPONSE_BYTES` or when the server pauses longer than `between`.
+fn limited_body(resp: reqwest::Response, between: Duration) -> WasiBody {
+    let state = (resp, 0usize);
+    let chunks = futures_util::stream::unfold(Some(state), move |state| async move {
+        let (mut resp, read) = state?;
+        let next = match tokio::time::timeout(between, resp.chunk()).await {
+            Err(_) => Err(HttpError::HttpResponseTimeout),
+            Ok(Err(e)) => Err(transport_error(e).0),
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(chunk))) if read + chunk.len() > MAX_RESPONSE_BYTES => {
+                Err(HttpError::HttpResponseBodySize(None))
+            }
+            Ok(Ok(Some(chunk))) => {
+                let read = read + chunk.len();
+                return Some((Ok(Frame::data(chunk)), Some((resp, read))));
+            }
+        };
+        // An error ends the body.
+        Some((next, None))
+    });
+    StreamBody::new(chunks).boxed_unsync()
+}
+
+fn transport_error(e: reqwest::Error) -> Refused {
     // reqwest's Display omits the cause; the chain says why.
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -126,24 +201,100 @@ fn transport_error(e: reqwest::Error) -> CapError {
         message.push_str(&format!(": {s}"));
         source = s.source();
     }
-    CapError::new(code, message)
+    let code = if e.is_timeout() {
+        HttpError::HttpResponseTimeout
+    } else if e.is_connect() && message.contains("certificate") {
+        HttpError::TlsCertificateError
+    } else if e.is_connect() {
+        HttpError::ConnectionRefused
+    } else if e.is_request() {
+        // Sent, but the server hung up before answering.
+        HttpError::ConnectionTerminated
+    } else if e.is_body() {
+        HttpError::HttpResponseIncomplete
+    } else {
+        HttpError::InternalError(Some(message.clone()))
+    };
+    Refused(code, message)
 }
 
-impl Host for CallCaps {
-    async fn send(&mut self, req: Request) -> CapResult<Response> {
-        let http = self
-            .grants
-            .http
-            .as_ref()
-            .ok_or_else(|| CapError::not_granted("http", &self.grants.plugin))?;
-        let result = http.send(req).await;
-        let status = match &result {
-            Ok(r) => r.status.to_string(),
-            Err(e) => format!("{:?}", e.code).to_lowercase(),
-        };
-        crate::metrics::http_request(&self.grants.plugin, &status);
-        Ok(result?)
+/// The wasi:http hooks of one call.
+pub struct CallHttp {
+    plugin: Arc<str>,
+    cap: Option<Arc<HttpCap>>,
+    ends: Instant,
+}
+
+impl CallHttp {
+    pub fn new(plugin: &str, cap: Option<Arc<HttpCap>>, ends: Instant) -> CallHttp {
+        CallHttp {
+            plugin: plugin.into(),
+            cap,
+            ends,
+        }
     }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for CallHttp {
+    /// The host names the `Host` from the URL itself (see `send`).
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_done: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        let plugin = self.plugin.clone();
+        let cap = self.cap.clone();
+        let ends = self.ends;
+        let uri = request.uri().clone();
+        Box::new(async move {
+            let result = match cap {
+                Some(cap) => cap.send(request, options, ends).await,
+                None => Err(Refused(
+                    HttpError::HttpRequestDenied,
+                    format!("capability http is not granted to plugin {plugin}"),
+                )),
+            };
+            let label = match &result {
+                Ok(resp) => resp.status().as_u16().to_string(),
+                Err(Refused(code, _)) => failure_label(code),
+            };
+            crate::metrics::http_request(&plugin, &label);
+            match result {
+                Ok(resp) => {
+                    let done: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async { Ok(()) });
+                    Ok((resp, Box::new(done) as Box<dyn Future<Output = _> + Send>))
+                }
+                Err(Refused(code, reason)) => {
+                    tracing::warn!(plugin = %plugin, url = %uri, %reason, "http: request failed");
+                    Err(code)
+                }
+            }
+        })
+    }
+}
+
+/// The metrics label of a request that got no response: wasi:http's code.
+fn failure_label(code: &HttpError) -> String {
+    let debug = format!("{code:?}");
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or("error");
+    name.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -162,6 +313,13 @@ mod tests {
         HttpCap::new(&grant(origins)).unwrap()
     }
 
+    fn allowed(c: &HttpCap, url: &str) -> bool {
+        match url.parse::<http::Uri>() {
+            Ok(uri) => c.check(&uri).is_ok(),
+            Err(_) => false,
+        }
+    }
+
     #[test]
     fn a_bad_ca_file_is_refused_with_its_name() {
         let dir = tempfile::tempdir().unwrap();
@@ -178,13 +336,13 @@ mod tests {
     #[test]
     fn only_granted_origins_pass() {
         let c = cap(&["http://127.0.0.1:8056", "https://xms.example"]);
-        assert!(c.check("http://127.0.0.1:8056/v1/auth/tokens").is_ok());
-        assert!(c.check("https://XMS.example:443/v1").is_ok());
-        assert!(c.check("http://127.0.0.1:8057/v1").is_err());
-        assert!(c.check("https://127.0.0.1:8056/v1").is_err());
-        assert!(c.check("http://xms.example/v1").is_err());
-        assert!(c.check("file:///etc/passwd").is_err());
-        assert!(c.check("http://127.0.0.1:8056@evil.example/").is_err());
+        assert!(allowed(&c, "http://127.0.0.1:8056/v1/auth/tokens"));
+        assert!(allowed(&c, "https://XMS.example:443/v1"));
+        assert!(!allowed(&c, "http://127.0.0.1:8057/v1"));
+        assert!(!allowed(&c, "https://127.0.0.1:8056/v1"));
+        assert!(!allowed(&c, "http://xms.example/v1"));
+        assert!(!allowed(&c, "file:///etc/passwd"));
+        assert!(!allowed(&c, "http://127.0.0.1:8056@evil.example/"));
     }
 
     #[test]
@@ -192,5 +350,17 @@ mod tests {
         assert!(Origin::parse("http://h:1/").is_ok());
         assert!(Origin::parse("http://h:1/v1").is_err());
         assert!(Origin::parse("ftp://h").is_err());
+    }
+
+    #[test]
+    fn failures_are_labelled_by_code() {
+        assert_eq!(
+            failure_label(&HttpError::HttpRequestDenied),
+            "httprequestdenied"
+        );
+        assert_eq!(
+            failure_label(&HttpError::HttpRequestBodySize(None)),
+            "httprequestbodysize"
+        );
     }
 }

@@ -13,12 +13,14 @@ pub mod environment;
 pub mod fs;
 pub mod grow;
 pub mod http;
+pub mod images;
 pub mod log;
 pub mod loopdev;
 pub mod mount;
 pub mod mount_options;
 pub mod netmount;
 pub mod quota;
+pub mod subvolumes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,7 +49,7 @@ pub struct Grants {
     pub fs: Option<Arc<fs::FsCap>>,
     pub quota: Option<quota::QuotaCap>,
     pub mount: Option<Arc<mount::MountCap>>,
-    pub http: Option<http::HttpCap>,
+    pub http: Option<Arc<http::HttpCap>>,
     pub log: bool,
 }
 
@@ -73,7 +75,11 @@ impl Grants {
                 .as_ref()
                 .map(|m| mount::MountCap::new(m, fs.clone(), &config.name).map(Arc::new))
                 .transpose()?,
-            http: caps.http.as_ref().map(http::HttpCap::new).transpose()?,
+            http: caps
+                .http
+                .as_ref()
+                .map(|g| http::HttpCap::new(g).map(Arc::new))
+                .transpose()?,
             log: caps.log.is_some(),
             quota,
             fs,

@@ -9,7 +9,7 @@ use wasmtime::Engine;
 /// The package every plugin import and export belongs to.
 pub const PACKAGE: &str = "wasmcsi:plugin";
 /// The version of `wit/plugin.wit` this host is built from.
-pub const VERSION: &str = "0.1.0";
+pub const VERSION: &str = "0.2.0";
 
 /// Refuses a component whose `wasmcsi:plugin` interfaces are of a version
 /// this host does not speak: another major version, or for 0.x another
@@ -97,18 +97,19 @@ mod tests {
     fn a_plugin_of_another_version_is_refused_naming_both() {
         let (c, engine) = component(
             r#"(component
-                (import "wasmcsi:plugin/environment@0.2.0" (instance
+                (import "wasmcsi:plugin/environment@0.1.0" (instance
                     (export "time-left-ms" (func (result u64))))))"#,
         );
         let e = check(&c, &engine).unwrap_err().to_string();
-        assert!(e.contains("wasmcsi:plugin@0.2.0"), "{e}");
+        assert!(e.contains("wasmcsi:plugin@0.1.0"), "{e}");
         assert!(e.contains(&format!("wasmcsi:plugin@{VERSION}")), "{e}");
 
         let (c, engine) = component(&format!(
             r#"(component
                 (import "wasmcsi:plugin/environment@{VERSION}" (instance
                     (export "time-left-ms" (func (result u64)))))
-                (import "wasi:cli/stderr@0.2.0" (instance)))"#
+                (import "wasi:cli/stderr@0.2.0" (instance))
+                (import "wasi:http/outgoing-handler@0.2.12" (instance)))"#
         ));
         check(&c, &engine).unwrap();
     }

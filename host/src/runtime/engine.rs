@@ -9,7 +9,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::state::CallState;
 use crate::capabilities::CallCaps;
-use crate::wit::Plugin as PluginWorld;
+use crate::wit::wasmcsi::plugin as ours;
 
 /// The epoch advances this often; call deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -92,15 +92,37 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawning the epoch thread");
 }
 
-/// The linker with WASI (what Rust's std imports) and every host capability.
+/// The linker with WASI (what Rust's std imports), wasi:http and every
+/// host capability.
 pub fn linker(engine: &Engine) -> Result<Linker<CallState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking WASI")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:http")?;
     super::preopens::add_to_linker(&mut linker)?;
-    PluginWorld::add_to_linker::<CallState, HasSelf<CallCaps>>(&mut linker, |s| &mut s.caps)
+    link_capabilities(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking host capabilities")?;
     Ok(linker)
+}
+
+/// Our own interfaces, one by one: the world's `add_to_linker` would want
+/// wasi:http from `CallCaps` too, which the linker has from wasmtime.
+fn link_capabilities(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    fn caps(state: &mut CallState) -> &mut CallCaps {
+        &mut state.caps
+    }
+    type Caps = HasSelf<CallCaps>;
+    ours::types::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::log::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::environment::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::fs_info::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::images::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::btrfs::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::quota::add_to_linker::<CallState, Caps>(linker, caps)?;
+    ours::mount::add_to_linker::<CallState, Caps>(linker, caps)?;
+    Ok(())
 }

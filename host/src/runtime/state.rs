@@ -8,9 +8,11 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::MemoryLimiter;
 use crate::capabilities::fs::FsCap;
+use crate::capabilities::http::CallHttp;
 use crate::capabilities::log::CallLog;
 use crate::capabilities::{CallCaps, Grants};
 use crate::config::Limits;
@@ -26,6 +28,9 @@ pub struct CallState {
     pub limiter: MemoryLimiter,
     pub stderr: MemoryOutputPipe,
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    /// Where the plugin's wasi:http requests go: the `http` capability.
+    http_hooks: CallHttp,
     /// Every WASI handle of the call (descriptors, streams, pollables),
     /// bounded by `limits.maxOpenHandles`: a guest that opens one more file
     /// than that traps, and only its own call fails.
@@ -45,6 +50,7 @@ impl CallState {
             .allow_ip_name_lookup(false);
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_open_handles as usize);
+        let http_hooks = CallHttp::new(&grants.plugin, grants.http.clone(), ends);
         Ok(CallState {
             caps: CallCaps {
                 log: CallLog::new(&grants.plugin, limits),
@@ -54,6 +60,8 @@ impl CallState {
             limiter: MemoryLimiter::new(limits.memory_bytes),
             stderr,
             wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            http_hooks,
             table,
         })
     }
@@ -77,6 +85,16 @@ impl WasiView for CallState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -11,7 +11,7 @@
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
 
-use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{fs, mount, quota};
+use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{btrfs, fs_info, images, mount, quota};
 use wasmcsi_plugin_sdk::error::fail as error;
 use wasmcsi_plugin_sdk::get as param;
 use wasmcsi_plugin_sdk::types::KeyValues;
@@ -132,10 +132,10 @@ pub fn attempt(name: &str, target: &str, context: &KeyValues) -> Result<()> {
                 if mount::bind(&format!("{root}/file"), &t, false).is_ok() {
                     let _ = mount::unmount(&t, true);
                 }
-                let _ = fs::make_filesystem(&format!("{root}/view/flip/canary.img"), "ext4");
-                let _ = fs::probe_filesystem(&format!("{root}/view/flip/canary.img"));
-                let _ = fs::attach_loop(&format!("{root}/view/flip/canary.img"))
-                    .map(|d| fs::detach_loop(&d));
+                let _ = images::make_filesystem(&format!("{root}/view/flip/canary.img"), "ext4");
+                let _ = images::probe_filesystem(&format!("{root}/view/flip/canary.img"));
+                let _ = images::attach_loop(&format!("{root}/view/flip/canary.img"))
+                    .map(|d| images::detach_loop(&d));
             }
             let _ = mount::unmount(&format!("{target}/view"), true);
             Ok(())
@@ -193,12 +193,12 @@ pub fn attempt(name: &str, target: &str, context: &KeyValues) -> Result<()> {
             )
         }
         "quota-usage-root" => quota::get_usage(quota::QuotaKind::BtrfsQgroup, &root).map(drop),
-        "delete-root-subvolume" => fs::delete_subvolume(&root),
+        "delete-root-subvolume" => btrfs::delete_subvolume(&root),
         // The test put a fifo there: the host must not hang opening it.
-        "fifo-image" => fs::make_filesystem(&format!("{root}/fifo.img"), "xfs"),
+        "fifo-image" => images::make_filesystem(&format!("{root}/fifo.img"), "xfs"),
         // statfs of the target (the test mounts a filesystem that never
         // answers there): this call may hang, no other may.
-        "statfs" => fs::statfs(target).map(drop),
+        "statfs" => fs_info::statfs(target).map(drop),
         other => Err(error(
             ErrorCode::InvalidArgument,
             format!("no escape called {other:?}"),

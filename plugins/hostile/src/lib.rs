@@ -8,9 +8,10 @@
 mod escapes;
 
 use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::log::{self, Level};
-use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{environment, fs, http, mount};
+use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{environment, fs_info, mount};
 use wasmcsi_plugin_sdk::error::fail as error;
 use wasmcsi_plugin_sdk::get as param;
+use wasmcsi_plugin_sdk::http;
 use wasmcsi_plugin_sdk::types::*;
 use wasmcsi_plugin_sdk::{Controller, ErrorCode, Identity, Node, Result};
 
@@ -157,13 +158,19 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
             big("big error\nFORGED-ERROR ", 'E'),
         )),
         // The host's answer is passed on unchanged: the test checks its code.
-        "http" | "big-response" => {
+        "http" | "big-response" | "big-request" => {
+            // A body past the host's limit, to an allowed origin.
+            let body = if req.name == "big-request" {
+                vec![b'x'; 9 << 20]
+            } else {
+                vec![]
+            };
             let resp = http::send(&http::Request {
-                method: "GET".into(),
+                method: if body.is_empty() { "GET" } else { "POST" }.into(),
                 url: url.into(),
                 headers: vec![],
-                body: vec![],
-                timeout_ms: Some(10_000),
+                body,
+                timeout: Some(std::time::Duration::from_secs(10)),
             })?;
             Ok(volume(
                 &req.name,
@@ -189,7 +196,7 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
             Ok(volume("symlink", "bound through the link".into()))
         }
         "dotdot" => {
-            let stats = fs::statfs(&format!("{root}/../../../etc"))?;
+            let stats = fs_info::statfs(&format!("{root}/../../../etc"))?;
             Ok(volume("dotdot", format!("{} bytes", stats.total_bytes)))
         }
         "passwd" => match std::fs::read("/etc/passwd") {

@@ -19,7 +19,7 @@ use crate::id;
 use crate::meta::State;
 use crate::page;
 use crate::store;
-use crate::wasmcsi::plugin::copies::CopyMethod;
+use crate::wasmcsi::plugin::images::CopyMethod;
 
 pub const VERSION: u32 = 1;
 

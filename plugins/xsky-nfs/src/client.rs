@@ -11,8 +11,8 @@ use crate::error::{fail, Error, ErrorCode, Result};
 use crate::host::{log, Host};
 use crate::model::{decode, Token};
 use crate::params::{Credentials, Timing};
-use crate::wasmcsi::plugin::http::Request;
 use crate::wasmcsi::plugin::log::Level;
+use wasmcsi_plugin_sdk::http::Request;
 
 pub struct Client<'h> {
     host: &'h dyn Host,
@@ -133,7 +133,7 @@ impl<'h> Client<'h> {
                 url,
                 headers,
                 body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
-                timeout_ms: Some(timeout.as_millis().clamp(1, u32::MAX as u128) as u32),
+                timeout: Some(timeout),
             };
             match self.host.send(req) {
                 Ok(resp) => {
