@@ -6,6 +6,9 @@
 #   xsky-nfs-quota-tree   examples/xsky-nfs.yaml against the XMS emulator
 #   xsky-nfs-folder       the same, folder mode (Identity and Controller specs:
 #                         no NFS client is assumed on the node)
+#   tmpfs-py              examples/tmpfs-py.yaml, the Python plugin (built by
+#                         `make plugin-py`; without it the mode is skipped
+#                         loudly, and fails with CI=true)
 # Volume parameters and secrets are the files under tests/sanity/, passed as a
 # user would. tests/sanity/<mode>.skip lists specs (regex) not run yet, one a
 # line with `# why`. Junit reports land in target/csi-sanity/.
@@ -13,7 +16,7 @@
 # csi-sanity comes from $WASMCSI_SHARED/tools (default ../shared beside the
 # repo): absent, the run says so and passes, except in CI (CI=true).
 #
-#   scripts/csi-sanity.sh [MODE...]        (default: all four)
+#   scripts/csi-sanity.sh [MODE...]        (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -25,7 +28,7 @@ bin=${WASMCSI_BIN:-$repo/target/debug/wasmcsi}
 emulator_bin=${XMS_EMULATOR_BIN:-$repo/target/debug/xms-emulator}
 wasm_dir=${WASMCSI_PLUGIN_DIR:-$repo/target/wasm32-wasip2/release}
 out=$repo/target/csi-sanity
-all_modes=(local-dir-image local-dir-subvolume xsky-nfs-quota-tree xsky-nfs-folder)
+all_modes=(local-dir-image local-dir-subvolume xsky-nfs-quota-tree xsky-nfs-folder tmpfs-py)
 modes=("${@:-${all_modes[@]}}")
 
 if [[ ! -x $sanity ]]; then
@@ -168,6 +171,26 @@ run_mode() {
             driver_pid=$!
             secrets=(--csi.secrets=tests/sanity/xsky-nfs.secrets.yaml)
             extra=(--ginkgo.skip='Node Service')
+            ;;
+        tmpfs-py)
+            config=examples/tmpfs-py.yaml
+            local wasm=$wasm_dir/tmpfs_py.wasm
+            if [[ ! -e $wasm ]]; then
+                if [[ ${CI:-} == true ]]; then
+                    echo "csi-sanity: $wasm is missing: CI builds it (make plugin-py)" >&2
+                    return 1
+                fi
+                echo "##############################################################" >&2
+                echo "NOT CHECKED: csi-sanity tmpfs-py: $wasm is not built (make plugin-py)" >&2
+                echo "##############################################################" >&2
+                cleanup
+                return 0
+            fi
+            TMPFS_PY_WASM=$wasm TMPFS_MAX_VOLUME_BYTES=4Gi TMPFS_STATE_DIR=$root \
+            CSI_ENDPOINT=unix://$socket NODE_ID=sanity-node KUBELET_DIR=$kubelet \
+            WASMCSI_CACHE_DIR=$out/cache RUST_LOG=info \
+                "$bin" serve --config "$config" >"$log" 2>&1 &
+            driver_pid=$!
             ;;
         *) echo "csi-sanity: unknown mode $mode (modes: ${all_modes[*]})" >&2; return 1 ;;
     esac

@@ -60,6 +60,8 @@ fn build_python_plugin() -> Option<PathBuf> {
 
 struct Scratch {
     d: TestDriver,
+    /// The plugin's `fs` root: its volume records.
+    records: tempfile::TempDir,
 }
 
 /// A CPython component starts with 12.4 MiB of linear memory (the
@@ -78,24 +80,27 @@ impl Scratch {
         static FIRST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _first = FIRST.lock().await;
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tmpfs-py-cache");
+        let records = tempfile::tempdir().unwrap();
         let extra = format!(
             r#"  - name: tmpfs
     path: {wasm}
     {LIMITS}
     capabilities:
+      fs: {{ root: "{records}" }}
       mount: {{ types: [tmpfs], targetPrefixes: ["${{TEST_KUBELET}}"] }}
       log: {{}}
 runtime: {{ cacheDir: "{cache}" }}
 "#,
             wasm = wasm.display(),
             cache = cache.display(),
+            records = records.path().display(),
         );
         let d = TestDriver::start(Options {
             plugin_extra: extra,
             ..Default::default()
         })
         .await;
-        Some(Scratch { d })
+        Some(Scratch { d, records })
     }
 
     async fn create(
@@ -205,6 +210,18 @@ async fn python_plugin_lifecycle_fill_expand_fill() {
         .await
         .expect("retry");
     assert_eq!(again.volume_id, id, "the id comes from the name");
+    assert_eq!(again.capacity_bytes as u64, 9 * MIB, "the recorded size");
+    let record = s
+        .records
+        .path()
+        .join(format!("{}.json", id.trim_start_matches("tmpfs:")));
+    assert!(record.exists(), "no record at {}", record.display());
+    // The same name asking more than it has: another volume, refused.
+    let err = s
+        .create("pvc-scratch", range(10 * MIB))
+        .await
+        .expect_err("a conflicting create");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
 
     // Stage: a tmpfs of that size, named after the volume; twice is fine.
     let staging = s.d.staging("scratch");
@@ -295,6 +312,9 @@ async fn python_plugin_lifecycle_fill_expand_fill() {
     assert!(!mounted(&staging));
     s.d.delete(&id).await.expect("delete");
     s.d.delete(&id).await.expect("delete again");
+    assert!(!record.exists(), "the record outlived the delete");
+    let err = s.d.expand(&id, 30 * MIB).await.expect_err("expand a deleted volume");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // Staged again, it is empty: scratch.
     s.stage(&vol, &staging).await.expect("stage a second time");

@@ -1,19 +1,19 @@
 """tmpfs-py: scratch volumes as size-limited tmpfs mounts, in Python.
 
 A wasmcsi plugin built with componentize-py against `wit/` (world
-`plugin`); `make plugin-py` builds it. Volumes are stateless: CreateVolume
-makes nothing (the id is a hash of the name, the rounded size goes into the
-volume context), NodeStageVolume mounts a tmpfs of that size at the
+`plugin`); `make plugin-py` builds it. CreateVolume records the volume
+under the plugin's `fs` root (records.py; the id is a hash of the name, the
+rounded size also goes into the volume context), NodeStageVolume mounts a
+tmpfs of that size at the
 staging path through the host's `mount` capability, NodePublishVolume binds
 it into the pod, and NodeExpandVolume grows it in place
 (`mount.reconfigure` with a larger `size=`). The kernel enforces the size:
 a write past it fails with ENOSPC.
 
 The data is scratch: it lives in the node's memory (and swap) and is gone
-at NodeUnstageVolume (or a node reboot). DeleteVolume has nothing to
-remove. A create repeated with the same name is the same volume; as
-nothing is recorded, one asking another size is answered with the new size
-(it cannot be told apart from a retry).
+at NodeUnstageVolume (or a node reboot). DeleteVolume removes the record.
+A create repeated with the same name and a size range the volume fits is
+the same volume; one whose range it does not fit is ALREADY_EXISTS.
 """
 
 import functools
@@ -26,6 +26,7 @@ from wit_world.exports import controller, identity, node
 from wit_world.imports import environment, fs_info, mount
 from wit_world.imports import wasmcsi_plugin_types as types
 
+import records
 from sizes import MIB, Invalid, OutOfRange, Rules, parse_quantity
 
 NAME = "tmpfs-py"
@@ -53,6 +54,8 @@ def answers(f):
             raise fail(Code.OUT_OF_RANGE, str(e))
         except Invalid as e:
             raise fail(Code.INVALID_ARGUMENT, str(e))
+        except records.Corrupt as e:
+            raise fail(Code.INTERNAL, str(e))
         except Err:
             raise
         except Exception as e:  # a bug: say which
@@ -83,6 +86,35 @@ def rules():
 def check_id(volume_id):
     if not ID.match(volume_id):
         raise fail(Code.NOT_FOUND, f"volume {volume_id!r} was not made by {NAME}")
+
+
+def state_root():
+    """Where the volume records live: the `fs` root."""
+    root = environment.root()
+    if root is None:
+        raise fail(
+            Code.FAILED_PRECONDITION,
+            f"{NAME} keeps its volume records under a root directory: grant capabilities.fs",
+        )
+    return root
+
+
+def existing(volume_id):
+    """The volume's record; NOT_FOUND when it has none."""
+    check_id(volume_id)
+    record = records.read(state_root(), volume_id)
+    if record is None:
+        raise fail(Code.NOT_FOUND, f"volume {volume_id} does not exist")
+    return record
+
+
+def volume(volume_id, capacity):
+    return types.Volume(
+        volume_id=volume_id,
+        capacity_bytes=capacity,
+        volume_context=[(CAPACITY_KEY, str(capacity))],
+        content_source=None,
+    )
 
 
 def check_capability(cap):
@@ -123,27 +155,46 @@ class Controller(exports.Controller):
             check_capability(cap)
         if req.content_source is not None:
             raise fail(Code.INVALID_ARGUMENT, "a tmpfs volume starts empty: no content source")
-        size = rules().for_create(req.capacity.required_bytes, req.capacity.limit_bytes)
-        digest = hashlib.sha256(req.name.encode()).hexdigest()[:32]
-        return types.Volume(
-            volume_id=f"tmp-{digest}",
-            capacity_bytes=size,
-            volume_context=[(CAPACITY_KEY, str(size))],
-            content_source=None,
-        )
+        root = state_root()
+        volume_id = "tmp-" + hashlib.sha256(req.name.encode()).hexdigest()[:32]
+        required, limit = req.capacity.required_bytes, req.capacity.limit_bytes
+        record = records.read(root, volume_id)
+        if record is not None:
+            capacity = record["capacity"]
+            if record["name"] != req.name:
+                raise fail(Code.ALREADY_EXISTS, f"volume id {volume_id} is taken by {record['name']!r}")
+            too_small = required is not None and capacity < required
+            too_big = limit is not None and capacity > limit
+            if too_small or too_big:
+                raise fail(
+                    Code.ALREADY_EXISTS,
+                    f"volume {req.name!r} exists with {capacity} bytes, outside the range asked",
+                )
+            return volume(volume_id, capacity)
+        size = rules().for_create(required, limit)
+        records.write(root, volume_id, req.name, size)
+        return volume(volume_id, size)
 
     @answers
     def delete_volume(self, volume_id: str, secrets) -> None:
-        # Nothing was made; the tmpfs went at unstage.
-        return None
+        # The tmpfs went at unstage; the record goes now.
+        if ID.match(volume_id):
+            records.remove(state_root(), volume_id)
+
+    @answers
+    def get_volume(self, volume_id: str, secrets) -> types.Volume:
+        return volume(volume_id, existing(volume_id)["capacity"])
 
     @answers
     def expand_volume(self, req: controller.ExpandRequest) -> controller.ExpandResult:
-        check_id(req.volume_id)
-        size = rules().for_expand(None, req.capacity.required_bytes, req.capacity.limit_bytes)
+        record = existing(req.volume_id)
+        size = rules().for_expand(
+            record["capacity"], req.capacity.required_bytes, req.capacity.limit_bytes
+        )
+        if size != record["capacity"]:
+            records.write(state_root(), req.volume_id, record["name"], size)
         return controller.ExpandResult(capacity_bytes=size, node_expansion_required=True)
 
-    get_volume = unimplemented("get-volume")
     list_volumes = unimplemented("list-volumes")
     get_capacity = unimplemented("get-capacity")
     create_snapshot = unimplemented("create-snapshot")
