@@ -88,6 +88,15 @@ async fn each_misdeed_costs_one_request() {
         "HttpResponseBodySize",
     )
     .await;
+    // The same body, unannounced: cut off by the host as it grows.
+    expect_failure(
+        &s,
+        "big-response",
+        Some(&format!("{}/unannounced", s.origin)),
+        Code::ResourceExhausted,
+        "HttpResponseBodySize",
+    )
+    .await;
     // 9 MiB to a granted origin: refused by the host before it is sent.
     expect_failure(
         &s,

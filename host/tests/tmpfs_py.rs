@@ -313,7 +313,10 @@ async fn python_plugin_lifecycle_fill_expand_fill() {
     s.d.delete(&id).await.expect("delete");
     s.d.delete(&id).await.expect("delete again");
     assert!(!record.exists(), "the record outlived the delete");
-    let err = s.d.expand(&id, 30 * MIB).await.expect_err("expand a deleted volume");
+    let err =
+        s.d.expand(&id, 30 * MIB)
+            .await
+            .expect_err("expand a deleted volume");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // Staged again, it is empty: scratch.

@@ -3,7 +3,8 @@
 //! network only through `send_request` below, the host's send hook (as
 //! Spin enforces `allowed_outbound_hosts`): only to granted origins, with
 //! the grant's TLS settings, bounded in time by the call's deadline and in
-//! size both ways. Redirects are not followed by the host: the plugin sees
+//! size both ways. Bodies are whole in the host's memory (8 MiB at most)
+//! before they move on: a plugin sees a complete answer or an error code. Redirects are not followed by the host: the plugin sees
 //! the 3xx and any request it makes to the new location is checked like
 //! every other.
 
@@ -14,15 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::config::{HttpGrant, Origin};
 
 /// A request body larger than this is refused before anything is sent.
 const MAX_REQUEST_BYTES: usize = 8 << 20;
-/// A response body larger than this fails when the plugin reads past it.
+/// A response body larger than this fails the request.
 const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// A request's whole exchange, unless the call ends sooner.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,8 +126,9 @@ impl HttpCap {
                 )
             })?
             .map_err(transport_error)?;
-        // A body announced too big fails now, with its code; one that
-        // grows past the limit fails when read.
+        // The whole body is read before the plugin sees the head, so a body
+        // too big fails with its code (a failure inside the body stream
+        // reaches the guest without one) and no slow body holds a call.
         if resp
             .content_length()
             .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -141,9 +142,14 @@ impl HttpCap {
         if let Some(h) = builder.headers_mut() {
             *h = resp.headers().clone();
         }
-        let body = limited_body(resp, options.between_bytes_timeout.unwrap_or(whole));
+        let between = options.between_bytes_timeout.unwrap_or(whole);
+        let body = read_limited(resp, between).await?;
         builder
-            .body(body)
+            .body(
+                Full::new(body)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
             .map_err(|e| Refused(HttpError::InternalError(Some(e.to_string())), e.to_string()))
     }
 }
@@ -169,28 +175,31 @@ async fn collect_limited(mut body: WasiBody) -> Result<Bytes, Refused> {
     Ok(buf.into())
 }
 
-/// The response body as the plugin reads it: chunk by chunk, failing past
-/// `MAX_RESPONSE_BYTES` or when the server pauses longer than `between`.
-fn limited_body(resp: reqwest::Response, between: Duration) -> WasiBody {
-    let state = (resp, 0usize);
-    let chunks = futures_util::stream::unfold(Some(state), move |state| async move {
-        let (mut resp, read) = state?;
-        let next = match tokio::time::timeout(between, resp.chunk()).await {
-            Err(_) => Err(HttpError::HttpResponseTimeout),
-            Ok(Err(e)) => Err(transport_error(e).0),
-            Ok(Ok(None)) => return None,
-            Ok(Ok(Some(chunk))) if read + chunk.len() > MAX_RESPONSE_BYTES => {
-                Err(HttpError::HttpResponseBodySize(None))
-            }
-            Ok(Ok(Some(chunk))) => {
-                let read = read + chunk.len();
-                return Some((Ok(Frame::data(chunk)), Some((resp, read))));
-            }
+/// The response body, failing past `MAX_RESPONSE_BYTES` or when the
+/// server pauses longer than `between`.
+async fn read_limited(mut resp: reqwest::Response, between: Duration) -> Result<Bytes, Refused> {
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(between, resp.chunk())
+            .await
+            .map_err(|_| {
+                Refused(
+                    HttpError::HttpResponseTimeout,
+                    format!("the response body paused over {between:?}"),
+                )
+            })?
+            .map_err(transport_error)?;
+        let Some(chunk) = chunk else {
+            return Ok(body.into());
         };
-        // An error ends the body.
-        Some((next, None))
-    });
-    StreamBody::new(chunks).boxed_unsync()
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(Refused(
+                HttpError::HttpResponseBodySize(None),
+                format!("response body exceeds {MAX_RESPONSE_BYTES} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
 }
 
 fn transport_error(e: reqwest::Error) -> Refused {

@@ -18,7 +18,9 @@ pub fn hostile_wasm() -> PathBuf {
     BUILT.get_or_init(|| build_plugin("hostile")).clone()
 }
 
-/// A 127.0.0.1 server answering every request with `body_bytes` of zeros.
+/// A 127.0.0.1 server answering every request with `body_bytes` of zeros,
+/// announced by Content-Length, except at `/unannounced` (read until the
+/// server closes).
 pub fn serve_big_body(body_bytes: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -28,10 +30,15 @@ pub fn serve_big_body(body_bytes: usize) -> String {
             std::thread::spawn(move || {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {body_bytes}\r\nConnection: close\r\n\r\n"
-                );
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let unannounced = buf[..n].starts_with(b"GET /unannounced ");
+                let head = if unannounced {
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_string()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {body_bytes}\r\nConnection: close\r\n\r\n"
+                    )
+                };
                 let _ = stream.write_all(head.as_bytes());
                 let chunk = vec![0u8; 1 << 16];
                 let mut sent = 0;
