@@ -24,7 +24,7 @@ COMPONENTIZE_PY := $(shell sed -n 's/^componentize-py==//p' plugins/tmpfs-py/req
 
 plugin-py: $(PY_PLUGIN)
 
-$(PY_PLUGIN): wit/plugin.wit plugins/tmpfs-py/requirements.txt $(wildcard plugins/tmpfs-py/*.py)
+$(PY_PLUGIN): wit/plugin.wit $(wildcard wit/deps/*.wit) plugins/tmpfs-py/requirements.txt $(wildcard plugins/tmpfs-py/*.py)
 	@have=$$(componentize-py --version 2>/dev/null | awk '{print $$2}'); \
 	if [ -z "$$have" ]; then \
 	  printf '\n*** plugin-py: componentize-py is not installed: the Python plugin cannot be built.\n*** pip install -r plugins/tmpfs-py/requirements.txt\n\n' >&2; exit 1; \

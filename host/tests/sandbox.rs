@@ -375,10 +375,54 @@ async fn floods_are_bounded_per_call_and_cost_only_their_call() {
     );
     assert_back_to("big-error", &s, pid, before, 64 << 10);
 
+    // HTTP: two calls each start 12 requests for 7 MiB at once over raw
+    // wasi:http and read none: the host keeps at most 32 MiB of bodies per
+    // call (4 whole answers), refuses the rest, and frees all at the end.
+    let url = format!("{}/bytes/{}", s.origin, 7 << 20);
+    let before = footprint(pid, &s.d);
+    let flood = || {
+        let mut client = s.d.client.clone();
+        let req = hostile_req("http-flood", Some(&url));
+        async move { client.controller.create_volume(req).await }
+    };
+    let (results, _) = during(&s.d, "http-flood", async { tokio::join!(flood(), flood()) }).await;
+    for r in [results.0, results.1] {
+        let vol = r
+            .expect("an http flood answers")
+            .into_inner()
+            .volume
+            .unwrap();
+        let detail = &vol.volume_context["detail"];
+        eprintln!("http-flood: {detail}");
+        let whole: usize = detail.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (1..=4).contains(&whole),
+            "{detail}: a call held more than 32 MiB"
+        );
+        assert!(
+            detail.ends_with(&format!("{} refused", 12 - whole)),
+            "{detail}"
+        );
+    }
+    assert_back_to("http-flood", &s, pid, before, 64 << 10);
+
+    // 500 requests the host refuses, one after the other: the driver's log
+    // takes a few lines of them, not 500.
+    let before = footprint(pid, &s.d);
+    let spam = create(&s, "http-spam").await.expect("refusals are answers");
+    assert_eq!(spam.volume_context["detail"], "0 whole, 500 refused");
+    assert_back_to("http-spam", &s, pid, before, 8 << 10);
+
     let (peak_fds, peak_rss) = sampler.peak();
     eprintln!(
         "floods: peak {peak_fds} fds, peak RSS {peak_rss} KiB (base {} fds, {} KiB)",
         base.fds, base.rss_kib
+    );
+    // The largest flood is the two HTTP calls' 64 MiB of bodies.
+    assert!(
+        peak_rss < base.rss_kib + (64 + 48) * 1024,
+        "peak RSS {peak_rss} KiB over base {} KiB",
+        base.rss_kib
     );
 }
 

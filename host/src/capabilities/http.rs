@@ -10,12 +10,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::config::{HttpGrant, Origin};
@@ -27,6 +29,16 @@ const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// A request's whole exchange, unless the call ends sooner.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one call may have in flight at once (wasi:http lets a plugin
+/// start many before waiting for any); more wait their turn.
+const IN_FLIGHT_PER_CALL: usize = 4;
+/// Body bytes, both ways, one call may make the host hold in all: a
+/// response stays in the host until the plugin reads it, so without this
+/// a call could park many full bodies.
+const BODY_BYTES_PER_CALL: usize = 32 << 20;
+/// Failed requests of one call the host logs; a plugin retrying in a loop
+/// must not flood the driver's log past its own log budget.
+const LOGGED_FAILURES_PER_CALL: usize = 8;
 
 /// What a plugin's `http` grant allows, built once per plugin.
 pub struct HttpCap {
@@ -85,8 +97,9 @@ impl HttpCap {
         &self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-        ends: Instant,
+        call: &CallBounds,
     ) -> Result<http::Response<WasiBody>, Refused> {
+        let ends = call.ends;
         let url = self.check(request.uri())?;
         let left = ends.saturating_duration_since(Instant::now());
         let whole = DEFAULT_TIMEOUT.min(left);
@@ -98,7 +111,7 @@ impl HttpCap {
         }
         let options = options.unwrap_or_default();
         let (parts, body) = request.into_parts();
-        let body = collect_limited(body).await?;
+        let body = collect_limited(body, &call.body_bytes).await?;
         let mut headers = parts.headers;
         // reqwest names the host from the URL; a plugin cannot say another.
         headers.remove(http::header::HOST);
@@ -127,8 +140,8 @@ impl HttpCap {
             })?
             .map_err(transport_error)?;
         // The whole body is read before the plugin sees the head, so a body
-        // too big fails with its code (a failure inside the body stream
-        // reaches the guest without one) and no slow body holds a call.
+        // too big or too slow fails with its code: a failure inside the body
+        // stream would reach the guest without one.
         if resp
             .content_length()
             .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -143,7 +156,7 @@ impl HttpCap {
             *h = resp.headers().clone();
         }
         let between = options.between_bytes_timeout.unwrap_or(whole);
-        let body = read_limited(resp, between).await?;
+        let body = read_limited(resp, between, &call.body_bytes).await?;
         builder
             .body(
                 Full::new(body)
@@ -158,7 +171,7 @@ impl HttpCap {
 /// the reason the host logs (wasi:http's error codes carry none).
 struct Refused(HttpError, String);
 
-async fn collect_limited(mut body: WasiBody) -> Result<Bytes, Refused> {
+async fn collect_limited(mut body: WasiBody, budget: &ByteBudget) -> Result<Bytes, Refused> {
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Refused(e, "reading the request body".into()))?;
@@ -169,6 +182,7 @@ async fn collect_limited(mut body: WasiBody) -> Result<Bytes, Refused> {
                     format!("request body exceeds {MAX_REQUEST_BYTES} bytes"),
                 ));
             }
+            budget.take(data.len(), HttpError::HttpRequestBodySize(None))?;
             buf.extend_from_slice(&data);
         }
     }
@@ -177,7 +191,11 @@ async fn collect_limited(mut body: WasiBody) -> Result<Bytes, Refused> {
 
 /// The response body, failing past `MAX_RESPONSE_BYTES` or when the
 /// server pauses longer than `between`.
-async fn read_limited(mut resp: reqwest::Response, between: Duration) -> Result<Bytes, Refused> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    between: Duration,
+    budget: &ByteBudget,
+) -> Result<Bytes, Refused> {
     let mut body = Vec::new();
     loop {
         let chunk = tokio::time::timeout(between, resp.chunk())
@@ -198,6 +216,7 @@ async fn read_limited(mut resp: reqwest::Response, between: Duration) -> Result<
                 format!("response body exceeds {MAX_RESPONSE_BYTES} bytes"),
             ));
         }
+        budget.take(chunk.len(), HttpError::HttpResponseBodySize(None))?;
         body.extend_from_slice(&chunk);
     }
 }
@@ -227,11 +246,36 @@ fn transport_error(e: reqwest::Error) -> Refused {
     Refused(code, message)
 }
 
+/// Body bytes a call may still make the host hold; taken, never given
+/// back (a call is short).
+struct ByteBudget(AtomicUsize);
+
+impl ByteBudget {
+    fn take(&self, n: usize, code: HttpError) -> Result<(), Refused> {
+        let taken = self.0.fetch_add(n, Ordering::Relaxed) + n;
+        if taken > BODY_BYTES_PER_CALL {
+            return Err(Refused(
+                code,
+                format!("the call's HTTP bodies exceed {BODY_BYTES_PER_CALL} bytes in all"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What bounds one call's requests together.
+struct CallBounds {
+    ends: Instant,
+    in_flight: Arc<Semaphore>,
+    body_bytes: ByteBudget,
+    failures: AtomicUsize,
+}
+
 /// The wasi:http hooks of one call.
 pub struct CallHttp {
     plugin: Arc<str>,
     cap: Option<Arc<HttpCap>>,
-    ends: Instant,
+    bounds: Arc<CallBounds>,
 }
 
 impl CallHttp {
@@ -239,7 +283,12 @@ impl CallHttp {
         CallHttp {
             plugin: plugin.into(),
             cap,
-            ends,
+            bounds: Arc::new(CallBounds {
+                ends,
+                in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_CALL)),
+                body_bytes: ByteBudget(AtomicUsize::new(0)),
+                failures: AtomicUsize::new(0),
+            }),
         }
     }
 }
@@ -270,11 +319,15 @@ impl WasiHttpHooks for CallHttp {
     ) -> SendFuture {
         let plugin = self.plugin.clone();
         let cap = self.cap.clone();
-        let ends = self.ends;
+        let bounds = self.bounds.clone();
         let uri = request.uri().clone();
         Box::new(async move {
             let result = match cap {
-                Some(cap) => cap.send(request, options, ends).await,
+                Some(cap) => {
+                    // Closed never: the semaphore lives as long as `bounds`.
+                    let _turn = bounds.in_flight.clone().acquire_owned().await;
+                    cap.send(request, options, &bounds).await
+                }
                 None => Err(Refused(
                     HttpError::HttpRequestDenied,
                     format!("capability http is not granted to plugin {plugin}"),
@@ -291,7 +344,12 @@ impl WasiHttpHooks for CallHttp {
                     Ok((resp, Box::new(done) as Box<dyn Future<Output = _> + Send>))
                 }
                 Err(Refused(code, reason)) => {
-                    tracing::warn!(plugin = %plugin, url = %uri, %reason, "http: request failed");
+                    let n = bounds.failures.fetch_add(1, Ordering::Relaxed);
+                    if n < LOGGED_FAILURES_PER_CALL {
+                        tracing::warn!(plugin = %plugin, url = %uri, %reason, "http: request failed");
+                    } else if n == LOGGED_FAILURES_PER_CALL {
+                        tracing::warn!(plugin = %plugin, "http: more requests of this call failed; not logged");
+                    }
                     Err(code)
                 }
             }
@@ -359,6 +417,24 @@ mod tests {
         assert!(Origin::parse("http://h:1/").is_ok());
         assert!(Origin::parse("http://h:1/v1").is_err());
         assert!(Origin::parse("ftp://h").is_err());
+    }
+
+    #[test]
+    fn a_calls_bodies_share_one_budget() {
+        let budget = ByteBudget(AtomicUsize::new(0));
+        for _ in 0..4 {
+            assert!(budget
+                .take(MAX_RESPONSE_BYTES, HttpError::HttpRequestDenied)
+                .is_ok());
+        }
+        let Err(Refused(code, why)) = budget.take(1, HttpError::HttpResponseBodySize(None)) else {
+            panic!("a fifth full body fitted");
+        };
+        assert!(
+            matches!(code, HttpError::HttpResponseBodySize(None)),
+            "{code:?}"
+        );
+        assert!(why.contains("in all"), "{why}");
     }
 
     #[test]

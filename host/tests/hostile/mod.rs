@@ -20,7 +20,7 @@ pub fn hostile_wasm() -> PathBuf {
 
 /// A 127.0.0.1 server answering every request with `body_bytes` of zeros,
 /// announced by Content-Length, except at `/unannounced` (read until the
-/// server closes).
+/// server closes); at `/bytes/N`, N bytes.
 pub fn serve_big_body(body_bytes: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -32,6 +32,12 @@ pub fn serve_big_body(body_bytes: usize) -> String {
                 let mut buf = [0u8; 4096];
                 let n = stream.read(&mut buf).unwrap_or(0);
                 let unannounced = buf[..n].starts_with(b"GET /unannounced ");
+                let asked = std::str::from_utf8(&buf[..n])
+                    .ok()
+                    .and_then(|r| r.strip_prefix("GET /bytes/"))
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+                let body_bytes = asked.unwrap_or(body_bytes);
                 let head = if unannounced {
                     "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_string()
                 } else {

@@ -177,6 +177,9 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
                 format!("status {} with {} bytes", resp.status, resp.body.len()),
             ))
         }
+        "http-flood" => http_flood(url, 12, true),
+        // Hundreds of requests the host refuses, one after the other.
+        "http-spam" => http_flood(url, 500, false),
         "mount" => {
             mount::bind(&root, "/etc/wasmcsi-hostile", false)?;
             Ok(volume("mount", "bound onto /etc".into()))
@@ -431,4 +434,43 @@ impl Node for Hostile {
         }
         Ok(stats)
     }
+}
+
+/// Many requests through raw wasi:http (no SDK), as a plugin written from
+/// the WIT alone could make them. `at_once`: all started before any is
+/// waited for, every answer held unread, so the host must bound what it
+/// keeps for the call; otherwise one after the other. Answers how many
+/// came back whole and how many the host refused.
+fn http_flood(url: &str, requests: usize, at_once: bool) -> Result<Volume> {
+    use wasip2::http::outgoing_handler::{self, FutureIncomingResponse};
+    use wasip2::http::types::{Fields, IncomingResponse, OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (mut pending, mut held, mut refused) = (vec![], vec![], 0);
+    let wait = |f: FutureIncomingResponse, held: &mut Vec<IncomingResponse>| {
+        f.subscribe().block();
+        match f.get() {
+            Some(Ok(Ok(resp))) => held.push(resp),
+            _ => return 1,
+        }
+        0
+    };
+    for _ in 0..requests {
+        let req = OutgoingRequest::new(Fields::new());
+        let _ = req.set_scheme(Some(&Scheme::Http));
+        let _ = req.set_authority(Some(authority));
+        let _ = req.set_path_with_query(Some(path));
+        match outgoing_handler::handle(req, None) {
+            Ok(f) if at_once => pending.push(f),
+            Ok(f) => refused += wait(f, &mut held),
+            Err(_) => refused += 1,
+        }
+    }
+    for f in pending {
+        refused += wait(f, &mut held);
+    }
+    Ok(volume(
+        "http-flood",
+        format!("{} whole, {refused} refused", held.len()),
+    ))
 }
