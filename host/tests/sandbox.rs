@@ -270,6 +270,34 @@ fn log_since(s: &Sandbox, from: u64) -> String {
     String::from_utf8_lossy(&all[from as usize..]).into_owned()
 }
 
+/// A plugin using an ordinary wasi:http client (waki, built against
+/// wasi:http 0.2.2, linked to the host's 0.2.12 by semver) reaches its
+/// granted origin and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordinary_wasi_http_client_works_within_the_grant() {
+    let s = start(10).await;
+    let url = format!("{}/bytes/1000", s.origin);
+    let vol =
+        s.d.client
+            .clone()
+            .controller
+            .create_volume(hostile_req("waki", Some(&url)))
+            .await
+            .expect("waki to the granted origin")
+            .into_inner()
+            .volume
+            .unwrap();
+    assert_eq!(vol.volume_context["detail"], "status 200 with 1000 bytes");
+    expect_failure(
+        &s,
+        "waki",
+        Some("http://127.0.0.1:9/"),
+        Code::Unavailable,
+        "HttpRequestDenied",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn floods_are_bounded_per_call_and_cost_only_their_call() {
     let s = start(10).await;

@@ -178,6 +178,23 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
             ))
         }
         "http-flood" => http_flood(url, 12, true),
+        // An off-the-shelf wasi:http client (waki, built on wasi:http
+        // 0.2.2): the host's grant holds for it as for any other.
+        "waki" => {
+            let resp = waki::Client::new()
+                .get(url)
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .send()
+                .map_err(|e| error(ErrorCode::Unavailable, format!("waki: {e:#}")))?;
+            let status = resp.status_code();
+            let body = resp
+                .body()
+                .map_err(|e| error(ErrorCode::Unavailable, format!("waki body: {e:#}")))?;
+            Ok(volume(
+                "waki",
+                format!("status {status} with {} bytes", body.len()),
+            ))
+        }
         // Hundreds of requests the host refuses, one after the other.
         "http-spam" => http_flood(url, 500, false),
         "mount" => {
