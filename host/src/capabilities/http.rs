@@ -176,14 +176,15 @@ async fn collect_limited(mut body: WasiBody, budget: &ByteBudget) -> Result<Byte
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Refused(e, "reading the request body".into()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_REQUEST_BYTES {
-                return Err(Refused(
-                    HttpError::HttpRequestBodySize(None),
-                    format!("request body exceeds {MAX_REQUEST_BYTES} bytes"),
-                ));
-            }
-            budget.take(data.len(), HttpError::HttpRequestBodySize(None))?;
-            buf.extend_from_slice(&data);
+            let too_big = || HttpError::HttpRequestBodySize(None);
+            append(
+                &mut buf,
+                &data,
+                MAX_REQUEST_BYTES,
+                too_big,
+                budget,
+                "request",
+            )?;
         }
     }
     Ok(buf.into())
@@ -210,15 +211,37 @@ async fn read_limited(
         let Some(chunk) = chunk else {
             return Ok(body.into());
         };
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(Refused(
-                HttpError::HttpResponseBodySize(None),
-                format!("response body exceeds {MAX_RESPONSE_BYTES} bytes"),
-            ));
-        }
-        budget.take(chunk.len(), HttpError::HttpResponseBodySize(None))?;
-        body.extend_from_slice(&chunk);
+        let too_big = || HttpError::HttpResponseBodySize(None);
+        append(
+            &mut body,
+            &chunk,
+            MAX_RESPONSE_BYTES,
+            too_big,
+            budget,
+            "response",
+        )?;
     }
+}
+
+/// Adds a chunk to a body, within the body's own limit and the call's
+/// budget; `too_big` is the code either refusal carries.
+fn append(
+    body: &mut Vec<u8>,
+    chunk: &[u8],
+    limit: usize,
+    too_big: fn() -> HttpError,
+    budget: &ByteBudget,
+    which: &str,
+) -> Result<(), Refused> {
+    if body.len() + chunk.len() > limit {
+        return Err(Refused(
+            too_big(),
+            format!("{which} body exceeds {limit} bytes"),
+        ));
+    }
+    budget.take(chunk.len(), too_big())?;
+    body.extend_from_slice(chunk);
+    Ok(())
 }
 
 fn transport_error(e: reqwest::Error) -> Refused {
