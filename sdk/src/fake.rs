@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::bindings::wasmcsi::plugin::fs_info::FsStats;
 use crate::bindings::wasmcsi::plugin::images::CopyMethod;
@@ -57,6 +58,13 @@ pub struct State {
     pub crash_at: Option<usize>,
     /// Every log line, in order.
     pub logs: Vec<LogLine>,
+    /// Answers `send`, saying how long the request took (the clock moves
+    /// on by that much); unset, `send` is UNAVAILABLE (no network).
+    #[allow(clippy::type_complexity)]
+    pub http: Option<Box<dyn FnMut(&Request) -> (Duration, Result<Response>)>>,
+    /// A simulated clock: `now` answers it, `sleep` moves it on. Unset,
+    /// real time.
+    pub clock: Option<Instant>,
 }
 
 /// A line the plugin logged: (level, message, fields).
@@ -494,9 +502,35 @@ impl Host for Fake {
 
     fn send(&self, req: Request) -> Result<Response> {
         self.step("send")?;
-        Err(err(
-            ErrorCode::Unavailable,
-            format!("the fake host has no network ({} {})", req.method, req.url),
-        ))
+        // Taken out while it runs: it may not borrow the state itself.
+        let mut http = self.st().http.take();
+        let answer = match http.as_mut() {
+            Some(answer) => {
+                let (took, result) = answer(&req);
+                self.sleep(took);
+                result
+            }
+            None => Err(err(
+                ErrorCode::Unavailable,
+                format!("the fake host has no network ({} {})", req.method, req.url),
+            )),
+        };
+        self.st().http = http;
+        answer
+    }
+
+    fn now(&self) -> Instant {
+        self.0.borrow().clock.unwrap_or_else(Instant::now)
+    }
+
+    fn sleep(&self, d: Duration) {
+        let mut s = self.st();
+        match s.clock.as_mut() {
+            Some(clock) => *clock += d,
+            None => {
+                drop(s);
+                std::thread::sleep(d)
+            }
+        }
     }
 }

@@ -152,6 +152,11 @@ impl<'h> Client<'h> {
                         body,
                     });
                 }
+                // A request cut short by the budget itself is the call out
+                // of time, not the server out of reach.
+                Err(e) if is_transport(&e) && self.remaining().is_zero() => {
+                    return Err(self.out_of_time(&format!("{method} {path}")));
+                }
                 Err(e) if is_transport(&e) => {
                     log(
                         self.host,
@@ -284,4 +289,66 @@ pub fn status_error(status: u16, a: &Answer, doing: &str) -> Error {
         code,
         format!("{doing}: XMS answered {status}: {}", a.message()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmcsi_plugin_sdk::fake::Fake;
+
+    fn timing(call_budget: Duration) -> Timing {
+        Timing {
+            poll_interval: Duration::from_millis(500),
+            call_budget,
+            request_timeout: Duration::from_secs(10),
+            attempts: 3,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    fn credentials() -> Credentials {
+        Credentials {
+            user: "admin".into(),
+            password: "admin".into(),
+        }
+    }
+
+    /// A request whose timeout the budget cut, timing out: the call is out
+    /// of time (DEADLINE_EXCEEDED), not the array out of reach.
+    #[test]
+    fn a_request_cut_short_by_the_budget_is_out_of_time() {
+        let fake = Fake::new("/nonexistent", "xfs");
+        fake.st().clock = Some(Instant::now());
+        fake.st().http = Some(Box::new(|req| {
+            let took = req.timeout.expect("every request has a timeout");
+            (
+                took,
+                Err(fail(ErrorCode::DeadlineExceeded, "no answer in time")),
+            )
+        }));
+        let mut client = Client::new(
+            &fake,
+            vec!["http://127.0.0.1:1".into()],
+            credentials(),
+            timing(Duration::from_secs(2)),
+        );
+        let err = client.send_anywhere("GET", "/v1/pools", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DeadlineExceeded, "{err:?}");
+        assert!(err.message.contains("call budget"), "{err:?}");
+        // The array really out of reach, with time left: UNAVAILABLE.
+        fake.st().http = Some(Box::new(|_| {
+            (
+                Duration::from_millis(5),
+                Err(fail(ErrorCode::Unavailable, "connection refused")),
+            )
+        }));
+        let mut client = Client::new(
+            &fake,
+            vec!["http://127.0.0.1:1".into()],
+            credentials(),
+            timing(Duration::from_secs(2)),
+        );
+        let err = client.send_anywhere("GET", "/v1/pools", None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    }
 }
