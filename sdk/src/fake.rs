@@ -414,25 +414,17 @@ impl Host for Fake {
         if s.mounts.contains_key(target) {
             return Err(err(ErrorCode::FailedPrecondition, "target busy"));
         }
-        if fs_type == "tmpfs" {
-            s.mounts.insert(
-                target.into(),
-                MountEntry {
-                    source: source.into(),
-                    fs_type: fs_type.into(),
-                    read_only: false,
-                },
-            );
-            s.mount_options.insert(target.into(), options.to_vec());
-            return Ok(());
-        }
-        let image = s
-            .loops
-            .get(source)
-            .map(|l| l.0.clone())
-            .ok_or_else(|| err(ErrorCode::NotFound, "no such device"))?;
-        if s.filesystems.get(&image).map(|f| f.0.as_str()) != Some(fs_type) {
-            return Err(err(ErrorCode::InvalidArgument, "wrong fs type"));
+        // A tmpfs's source is a name; anything else is an attached image
+        // holding that filesystem.
+        if fs_type != "tmpfs" {
+            let image = s
+                .loops
+                .get(source)
+                .map(|l| l.0.clone())
+                .ok_or_else(|| err(ErrorCode::NotFound, "no such device"))?;
+            if s.filesystems.get(&image).map(|f| f.0.as_str()) != Some(fs_type) {
+                return Err(err(ErrorCode::InvalidArgument, "wrong fs type"));
+            }
         }
         s.mounts.insert(
             target.into(),

@@ -313,6 +313,18 @@ mod tests {
         }
     }
 
+    /// What one request to a single server answers, through the fake's
+    /// network, within a call budget of 2 s.
+    fn one_request(fake: &Fake) -> Error {
+        let mut client = Client::new(
+            fake,
+            vec!["http://127.0.0.1:1".into()],
+            credentials(),
+            timing(Duration::from_secs(2)),
+        );
+        client.send_anywhere("GET", "/v1/pools", None).unwrap_err()
+    }
+
     /// A request whose timeout the budget cut, timing out: the call is out
     /// of time (DEADLINE_EXCEEDED), not the array out of reach.
     #[test]
@@ -326,13 +338,7 @@ mod tests {
                 Err(fail(ErrorCode::DeadlineExceeded, "no answer in time")),
             )
         }));
-        let mut client = Client::new(
-            &fake,
-            vec!["http://127.0.0.1:1".into()],
-            credentials(),
-            timing(Duration::from_secs(2)),
-        );
-        let err = client.send_anywhere("GET", "/v1/pools", None).unwrap_err();
+        let err = one_request(&fake);
         assert_eq!(err.code, ErrorCode::DeadlineExceeded, "{err:?}");
         assert!(err.message.contains("call budget"), "{err:?}");
         // The array really out of reach, with time left: UNAVAILABLE.
@@ -342,13 +348,7 @@ mod tests {
                 Err(fail(ErrorCode::Unavailable, "connection refused")),
             )
         }));
-        let mut client = Client::new(
-            &fake,
-            vec!["http://127.0.0.1:1".into()],
-            credentials(),
-            timing(Duration::from_secs(2)),
-        );
-        let err = client.send_anywhere("GET", "/v1/pools", None).unwrap_err();
+        let err = one_request(&fake);
         assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
     }
 }
