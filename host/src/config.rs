@@ -37,6 +37,11 @@ pub struct RuntimeConfig {
     /// changes (hot reload); 0 turns watching off.
     #[serde(default = "default_watch_interval", deserialize_with = "env::scalar")]
     pub watch_interval_ms: u64,
+    /// How long a plugin's load checks (its `info()`) may take, at start and
+    /// at every reload, whatever its `callTimeoutSeconds`: a version that
+    /// does not answer in time is refused and the old one keeps serving.
+    #[serde(default = "default_check_timeout", deserialize_with = "env::scalar")]
+    pub check_timeout_seconds: u64,
     /// How plugins with an OCI `source` are pulled (`runtime::oci`).
     #[serde(default)]
     pub registries: RegistriesConfig,
@@ -91,11 +96,16 @@ fn default_watch_interval() -> u64 {
     2000
 }
 
+fn default_check_timeout() -> u64 {
+    5
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             cache_dir: None,
             watch_interval_ms: default_watch_interval(),
+            check_timeout_seconds: default_check_timeout(),
             registries: RegistriesConfig::default(),
         }
     }
@@ -382,6 +392,9 @@ impl Config {
             if !dir.is_absolute() {
                 bail!("runtime.cacheDir {dir:?} must be an absolute path");
             }
+        }
+        if !(1..=300).contains(&self.runtime.check_timeout_seconds) {
+            bail!("runtime.checkTimeoutSeconds must be between 1 and 300");
         }
         self.runtime
             .registries

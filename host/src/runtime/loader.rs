@@ -4,21 +4,24 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
+use super::budget::{Budgets, CHECK_SLOTS};
 use super::cache::{ComponentCache, Origin};
 use super::engine::{self, EngineSizing};
 use super::state::CallState;
 use super::Plugin;
 use crate::config::{Config, PluginConfig, RegistriesConfig};
 
-/// The engine is sized for this many times the configured instances, so
-/// that a reload (old and new plugin side by side) still fits.
+/// The engine is sized for this many times the instances the plugins may
+/// hold (`budget`): each plugin is held to its own share, and the rest is
+/// room for a reload that raises limits, or for a removed plugin's last
+/// calls beside its successor's.
 const RELOAD_HEADROOM: u32 = 2;
 
 pub struct Loader {
@@ -29,6 +32,10 @@ pub struct Loader {
     sizing: EngineSizing,
     /// Registry access for plugins with an OCI `source`.
     registries: RegistriesConfig,
+    /// Each plugin name's call and instance slots, across its versions.
+    budgets: Budgets,
+    /// How long a new version's `info()` may take.
+    check_deadline: Duration,
 }
 
 /// What one config asks of the engine.
@@ -37,7 +44,7 @@ fn sizing_of(config: &Config) -> EngineSizing {
         instances: config
             .plugins
             .iter()
-            .map(|p| p.limits.max_concurrent_calls + 1)
+            .map(|p| p.limits.max_concurrent_calls + CHECK_SLOTS)
             .sum(),
         max_memory_bytes: config
             .plugins
@@ -74,6 +81,8 @@ impl Loader {
             node_id: config.driver.node_id.clone(),
             sizing,
             registries: config.runtime.registries.clone(),
+            budgets: Budgets::default(),
+            check_deadline: Duration::from_secs(config.runtime.check_timeout_seconds),
         })
     }
 
@@ -124,7 +133,29 @@ impl Loader {
         };
         crate::metrics::plugin_loaded(&config.name, source, started.elapsed());
         super::contract::check(&component, &self.engine)?;
-        let plugin = Plugin::new(&self.linker, &component, config, &self.node_id).await?;
+        let budget = self
+            .budgets
+            .of(&config.name, config.limits.max_concurrent_calls);
+        let plugin = Plugin::new(
+            &self.linker,
+            &component,
+            config,
+            &self.node_id,
+            budget.clone(),
+            self.check_deadline,
+        )
+        .await?;
+        // The version's limit applies from the moment it can serve; one
+        // that failed its checks leaves the serving one's limit in place.
+        if budget.max_calls() != config.limits.max_concurrent_calls {
+            tracing::info!(
+                plugin = %config.name,
+                from = budget.max_calls(),
+                to = config.limits.max_concurrent_calls,
+                "maxConcurrentCalls changed: calls in flight finish, new ones wait below the new limit"
+            );
+            budget.set_max_calls(config.limits.max_concurrent_calls);
+        }
         tracing::info!(
             plugin = %plugin.name,
             reports = %plugin.info.name,

@@ -1,6 +1,7 @@
 //! The wasm side of the host: one engine, plugins compiled once, a fresh
 //! store and instance per call.
 
+pub mod budget;
 pub mod cache;
 pub mod contract;
 pub mod engine;

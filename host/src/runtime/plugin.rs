@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::budget::Budget;
 use super::state::CallState;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
@@ -108,16 +108,31 @@ pub struct Plugin {
     exports: ExportIndices,
     grants: Arc<Grants>,
     limits: Limits,
-    permits: Semaphore,
+    /// The plugin name's call and instance slots, shared with every other
+    /// version loaded under that name.
+    budget: Arc<Budget>,
+}
+
+/// Which of the plugin's slots a run takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// A call: a call slot, then an instance slot.
+    Call,
+    /// A load's check: an instance slot of the few kept for checks, so that
+    /// a plugin whose calls are all busy can still be reloaded.
+    Check,
 }
 
 impl Plugin {
-    /// Links a compiled plugin, then asks who it is.
+    /// Links a compiled plugin, then asks who it is: `info()` must answer
+    /// within `check_deadline`, whatever the plugin's call timeout.
     pub async fn new(
         linker: &Linker<CallState>,
         component: &Component,
         config: &PluginConfig,
         node_id: &str,
+        budget: Arc<Budget>,
+        check_deadline: Duration,
     ) -> Result<Plugin> {
         let pre = linker
             .instantiate_pre(component)
@@ -146,10 +161,10 @@ impl Plugin {
             exports,
             grants,
             limits: config.limits.clone(),
-            permits: Semaphore::new(config.limits.max_concurrent_calls as usize),
+            budget,
         };
         plugin.info = plugin
-            .call("info", None, |p: &Identity, s| {
+            .run("info", Some(check_deadline), Slot::Check, |p: &Identity, s| {
                 Box::pin(async move { Ok(Ok(p.call_info(s).await?)) })
             })
             .await
@@ -176,6 +191,20 @@ impl Plugin {
         E: Exports,
         F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
     {
+        self.run(op, deadline, Slot::Call, f).await
+    }
+
+    async fn run<E, R, F>(
+        &self,
+        op: &'static str,
+        deadline: Option<Duration>,
+        slot: Slot,
+        f: F,
+    ) -> Result<R, CallFailure>
+    where
+        E: Exports,
+        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+    {
         // The caller's deadline less a margin, so that DEADLINE_EXCEEDED
         // reaches it before it gives up on its own (and sees only CANCELLED).
         let answer_by = deadline.map(|d| d.saturating_sub((d / 10).min(DEADLINE_MARGIN)));
@@ -189,11 +218,13 @@ impl Plugin {
         // One end for the whole call, the wait for a permit included.
         let ends = Instant::now() + timeout;
         let work = async {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
+            let _call = match slot {
+                Slot::Call => Some(self.budget.call().await),
+                Slot::Check => None,
+            };
+            // Declared before the store, so dropped after it: the slot is
+            // free only once the instance is gone.
+            let _instance = self.budget.instance().await;
             let state = CallState::new(self.grants.clone(), &self.limits, ends).map_err(|e| {
                 CallFailure::Instantiate {
                     plugin: self.name.clone(),
