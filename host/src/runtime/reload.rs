@@ -5,12 +5,19 @@
 //! is tried again every little while: the registry may come back). Polling metadata
 //! (device, inode, size, mtime) follows a ConfigMap's `..data` symlink
 //! swap as well as a file copied over in place, with no extra dependency.
+//!
+//! Each plugin reloads on its own: its load (pull, compile, the new
+//! version's `info()` under `runtime.checkTimeoutSeconds`) runs as a task of
+//! its own and is swapped in the moment it is done, so a version that hangs
+//! in its checks delays only its own reload, never another plugin's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use super::{Loader, Plugin};
 use crate::config::{Config, Overrides, PluginConfig};
@@ -63,6 +70,15 @@ pub struct Watcher {
     /// ...except one pulled from a registry, which may have been down:
     /// tried again from this time on.
     retry_pull: HashMap<String, Instant>,
+    /// Plugins with a load running: a newer version waits for it to end.
+    loading: HashSet<String>,
+}
+
+/// A load that ended, sent back by its task.
+struct Loaded {
+    name: String,
+    pulled: bool,
+    result: anyhow::Result<Arc<Plugin>>,
 }
 
 /// How long a failed pull waits before it is tried again.
@@ -93,27 +109,36 @@ impl Watcher {
                 .collect(),
             tried,
             retry_pull: HashMap::new(),
+            loading: HashSet::new(),
         }
     }
 
     /// Checks every `interval`, calling `swap` with each new plugin set.
     pub async fn run(mut self, interval: Duration, swap: impl Fn(Vec<Arc<Plugin>>) + Send) {
+        let (done, mut finished) = mpsc::unbounded_channel();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
-            if let Some(plugins) = self.check().await {
-                swap(plugins);
+            let changed = tokio::select! {
+                _ = ticker.tick() => self.check(&done),
+                Some(loaded) = finished.recv() => self.finish(loaded),
+            };
+            if changed {
+                swap(self.serving());
             }
         }
     }
 
-    /// One look; the new plugin set when anything was swapped.
-    async fn check(&mut self) -> Option<Vec<Arc<Plugin>>> {
+    /// One look: starts a load for each plugin whose version changed and
+    /// drops the plugins the config no longer names. True when that changed
+    /// the plugin set.
+    fn check(&mut self, done: &mpsc::UnboundedSender<Loaded>) -> bool {
         self.reread_config();
-        let mut changed = false;
         let wanted: Vec<PluginConfig> = self.config.plugins.clone();
         for p in &wanted {
+            if self.loading.contains(&p.name) {
+                continue;
+            }
             let version = Version::of(p);
             let retry_due = self
                 .retry_pull
@@ -124,23 +149,8 @@ impl Watcher {
             }
             self.tried.insert(p.name.clone(), version);
             self.retry_pull.remove(&p.name);
-            let result = self.loader.load(p).await;
-            if result.is_err() && p.source.is_some() {
-                self.retry_pull
-                    .insert(p.name.clone(), Instant::now() + RETRY_PULL);
-            }
-            match result {
-                Ok(plugin) => {
-                    tracing::info!(plugin = %p.name, "plugin reloaded: new calls use the new version");
-                    self.loaded.insert(p.name.clone(), plugin);
-                    changed = true;
-                }
-                Err(e) => tracing::error!(
-                    plugin = %p.name,
-                    error = format!("{e:#}"),
-                    "new plugin version rejected; the previous one (if any) keeps serving"
-                ),
-            }
+            self.loading.insert(p.name.clone());
+            self.start_load(p.clone(), done.clone());
         }
         let names: Vec<&String> = wanted.iter().map(|p| &p.name).collect();
         let before = self.loaded.len();
@@ -149,14 +159,68 @@ impl Watcher {
         self.retry_pull.retain(|name, _| names.contains(&name));
         if self.loaded.len() != before {
             tracing::info!("plugins removed from the config are unloaded");
-            changed = true;
+            return true;
         }
-        changed.then(|| {
-            wanted
-                .iter()
-                .filter_map(|p| self.loaded.get(&p.name).cloned())
-                .collect()
-        })
+        false
+    }
+
+    /// Loads one plugin in a task of its own; a panic in the load is a
+    /// failed load, so the plugin is never left marked as loading.
+    fn start_load(&self, config: PluginConfig, done: mpsc::UnboundedSender<Loaded>) {
+        let loader = self.loader.clone();
+        tokio::spawn(async move {
+            let name = config.name.clone();
+            let pulled = config.source.is_some();
+            let result = tokio::spawn(async move { loader.load(&config).await })
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("loading {name} failed: {e}")));
+            let _ = done.send(Loaded {
+                name,
+                pulled,
+                result,
+            });
+        });
+    }
+
+    /// Takes an ended load; true when a new version was swapped in.
+    fn finish(&mut self, loaded: Loaded) -> bool {
+        let Loaded {
+            name,
+            pulled,
+            result,
+        } = loaded;
+        self.loading.remove(&name);
+        if !self.config.plugins.iter().any(|p| p.name == name) {
+            // Removed from the config while it loaded.
+            return false;
+        }
+        match result {
+            Ok(plugin) => {
+                tracing::info!(plugin = %name, "plugin reloaded: new calls use the new version");
+                self.loaded.insert(name, plugin);
+                true
+            }
+            Err(e) => {
+                if pulled {
+                    self.retry_pull.insert(name.clone(), Instant::now() + RETRY_PULL);
+                }
+                tracing::error!(
+                    plugin = %name,
+                    error = format!("{e:#}"),
+                    "new plugin version rejected; the previous one (if any) keeps serving"
+                );
+                false
+            }
+        }
+    }
+
+    /// The serving plugins, in the config's order.
+    fn serving(&self) -> Vec<Arc<Plugin>> {
+        self.config
+            .plugins
+            .iter()
+            .filter_map(|p| self.loaded.get(&p.name).cloned())
+            .collect()
     }
 
     /// Takes a changed config file when it is valid and fits the engine.
