@@ -9,6 +9,7 @@ pub mod config;
 pub mod csi;
 pub mod dispatch;
 pub mod locks;
+pub mod logfmt;
 pub mod metrics;
 pub mod returns;
 pub mod runtime;

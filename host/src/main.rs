@@ -91,7 +91,7 @@ fn init_logging(format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(wasmcsi::logfmt::TextFields).init(),
         LogFormat::Json => builder.json().init(),
     }
 }

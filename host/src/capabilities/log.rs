@@ -6,10 +6,15 @@
 //! writes at most `limits.logLinesPerCall` lines and `logBytesPerCall`
 //! bytes. Past that budget lines are only counted, and a single line says
 //! how many were dropped when the call ends (however it ends).
+//!
+//! The plugin's words are values, never the host's message or field names:
+//! a line is `plugin log plugin="p" text="…" fields="k=\"v\" …"`, so in the
+//! text format (`crate::logfmt`, which quotes and escapes values) nothing a
+//! plugin says can read as another field or another plugin's line.
 
 use super::CallCaps;
 use crate::config::Limits;
-use crate::text::clip;
+use crate::text::{clip, quoted};
 use crate::wit::wasmcsi::plugin::log::{Host, Level};
 
 /// Longest message kept of one line, in bytes.
@@ -75,12 +80,28 @@ impl Drop for CallLog {
     }
 }
 
-/// One line's fields as `key="value"` pairs, each part cut.
+/// A plugin's field name as one word: anything but `[A-Za-z0-9_.-]` (a
+/// space, `=`, a quote, a control) becomes `_`.
+fn field_key(key: &str) -> String {
+    clip(key, MAX_KEY)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// One line's fields as `key="value"` pairs, each part cut; values quoted
+/// with their quotes escaped, so each pair stays one pair.
 fn render_fields(fields: &[(String, String)]) -> String {
     let mut out: Vec<String> = fields
         .iter()
         .take(MAX_FIELDS)
-        .map(|(k, v)| format!("{}=\"{}\"", clip(k, MAX_KEY), clip(v, MAX_VALUE)))
+        .map(|(k, v)| format!("{}={}", field_key(k), quoted(v, MAX_VALUE)))
         .collect();
     if fields.len() > MAX_FIELDS {
         out.push(format!("more_fields={}", fields.len() - MAX_FIELDS));
@@ -102,12 +123,13 @@ impl Host for CallCaps {
             return;
         }
         let plugin = self.grants.plugin.as_str();
+        let (text, fields) = (message.as_str(), fields.as_str());
         match level {
-            Level::Trace => tracing::trace!(plugin, %fields, "{message}"),
-            Level::Debug => tracing::debug!(plugin, %fields, "{message}"),
-            Level::Info => tracing::info!(plugin, %fields, "{message}"),
-            Level::Warn => tracing::warn!(plugin, %fields, "{message}"),
-            Level::Error => tracing::error!(plugin, %fields, "{message}"),
+            Level::Trace => tracing::trace!(plugin, text, fields, "plugin log"),
+            Level::Debug => tracing::debug!(plugin, text, fields, "plugin log"),
+            Level::Info => tracing::info!(plugin, text, fields, "plugin log"),
+            Level::Warn => tracing::warn!(plugin, text, fields, "plugin log"),
+            Level::Error => tracing::error!(plugin, text, fields, "plugin log"),
         }
     }
 }
@@ -161,7 +183,11 @@ mod tests {
         );
         assert_eq!(
             render_fields(&[("a\nb".into(), "x\u{1b}[2J".into())]),
-            "a\\nb=\"x\\u{1b}[2J\""
+            "a_nb=\"x\\u{1b}[2J\""
+        );
+        assert_eq!(
+            render_fields(&[("k x=\"".into(), "v\" plugin=\"local-dir".into())]),
+            r#"k_x__="v\" plugin=\"local-dir""#
         );
     }
 }
