@@ -282,3 +282,247 @@ async fn a_digest_mismatch_refuses_the_plugin_at_start() {
         "{stderr}"
     );
 }
+
+/// How many times the driver's log says `plugin` was reloaded.
+fn reloads_of(d: &TestDriver, plugin: &str) -> usize {
+    plain(&d.logs())
+        .lines()
+        .filter(|l| l.contains("plugin reloaded") && l.contains(&format!("plugin={plugin}")))
+        .count()
+}
+
+/// The config rewritten with `from` replaced by `to` (renamed into place).
+fn edit_config(d: &TestDriver, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    assert!(text.contains(from), "{from:?} not in the config:\n{text}");
+    replace_file(&d.config, text.replace(from, to).as_bytes());
+}
+
+/// The most intervals (`start,end` in ns) that overlap at one instant.
+fn most_at_once(intervals: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = intervals
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // At the same instant an end comes before a start.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// A local-dir volume made and deleted: the other plugin's good calls.
+async fn local_dir_round(d: &TestDriver, tag: &str) -> Result<(), String> {
+    let mut client = d.client.clone();
+    let vol = client
+        .controller
+        .create_volume(create_req(tag, 16 * MIB, &[("plugin", "local-dir")]))
+        .await
+        .map_err(|e| format!("local-dir create {tag}: {e}"))?
+        .into_inner()
+        .volume
+        .ok_or("no volume")?;
+    client
+        .controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: vol.volume_id,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("local-dir delete {tag}: {e}"))?;
+    Ok(())
+}
+
+/// The storm: 10 reloads in a few seconds of a plugin (limit 4)
+/// whose calls are held 4 s with 40 files open each, 5 more of them sent to
+/// every version. The permits belong to the plugin's name, so at most 4
+/// run at once whatever version they started on; the plugin's descriptors
+/// stay those of 4 calls; and local-dir (whose instances the pool must
+/// keep) loses no call. Before, every version brought 4 fresh permits:
+/// 44 calls at once, the engine's pool of 44 instances exhausted.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_in_flight_stay_within_the_limit_across_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = own_copy(dir.path());
+    let top = format!(
+        "runtime: {{ watchIntervalMs: 100, cacheDir: \"{}\" }}\n",
+        dir.path().join("cache").display()
+    );
+    let s = start_with(60, &wasm, "    settings: { flavor: v0 }\n", &top).await;
+    let pid = driver_pid(&s.d);
+    let before = footprint(pid, &s.d);
+    let sampler = Sampler::start(pid);
+    let hold = |d: &TestDriver| {
+        let mut c = d.client.clone();
+        tokio::spawn(async move {
+            let req = create_req(
+                "hold",
+                MIB,
+                &[("plugin", "hostile"), ("holdMs", "4000"), ("holdFiles", "40")],
+            );
+            let vol = c.controller.create_volume(req).await?.into_inner().volume;
+            let detail = vol.map(|v| v.volume_context["detail"].clone());
+            let (start, end) = detail.as_deref().unwrap_or("").split_once(',').unwrap();
+            Ok::<_, tonic::Status>((start.parse::<u128>().unwrap(), end.parse().unwrap()))
+        })
+    };
+    let storm = async {
+        let started = Instant::now();
+        let mut holds = Vec::new();
+        for version in 0..=10 {
+            holds.extend((0..5).map(|_| hold(&s.d)));
+            if version == 10 {
+                break;
+            }
+            edit_config(
+                &s.d,
+                &format!("flavor: v{version} "),
+                &format!("flavor: v{} ", version + 1),
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while reloads_of(&s.d, "hostile") < version + 1 {
+                assert!(Instant::now() < deadline, "reload {version} never landed\n{}", s.d.logs());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let took = started.elapsed();
+        // Long enough for the first held calls to end, while the pool would
+        // be at its fullest.
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        (holds, took)
+    };
+    let storm_done = std::sync::atomic::AtomicBool::new(false);
+    let good = async {
+        let mut rounds = 0;
+        let ends = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < ends {
+            if let Err(e) = local_dir_round(&s.d, &format!("pvc-storm-{rounds}")).await {
+                panic!("a good call failed during the reload storm: {e}\n{}", s.d.logs());
+            }
+            rounds += 1;
+            if storm_done.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+        }
+        rounds
+    };
+    let ((holds, took), rounds) = tokio::join!(
+        async {
+            let out = storm.await;
+            storm_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            out
+        },
+        good
+    );
+    let (peak_fds, _) = sampler.peak();
+    drop(sampler);
+    let mut intervals = Vec::new();
+    for h in holds {
+        if h.is_finished() {
+            if let Ok(Ok(interval)) = h.await {
+                intervals.push(interval);
+            }
+        } else {
+            h.abort();
+        }
+    }
+    eprintln!(
+        "10 reloads in {took:?}; {rounds} local-dir rounds; {} held calls ended; fds {} -> peak {peak_fds}",
+        intervals.len(),
+        before.fds
+    );
+    assert_eq!(reloads_of(&s.d, "hostile"), 10);
+    assert!(rounds >= 1);
+    assert!(
+        intervals.len() >= 4,
+        "held calls never ran: {}",
+        intervals.len()
+    );
+    let most = most_at_once(&intervals);
+    assert!(
+        most <= 4,
+        "{most} calls of a plugin limited to 4 ran at once across reloads"
+    );
+    // 4 calls' 40 files each (and their roots), with room for local-dir's
+    // calls and the driver's own; 44 calls at once would hold ~1,800.
+    assert!(
+        peak_fds <= before.fds + 4 * HANDLES + 100,
+        "the driver held {peak_fds} descriptors (from {})",
+        before.fds
+    );
+}
+
+/// A new version whose `info()` spins is refused within
+/// `runtime.checkTimeoutSeconds`, not the plugin's 60 s call timeout, and
+/// keeps the old version serving; meanwhile another plugin's reload, in the
+/// same config change, lands at once. Before, reloads ran one after
+/// another: the second plugin waited for the first's timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_check_holds_up_only_its_own_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let calm = format!(
+        "  - name: calm\n    path: {}\n    settings: {{ flavor: calm-a }}\n",
+        hostile_wasm().display()
+    );
+    let top = format!(
+        "{calm}runtime: {{ watchIntervalMs: 100, checkTimeoutSeconds: 6, cacheDir: \"{}\" }}\n",
+        dir.path().join("cache").display()
+    );
+    let s = start_with(60, &hostile_wasm(), "    settings: { flavor: a }\n", &top).await;
+    let calm_settings = |d: &TestDriver| {
+        let mut c = d.client.clone();
+        async move {
+            c.controller
+                .create_volume(create_req("settings", MIB, &[("plugin", "calm")]))
+                .await
+                .map(|r| r.into_inner().volume.unwrap().volume_context["detail"].clone())
+        }
+    };
+    assert_eq!(calm_settings(&s.d).await.unwrap(), "flavor=calm-a");
+    let rejected = |d: &TestDriver| {
+        plain(&d.logs())
+            .lines()
+            .any(|l| l.contains("new plugin version rejected") && l.contains("plugin=hostile"))
+    };
+
+    // hostile (listed first) gets a version that spins in info(); calm a
+    // plain new setting, in the same write.
+    let text = std::fs::read_to_string(&s.d.config).unwrap();
+    let changed = text
+        .replace("{ flavor: a }", "{ flavor: b, spinInfo: \"true\" }")
+        .replace("calm-a", "calm-b");
+    let started = Instant::now();
+    replace_file(&s.d.config, changed.as_bytes());
+    eventually("calm's reload", &s.d, || async {
+        calm_settings(&s.d).await.ok().as_deref() == Some("flavor=calm-b")
+    })
+    .await;
+    let calm_took = started.elapsed();
+    assert!(
+        !rejected(&s.d),
+        "calm's reload waited for hostile's check to fail ({calm_took:?})\n{}",
+        s.d.logs()
+    );
+    assert!(calm_took < Duration::from_secs(6), "calm took {calm_took:?}");
+
+    eventually("the spinning version's rejection", &s.d, || async {
+        rejected(&s.d)
+    })
+    .await;
+    let hostile_took = started.elapsed();
+    assert!(
+        hostile_took < Duration::from_secs(14),
+        "the check ran {hostile_took:?}: not the 6 s check deadline"
+    );
+    let line = plain(&s.d.logs())
+        .lines()
+        .find(|l| l.contains("new plugin version rejected"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("did not finish info"), "{line}");
+    assert_eq!(settings_seen(&s.d, "settings").await.unwrap(), "flavor=a");
+    still_serving(&s.d, "spinning-info").await;
+}

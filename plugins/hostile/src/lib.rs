@@ -6,6 +6,7 @@
 //! host must turn each misdeed into one failed request and keep serving.
 
 mod escapes;
+mod reloads;
 
 use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::log::{self, Level};
 use wasmcsi_plugin_sdk::bindings::wasmcsi::plugin::{environment, fs_info, mount};
@@ -251,6 +252,8 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
         }
         // Sleeps, then answers with the settings it sees: a reload in the
         // meantime must not change what this call sees.
+        "hold" => reloads::hold(req, &root),
+        "log-forge" => reloads::forge_log(),
         "slow" | "settings" => {
             if req.name == "slow" {
                 std::thread::sleep(std::time::Duration::from_secs(8));
@@ -274,6 +277,7 @@ fn settings_text() -> String {
 
 impl Identity for Hostile {
     fn info() -> PluginInfo {
+        reloads::spin_if_asked();
         // Capacity only when asked: the reload tests tell hostile from
         // local-dir by GetCapacity being unimplemented.
         let capacity = if environment::settings()
