@@ -317,8 +317,9 @@ async fn image_xfs_snapshot_restore_reflinked_on_btrfs() {
     .await;
     snapshot_and_restore(&mut d, &[], 300 * MIB, 400 * MIB).await;
     // btrfs shares the blocks: no data was copied.
-    assert!(d.logs().contains("method=\"reflink\""), "{}", d.logs());
-    assert!(!d.logs().contains("method=\"sparse\""));
+    // The plugin's fields, quoted inside the line's `fields="…"`.
+    assert!(d.logs().contains(r#"method=\"reflink\""#), "{}", d.logs());
+    assert!(!d.logs().contains(r#"method=\"sparse\""#));
 }
 
 #[tokio::test]
