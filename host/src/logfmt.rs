@@ -125,9 +125,9 @@ mod tests {
     #[test]
     fn display_values_and_messages_cannot_forge_fields_or_lines() {
         let forged = "x\" plugin=\"local-dir\" level=INFO forged=\"1";
-        let out = line(|| {
-            tracing::info!(plugin = "hostile", detail = %forged, n = 3, word = %"Compiled", "said\u{2028}INFO next")
-        });
+        let out = line(
+            || tracing::info!(plugin = "hostile", detail = %forged, n = 3, word = %"Compiled", "said\u{2028}INFO next"),
+        );
         assert_eq!(out.lines().count(), 1, "{out}");
         assert_eq!(
             out.trim_end(),

@@ -87,7 +87,7 @@ mod tests {
         let cut = clip(&long, 11);
         assert_eq!(cut, format!("ééééé… [{} more bytes cut]", 2000 - 10));
         assert!(clip(&"x".repeat(16 << 20), 1024).len() < 1100);
-        }
+    }
 
     #[test]
     fn quoted_values_cannot_end_early_or_break_the_line() {
@@ -96,7 +96,9 @@ mod tests {
             r#""x\" plugin=\"local-dir\" forged=\"1""#
         );
         assert_eq!(quoted("a\\", 64), r#""a\\""#);
-        for sep in ['\u{85}', '\u{2028}', '\u{2029}', '\u{b}', '\u{c}', '\u{2066}', '\u{61c}'] {
+        for sep in [
+            '\u{85}', '\u{2028}', '\u{2029}', '\u{b}', '\u{c}', '\u{2066}', '\u{61c}',
+        ] {
             let q = quoted(&format!("a{sep}b"), 64);
             assert!(!q.contains(sep), "{sep:?} kept in {q}");
             assert!(q.contains("\\u{"), "{q}");

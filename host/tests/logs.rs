@@ -72,11 +72,15 @@ fn logfmt_pairs(line: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_logfmt_reader_sees_a_forged_field() {
-    let pairs = logfmt_pairs(r#"INFO x: x" plugin="local-dir" forged="1 a" plugin=hostile t="q\"p""#);
+    let pairs =
+        logfmt_pairs(r#"INFO x: x" plugin="local-dir" forged="1 a" plugin=hostile t="q\"p""#);
     let plugins: Vec<_> = pairs.iter().filter(|(k, _)| k == "plugin").collect();
     assert_eq!(plugins.len(), 2, "{pairs:?}");
     assert_eq!(plugins[0].1, "local-dir");
-    assert_eq!(pairs.last().unwrap(), &("t".to_string(), "q\"p".to_string()));
+    assert_eq!(
+        pairs.last().unwrap(),
+        &("t".to_string(), "q\"p".to_string())
+    );
 }
 
 /// The hostile plugin logs `x" plugin="local-dir" level=INFO forged="1`,
@@ -94,7 +98,10 @@ async fn a_plugin_cannot_forge_another_plugins_log_line() {
         .expect("log-forge");
     let logs = plain(&s.d.logs());
     let forging: Vec<&str> = logs.lines().filter(|l| l.contains("forged")).collect();
-    assert!(forging.len() >= 3, "the plugin's lines are missing:\n{logs}");
+    assert!(
+        forging.len() >= 3,
+        "the plugin's lines are missing:\n{logs}"
+    );
     for line in &forging {
         let pairs = logfmt_pairs(line);
         let plugins: Vec<&str> = pairs

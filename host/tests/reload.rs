@@ -355,13 +355,22 @@ async fn calls_in_flight_stay_within_the_limit_across_reloads() {
     let pid = driver_pid(&s.d);
     let before = footprint(pid, &s.d);
     let sampler = Sampler::start(pid);
+    let next_hold = std::sync::atomic::AtomicUsize::new(0);
     let hold = |d: &TestDriver| {
         let mut c = d.client.clone();
+        let name = format!(
+            "hold-{}",
+            next_hold.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         tokio::spawn(async move {
             let req = create_req(
-                "hold",
+                &name,
                 MIB,
-                &[("plugin", "hostile"), ("holdMs", "4000"), ("holdFiles", "40")],
+                &[
+                    ("plugin", "hostile"),
+                    ("holdMs", "4000"),
+                    ("holdFiles", "40"),
+                ],
             );
             let vol = c.controller.create_volume(req).await?.into_inner().volume;
             let detail = vol.map(|v| v.volume_context["detail"].clone());
@@ -384,14 +393,21 @@ async fn calls_in_flight_stay_within_the_limit_across_reloads() {
             );
             let deadline = Instant::now() + Duration::from_secs(15);
             while reloads_of(&s.d, "hostile") < version + 1 {
-                assert!(Instant::now() < deadline, "reload {version} never landed\n{}", s.d.logs());
+                assert!(
+                    Instant::now() < deadline,
+                    "reload {version} never landed\n{}",
+                    s.d.logs()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let took = started.elapsed();
-        // Long enough for the first held calls to end, while the pool would
-        // be at its fullest.
-        tokio::time::sleep(Duration::from_millis(4500)).await;
+        // Two waves of held calls end (the old code's pool was at its
+        // fullest meanwhile), or 20 s pass.
+        let waves = Instant::now() + Duration::from_secs(20);
+        while holds.iter().filter(|h| h.is_finished()).count() < 8 && Instant::now() < waves {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         (holds, took)
     };
     let storm_done = std::sync::atomic::AtomicBool::new(false);
@@ -400,7 +416,10 @@ async fn calls_in_flight_stay_within_the_limit_across_reloads() {
         let ends = Instant::now() + Duration::from_secs(60);
         while Instant::now() < ends {
             if let Err(e) = local_dir_round(&s.d, &format!("pvc-storm-{rounds}")).await {
-                panic!("a good call failed during the reload storm: {e}\n{}", s.d.logs());
+                panic!(
+                    "a good call failed during the reload storm: {e}\n{}",
+                    s.d.logs()
+                );
             }
             rounds += 1;
             if storm_done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -422,8 +441,9 @@ async fn calls_in_flight_stay_within_the_limit_across_reloads() {
     let mut intervals = Vec::new();
     for h in holds {
         if h.is_finished() {
-            if let Ok(Ok(interval)) = h.await {
-                intervals.push(interval);
+            match h.await {
+                Ok(Ok(interval)) => intervals.push(interval),
+                other => eprintln!("a held call: {other:?}"),
             }
         } else {
             h.abort();
@@ -437,7 +457,7 @@ async fn calls_in_flight_stay_within_the_limit_across_reloads() {
     assert_eq!(reloads_of(&s.d, "hostile"), 10);
     assert!(rounds >= 1);
     assert!(
-        intervals.len() >= 4,
+        intervals.len() >= 8,
         "held calls never ran: {}",
         intervals.len()
     );
@@ -506,7 +526,10 @@ async fn a_hanging_check_holds_up_only_its_own_reload() {
         "calm's reload waited for hostile's check to fail ({calm_took:?})\n{}",
         s.d.logs()
     );
-    assert!(calm_took < Duration::from_secs(6), "calm took {calm_took:?}");
+    assert!(
+        calm_took < Duration::from_secs(6),
+        "calm took {calm_took:?}"
+    );
 
     eventually("the spinning version's rejection", &s.d, || async {
         rejected(&s.d)

@@ -148,7 +148,10 @@ mod tests {
         let _a = v1.call().await;
         let _b = v2.call().await;
         let third = tokio::time::timeout(Duration::from_millis(50), v2.call()).await;
-        assert!(third.is_err(), "a new version must not hand out fresh permits");
+        assert!(
+            third.is_err(),
+            "a new version must not hand out fresh permits"
+        );
         assert!(!Arc::ptr_eq(&v1, &budgets.of("q", 2)));
     }
 

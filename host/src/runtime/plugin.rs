@@ -164,9 +164,12 @@ impl Plugin {
             budget,
         };
         plugin.info = plugin
-            .run("info", Some(check_deadline), Slot::Check, |p: &Identity, s| {
-                Box::pin(async move { Ok(Ok(p.call_info(s).await?)) })
-            })
+            .run(
+                "info",
+                Some(check_deadline),
+                Slot::Check,
+                |p: &Identity, s| Box::pin(async move { Ok(Ok(p.call_info(s).await?)) }),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("asking the plugin who it is: {e}"))?;
         crate::returns::plugin_info(&plugin.name, &plugin.info)

@@ -202,7 +202,8 @@ impl Watcher {
             }
             Err(e) => {
                 if pulled {
-                    self.retry_pull.insert(name.clone(), Instant::now() + RETRY_PULL);
+                    self.retry_pull
+                        .insert(name.clone(), Instant::now() + RETRY_PULL);
                 }
                 tracing::error!(
                     plugin = %name,

@@ -252,7 +252,8 @@ fn misbehave(req: &CreateVolumeRequest) -> Result<Volume> {
         }
         // Sleeps, then answers with the settings it sees: a reload in the
         // meantime must not change what this call sees.
-        "hold" => reloads::hold(req, &root),
+        // Distinct names: the host serializes calls for one name.
+        held if held.starts_with("hold-") => reloads::hold(req, &root),
         "log-forge" => reloads::forge_log(),
         "slow" | "settings" => {
             if req.name == "slow" {

@@ -19,7 +19,7 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-/// Holds `holdFiles` open files of its root (default 40) for `holdMs`
+/// `hold-*`: holds `holdFiles` open files of its root (default 40) for `holdMs`
 /// (default 3000), then answers with when it started and ended (ns since
 /// the epoch, `start,end`): the test counts the calls that overlapped.
 pub fn hold(req: &CreateVolumeRequest, root: &str) -> Result<Volume> {
