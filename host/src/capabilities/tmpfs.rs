@@ -49,10 +49,12 @@ pub struct MemoryBound {
 }
 
 impl MemoryBound {
+    /// The bound in whole pages (what a tmpfs is made of), at least one.
     pub fn new(max_bytes: u64) -> MemoryBound {
+        let pages = (max_bytes / page_size()).max(1);
         MemoryBound {
-            max_bytes,
-            max_inodes: (max_bytes / page_size()).max(1),
+            max_bytes: pages * page_size(),
+            max_inodes: pages,
             ram_bytes: node_memory_bytes().unwrap_or(0),
         }
     }
