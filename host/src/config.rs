@@ -198,6 +198,10 @@ pub struct Limits {
     /// Log bytes (messages and fields, after cutting) one call may write.
     #[serde(default = "default_log_bytes", deserialize_with = "env::scalar")]
     pub log_bytes_per_call: u64,
+    /// Loop devices the plugin may have attached at once (over all its
+    /// calls, counted on the node); one more is RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_loop_devices", deserialize_with = "env::scalar")]
+    pub max_loop_devices: u32,
 }
 
 fn default_memory_bytes() -> u64 {
@@ -218,6 +222,9 @@ fn default_log_lines() -> u32 {
 fn default_log_bytes() -> u64 {
     64 << 10
 }
+fn default_max_loop_devices() -> u32 {
+    256
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -228,6 +235,7 @@ impl Default for Limits {
             max_open_handles: default_max_open_handles(),
             log_lines_per_call: default_log_lines(),
             log_bytes_per_call: default_log_bytes(),
+            max_loop_devices: default_max_loop_devices(),
         }
     }
 }
@@ -275,6 +283,17 @@ pub struct MountGrant {
     /// appended to this file (one JSON line each) instead of performed.
     #[serde(default)]
     pub record_network_mounts: Option<PathBuf>,
+    /// Bytes of node memory the plugin's tmpfs mounts may take: each one,
+    /// and all its live ones together. Default: a quarter of the node's
+    /// memory (MemTotal, read at start).
+    #[serde(default = "default_tmpfs_max_bytes", deserialize_with = "env::scalar")]
+    pub tmpfs_max_bytes: u64,
+}
+
+fn default_tmpfs_max_bytes() -> u64 {
+    crate::capabilities::tmpfs::node_memory_bytes()
+        .map(|bytes| bytes / 4)
+        .unwrap_or(1 << 30)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -471,6 +490,9 @@ impl PluginConfig {
         if l.log_bytes_per_call > (64 << 20) {
             bail!("limits.logBytesPerCall must be at most 64 MiB");
         }
+        if l.max_loop_devices > 4096 {
+            bail!("limits.maxLoopDevices must be at most 4096");
+        }
         let caps = &self.capabilities;
         if let Some(fs) = &caps.fs {
             if !fs.root.is_absolute() {
@@ -496,6 +518,9 @@ impl PluginConfig {
                 if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
                     bail!("capabilities.mount.types entry {t:?} is not a filesystem type name");
                 }
+            }
+            if mount.tmpfs_max_bytes < 4096 {
+                bail!("capabilities.mount.tmpfsMaxBytes must be at least 4096 (one page)");
             }
         }
         if let Some(http) = &caps.http {

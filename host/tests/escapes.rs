@@ -3,8 +3,10 @@
 //! another), tries to reach past them through the host's capabilities:
 //! links of its own (dangling, climbing, swapped in by a second call in the
 //! middle of the first), mount options that name devices or take the node
-//! down, devices and places that are not its own, quota calls on what is
-//! not a subvolume beneath its root, a filesystem that never answers.
+//! down, devices and places that are not its own, another pod's volumes
+//! under the same prefix, tmpfs sizes past the grant (or wrapping to
+//! unlimited), loop devices hoarded, quota calls on what is not a
+//! subvolume beneath its root, a filesystem that never answers.
 //! After each attempt the whole node is checked — canary files outside the
 //! grants, the mount table, loop devices, the driver's descriptors — and
 //! good calls made during the attempt must all succeed.
@@ -30,6 +32,10 @@ struct Node {
 
 const CANARY_BYTES: &[u8] = b"must never change";
 
+/// The hostile plugin's `limits.maxLoopDevices` here: small, so that the
+/// bound is reached in a few attaches.
+const MAX_LOOPS: usize = 4;
+
 impl Node {
     async fn start() -> Node {
         let hostile_root = tempfile::Builder::new()
@@ -49,11 +55,11 @@ impl Node {
         let extra = format!(
             r#"  - name: hostile
     path: {wasm}
-    limits: {{ memoryBytes: {mem}, callTimeoutSeconds: 60, maxConcurrentCalls: 16 }}
+    limits: {{ memoryBytes: {mem}, callTimeoutSeconds: 60, maxConcurrentCalls: 16, maxLoopDevices: {MAX_LOOPS} }}
     capabilities:
       fs: {{ root: "{root}" }}
       quota: {{}}
-      mount: {{ types: [xfs, ext4], targetPrefixes: ["${{TEST_KUBELET}}"] }}
+      mount: {{ types: [xfs, ext4, tmpfs], targetPrefixes: ["${{TEST_KUBELET}}"] }}
 "#,
             wasm = hostile_wasm().display(),
             mem = 64 * MIB,
@@ -81,6 +87,17 @@ impl Node {
 
     async fn attempt(&self, name: &str, context: &[(&str, &str)]) -> Result<(), tonic::Status> {
         let target = self.kubelet().join("pods").join(name);
+        self.attempt_at(name, &target, context).await
+    }
+
+    /// The escape `name` (`name#n` for another volume id) with the target
+    /// path the CO names.
+    async fn attempt_at(
+        &self,
+        name: &str,
+        target: &Path,
+        context: &[(&str, &str)],
+    ) -> Result<(), tonic::Status> {
         let mut context: HashMap<String, String> = context
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -180,8 +197,23 @@ fn driver_fds(d: &TestDriver) -> usize {
 }
 
 async fn expect(node: &Node, name: &str, context: &[(&str, &str)], want: Code, says: &str) {
+    let target = node.kubelet().join("pods").join(name);
+    expect_at(node, name, &target, context, want, says).await
+}
+
+async fn expect_at(
+    node: &Node,
+    name: &str,
+    target: &Path,
+    context: &[(&str, &str)],
+    want: Code,
+    says: &str,
+) {
     let before = Snapshot::take(&node.d);
-    let err = node.attempt(name, context).await.expect_err(name);
+    let err = node
+        .attempt_at(name, target, context)
+        .await
+        .expect_err(name);
     eprintln!("{name}: {:?}: {}", err.code(), err.message());
     assert_eq!(err.code(), want, "{name}: {err:?}");
     assert!(
@@ -197,9 +229,21 @@ async fn no_escape_through_the_host() {
     let node = Node::start().await;
     let denied = Code::PermissionDenied;
 
-    // Links of the plugin's own, dangling or to a directory, climbing out.
-    expect(&node, "dangling-bind", &[], denied, "symlink").await;
-    expect(&node, "link-dir-bind", &[], denied, "symlink").await;
+    // Links of the plugin's own, dangling or to a directory, climbing out,
+    // in its root's `view`, bound onto a target; then targets the CO names
+    // through them.
+    let view = node.kubelet().join("pods/links/view");
+    let canary = node.canary("dangling-bind-made");
+    node.attempt_at("bind-view", &view, &[("canary", &canary)])
+        .await
+        .expect("its own directory onto its target");
+    let dangling = view.join("dangling");
+    expect_at(&node, "dangling-bind", &dangling, &[], denied, "symlink").await;
+    let through = view.join("out/inside");
+    expect_at(&node, "link-dir-bind", &through, &[], denied, "symlink").await;
+    unmount(&view);
+    // Beneath its target is not its target.
+    expect(&node, "below-target", &[], denied, "not a path this").await;
 
     // Options naming devices or paths, or that can panic the kernel.
     expect(&node, "logdev", &[], denied, "logdev=/dev/loop1").await;
@@ -293,9 +337,14 @@ async fn a_two_call_race_never_reaches_outside() {
     let before = Snapshot::take(&node.d);
     let canary = node.canary("canary");
     let rounds = [("rounds", "100"), ("canary", canary.as_str())];
+    let view = node.kubelet().join("pods/race/view");
+    node.attempt_at("bind-view", &view, &rounds)
+        .await
+        .expect("its own directory onto its target");
+    let flipping = view.join("flip/t");
     let (swapper, user, ()) = tokio::join!(
         node.attempt("race-swapper", &rounds),
-        node.attempt("race-user", &rounds),
+        node.attempt_at("race-user", &flipping, &rounds),
         async {
             for i in 0..3 {
                 still_serving(&node.d, &format!("race-{i}")).await;
@@ -304,7 +353,276 @@ async fn a_two_call_race_never_reaches_outside() {
     );
     swapper.expect("the swapping call");
     user.expect("the using call");
+    unmount(&view);
     node.check("race", &before);
+}
+
+/// Takes every mount at `path` off (what a test itself mounted, or what
+/// the hostile plugin, which has no unpublish, left).
+fn unmount(path: &Path) {
+    while nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
+
+/// What the mount table says is mounted exactly at `path`: (type, source,
+/// superblock options), the topmost mount.
+fn mount_at(path: &Path) -> Option<(String, String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.display().to_string();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(path.as_str()))
+        .filter_map(|l| {
+            let (_, right) = l.split_once(" - ")?;
+            let mut right = right.split(' ');
+            Some((
+                right.next()?.to_string(),
+                right.next()?.to_string(),
+                right.next()?.to_string(),
+            ))
+        })
+        .last()
+}
+
+/// Another pod's Secret volume under the kubelet directory, as kubelet
+/// makes it: a 1 MiB tmpfs holding `token`.
+struct Victim {
+    path: PathBuf,
+}
+
+impl Victim {
+    fn mount(node: &Node) -> Victim {
+        let path = node
+            .kubelet()
+            .join("pods/victim/volumes/kubernetes.io~secret/token");
+        std::fs::create_dir_all(&path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mounting the victim's secret volume");
+        std::fs::write(path.join("token"), b"the victim's secret").unwrap();
+        Victim { path }
+    }
+
+    /// Still mounted, the same size, its secret unchanged.
+    fn check(&self, case: &str) {
+        let (fs_type, source, options) =
+            mount_at(&self.path).unwrap_or_else(|| panic!("{case}: the victim was unmounted"));
+        assert_eq!(
+            (fs_type.as_str(), source.as_str()),
+            ("tmpfs", "tmpfs"),
+            "{case}"
+        );
+        assert!(options.contains("size=1024k"), "{case}: {options}");
+        assert_eq!(
+            std::fs::read(self.path.join("token")).unwrap(),
+            b"the victim's secret",
+            "{case}"
+        );
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        unmount(&self.path);
+    }
+}
+
+/// The grant is the whole kubelet directory, but a call may mount only on
+/// the paths its request names, and bind only from its own root (or its
+/// staging path): another pod's Secret is neither a source nor a target.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_pods_volume_is_neither_source_nor_target() {
+    let node = Node::start().await;
+    let victim = Victim::mount(&node);
+    let v = victim.path.display().to_string();
+    let denied = Code::PermissionDenied;
+    for (case, says) in [
+        ("bind-victim", "outside the allowed directories"),
+        ("bind-victim-file", "outside the allowed directories"),
+        ("unmount-victim", "not a path this publish-volume call"),
+        ("bind-onto-victim", "not a path this publish-volume call"),
+        ("tmpfs-onto-victim", "not a path this publish-volume call"),
+        ("reconfigure-victim", "not a path this publish-volume call"),
+    ] {
+        expect(&node, case, &[("victim", &v)], denied, says).await;
+        victim.check(case);
+        let target = node.kubelet().join("pods").join(case);
+        assert_eq!(
+            mount_at(&target),
+            None,
+            "{case}: something is at its target"
+        );
+    }
+    // Its own directory onto its own target works: the refusals above are
+    // about whose paths they were.
+    let own = node.kubelet().join("pods/own/view");
+    node.attempt_at("bind-view", &own, &[])
+        .await
+        .expect("its own directory onto its target");
+    assert!(mount_at(&own).is_some());
+    unmount(&own);
+    victim.check("after all");
+    still_serving(&node.d, "victim").await;
+}
+
+/// The node's memory, as /proc/meminfo counts it.
+fn mem_total() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// A tmpfs's size and inode count (0: unlimited), by statvfs.
+fn tmpfs_size(path: &Path) -> (u64, u64) {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    (st.blocks() * st.fragment_size(), st.files())
+}
+
+/// tmpfs is bounded by the grant's `tmpfsMaxBytes` (a quarter of the
+/// node's memory when unset, as in the shipped configs): sizes that wrap
+/// to 0 (unlimited), exceed the bound or set it twice, unlimited inodes,
+/// and `reconfigure` to any of those are refused naming the option, and
+/// the plugin's tmpfs mounts together stay within the bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn tmpfs_is_bounded_by_the_grant() {
+    let node = Node::start().await;
+    // The default: a quarter of the memory, in whole pages.
+    let bound = mem_total() / 4 / 4096 * 4096;
+    let pods = node.kubelet().join("pods");
+    let invalid = Code::InvalidArgument;
+    let denied = Code::PermissionDenied;
+
+    let own = pods.join("tmpfs-own");
+    node.attempt_at("tmpfs", &own, &[("options", "size=1m mode=700")])
+        .await
+        .expect("a tmpfs of 1 MiB");
+    assert_eq!(tmpfs_size(&own).0, MIB);
+    assert!(tmpfs_size(&own).1 > 0, "inodes are bounded");
+
+    let cases: &[(&str, Code, &str)] = &[
+        ("size=17179869184g", invalid, "size=17179869184g"),
+        ("nr_blocks=17179869184g", invalid, "nr_blocks=17179869184g"),
+        (
+            "size=18446744073709551616",
+            invalid,
+            "size=18446744073709551616",
+        ),
+        ("size=1m,size=17179869184g", invalid, "more than once"),
+        ("size=1m size=17179869184g", invalid, "more than once"),
+        ("size=400%", denied, "size=400%"),
+        ("size=1048576g", denied, "size=1048576g"),
+        ("size=0k", invalid, "size=0k"),
+        ("size=1m nr_inodes=0", invalid, "nr_inodes=0"),
+        (
+            "size=1m nr_inodes=17179869184g",
+            invalid,
+            "nr_inodes=17179869184g",
+        ),
+    ];
+    for (i, (options, want, says)) in cases.iter().enumerate() {
+        let target = pods.join(format!("tmpfs-bad-{i}"));
+        let name = format!("tmpfs#{i}");
+        let before = Snapshot::take(&node.d);
+        let err = node
+            .attempt_at(&name, &target, &[("options", options)])
+            .await
+            .expect_err(options);
+        eprintln!("mount {options}: {:?}: {}", err.code(), err.message());
+        assert_eq!(err.code(), *want, "{options}: {err:?}");
+        assert!(err.message().contains(says), "{options}: {err:?}");
+        assert_eq!(mount_at(&target), None, "{options}: mounted anyway");
+        node.check(options, &before);
+    }
+    // The same values as a reconfigure of the plugin's own tmpfs.
+    for (i, (options, want, says)) in cases.iter().enumerate() {
+        let name = format!("tmpfs#r{i}");
+        let context = [("options", "size=1m mode=700"), ("reconfigure", options)];
+        let err = node
+            .attempt_at(&name, &own, &context)
+            .await
+            .expect_err(options);
+        eprintln!("reconfigure {options}: {:?}: {}", err.code(), err.message());
+        assert_eq!(err.code(), *want, "reconfigure {options}: {err:?}");
+        assert!(
+            err.message().contains(says),
+            "reconfigure {options}: {err:?}"
+        );
+        let (bytes, inodes) = tmpfs_size(&own);
+        assert_eq!(bytes, MIB, "reconfigure {options} changed the size");
+        assert!(inodes > 0, "reconfigure {options} made inodes unlimited");
+    }
+    // Within the bound: a reconfigure grows it.
+    let context = [("options", "size=1m"), ("reconfigure", "size=2m")];
+    node.attempt_at("tmpfs#grow", &own, &context)
+        .await
+        .expect("growing within the bound");
+    assert_eq!(tmpfs_size(&own).0, 2 * MIB);
+
+    // Together: two tmpfs of 60% of the bound do not fit, nor does
+    // growing one past what the others leave.
+    let share = format!("size={}", bound / 10 * 6);
+    let first = pods.join("tmpfs-share-1");
+    node.attempt_at("tmpfs#s1", &first, &[("options", &share)])
+        .await
+        .expect("60% of the bound");
+    let second = pods.join("tmpfs-share-2");
+    let err = node
+        .attempt_at("tmpfs#s2", &second, &[("options", &share)])
+        .await
+        .expect_err("another 60% of the bound");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("tmpfsMaxBytes"), "{err:?}");
+    assert_eq!(mount_at(&second), None);
+    let all = format!("size={}", bound);
+    let context = [("options", share.as_str()), ("reconfigure", all.as_str())];
+    let err = node
+        .attempt_at("tmpfs#s3", &first, &context)
+        .await
+        .expect_err("growing to the whole bound beside another");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(tmpfs_size(&first).0, (bound / 10 * 6).div_ceil(4096) * 4096);
+    for path in [&own, &first] {
+        unmount(path);
+    }
+    still_serving(&node.d, "tmpfs").await;
+}
+
+/// Loop devices a plugin keeps attached are bounded by
+/// `limits.maxLoopDevices`, counted on the node over all its calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn loop_devices_are_bounded_per_plugin() {
+    let node = Node::start().await;
+    let before = Snapshot::take(&node.d);
+    let err = node
+        .attempt("loop-hoard", &[("count", "24")])
+        .await
+        .expect_err("24 loop devices");
+    eprintln!("loop-hoard: {:?}: {}", err.code(), err.message());
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("limits.maxLoopDevices"), "{err:?}");
+    let held = loops_under(node.hostile_root.path());
+    assert_eq!(held.len(), MAX_LOOPS, "{held:?}");
+    // A second call gets none either: the count is the node's.
+    let err = node
+        .attempt("loop-hoard#2", &[("count", "1"), ("prefix", "more")])
+        .await
+        .expect_err("one more");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(loops_under(node.hostile_root.path()).len(), MAX_LOOPS);
+    still_serving(&node.d, "loop-hoard").await;
+    wasmcsi::testkit::teardown(node.hostile_root.path());
+    node.check("loop-hoard", &before);
 }
 
 /// A filesystem that never answers (a FUSE mount whose daemon does not

@@ -29,14 +29,17 @@ pub struct FsCap {
     pub preopen: Dir,
     /// The loop devices of this root's images.
     pub(super) loops: loopdev::LoopIndex,
+    /// How many of them may be attached at once (`limits.maxLoopDevices`).
+    pub(super) max_loops: u32,
 }
 
 impl FsCap {
-    pub fn new(grant: &FsGrant) -> Result<FsCap> {
+    pub fn new(grant: &FsGrant, max_loops: u32) -> Result<FsCap> {
         let root = GrantedDir::open(&grant.root)?;
         Ok(FsCap {
             preopen: open_preopen(root.path())?,
             loops: loopdev::LoopIndex::default(),
+            max_loops,
             root,
         })
     }

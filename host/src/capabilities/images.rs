@@ -107,7 +107,9 @@ impl Host for CallCaps {
     async fn attach_loop(&mut self, image: String) -> CapResult<String> {
         Ok(with_fs(&self.grants, move |fs| {
             let fd = fs.image(&image, true)?;
-            fs.loops.attach(fd.as_fd()).map(|dev| dev.name)
+            fs.loops
+                .attach(fd.as_fd(), fs.root.path(), fs.max_loops)
+                .map(|dev| dev.name)
         })
         .await?)
     }

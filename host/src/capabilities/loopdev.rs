@@ -225,11 +225,25 @@ impl LoopIndex {
     }
 
     /// Attaches an image opened read-write, or returns the device it is
-    /// already attached to.
-    pub fn attach(&self, image: BorrowedFd) -> Result<LoopDevice, CapError> {
+    /// already attached to. A new device is refused when `max` devices
+    /// backed by files beneath `root` are attached already: counted on the
+    /// node, so what earlier calls (or a driver before a restart) left
+    /// attached counts too.
+    pub fn attach(&self, image: BorrowedFd, root: &Path, max: u32) -> Result<LoopDevice, CapError> {
         let _one_at_a_time = ATTACHING.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(dev) = self.find(image)? {
             return Ok(dev);
+        }
+        let attached = attached_beneath(root)?;
+        if attached >= max as usize {
+            return Err(CapError::new(
+                super::ErrorCode::ResourceExhausted,
+                format!(
+                    "{attached} loop devices are attached to images under {} already: \
+                     limits.maxLoopDevices is {max}; detach one first",
+                    root.display()
+                ),
+            ));
         }
         let key = beneath::identity(image)?;
         let control = rustix::fs::open(
@@ -294,6 +308,20 @@ impl LoopIndex {
 /// one free device, and one image is never attached twice.
 static ATTACHING: Mutex<()> = Mutex::new(());
 
+/// The loop devices on the node bound to a file beneath `root` (by the
+/// name sysfs gives it, a deleted file's included).
+fn attached_beneath(root: &Path) -> Result<usize, CapError> {
+    let entries = std::fs::read_dir("/sys/block")
+        .map_err(|e| CapError::internal(format!("reading /sys/block: {e}")))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("loop"))
+        .filter_map(|n| sysfs_backing_file(&format!("/dev/{n}")))
+        .filter(|file| file.starts_with(root))
+        .count())
+}
+
 /// Every loop device on the node, looking for the one bound to the image
 /// (by its name in sysfs, then confirmed by device and inode).
 fn scan(image: &Path, key: (u64, u64)) -> Result<Option<LoopDevice>, CapError> {
@@ -348,21 +376,21 @@ mod tests {
         let (a, b) = (image(dir.path(), "a.img"), image(dir.path(), "b.img"));
         let index = LoopIndex::default();
         let mut attached = Attached(Vec::new());
-        let dev = index.attach(a.as_fd()).unwrap();
+        let dev = index.attach(a.as_fd(), dir.path(), 8).unwrap();
         attached.0.push(dev.name.clone());
         assert_eq!(
             index.find(a.as_fd()).unwrap().map(|d| d.name),
             Some(dev.name.clone())
         );
         assert_eq!(
-            index.attach(a.as_fd()).unwrap().name,
+            index.attach(a.as_fd(), dir.path(), 8).unwrap().name,
             dev.name,
             "attached twice"
         );
         // Behind the index's back: `a` detached, its device likely reused for `b`.
         dev.detach().unwrap();
         drop(dev);
-        let other = index.attach(b.as_fd()).unwrap();
+        let other = index.attach(b.as_fd(), dir.path(), 8).unwrap();
         attached.0.push(other.name.clone());
         assert!(index.find(a.as_fd()).unwrap().is_none());
         assert_eq!(index.find(b.as_fd()).unwrap().unwrap().name, other.name);
@@ -376,5 +404,45 @@ mod tests {
         assert!(e.message.contains("not backed"), "{}", e.message);
         assert!(LoopDevice::open("/dev/sda").is_err());
         assert!(LoopDevice::open("/dev/loop1/../sda").is_err());
+    }
+
+    /// At most `max` devices for images under one root, counted on the
+    /// node: the next is refused until one is detached; the one an image
+    /// already has is no new device.
+    #[test]
+    fn attached_devices_are_bounded_per_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let images: Vec<OwnedFd> = (0..3).map(|i| image(&root, &format!("{i}.img"))).collect();
+        let index = LoopIndex::default();
+        let mut attached = Attached(Vec::new());
+        for image in &images[..2] {
+            attached
+                .0
+                .push(index.attach(image.as_fd(), &root, 2).unwrap().name);
+        }
+        let e = index.attach(images[2].as_fd(), &root, 2).err().unwrap();
+        assert_eq!(e.code, super::super::ErrorCode::ResourceExhausted);
+        assert!(e.message.contains("limits.maxLoopDevices"), "{}", e.message);
+        assert_eq!(
+            index.attach(images[0].as_fd(), &root, 2).unwrap().name,
+            attached.0[0],
+            "an attached image is no new device"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = image(other.path(), "x.img");
+        attached.0.push(
+            index
+                .attach(elsewhere.as_fd(), other.path(), 2)
+                .expect("another root counts its own")
+                .name,
+        );
+        let first = LoopDevice::open(&attached.0[0]).unwrap();
+        index.detach(&first).unwrap();
+        // The kernel unbinds it when its last user (this descriptor) goes.
+        drop(first);
+        attached
+            .0
+            .push(index.attach(images[2].as_fd(), &root, 2).unwrap().name);
     }
 }

@@ -7,6 +7,7 @@
 pub mod beneath;
 pub mod blocking;
 pub mod btrfs;
+pub mod call_paths;
 pub mod command;
 pub mod copies;
 pub mod environment;
@@ -21,6 +22,7 @@ pub mod mount_options;
 pub mod netmount;
 pub mod quota;
 pub mod subvolumes;
+pub mod tmpfs;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,10 +33,12 @@ use crate::config::PluginConfig;
 use crate::wit::wasmcsi::plugin::types::Error as WitError;
 pub use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
-/// What one call's capabilities work with: the plugin's grants, the call's
-/// log budget and when the host ends the call.
+/// What one call's capabilities work with: the plugin's grants, the paths
+/// the call may mount on, the call's log budget and when the host ends the
+/// call.
 pub struct CallCaps {
     pub grants: Arc<Grants>,
+    pub mounts: call_paths::CallPaths,
     pub log: log::CallLog,
     pub ends: Instant,
 }
@@ -59,7 +63,7 @@ impl Grants {
         let fs = caps
             .fs
             .as_ref()
-            .map(fs::FsCap::new)
+            .map(|grant| fs::FsCap::new(grant, config.limits.max_loop_devices))
             .transpose()?
             .map(Arc::new);
         let quota = match (&caps.quota, &fs) {

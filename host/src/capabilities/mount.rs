@@ -1,8 +1,10 @@
 //! The `mount` capability: mounts and bind mounts, only of granted
-//! filesystem types, only with allow-listed options, and only onto targets
-//! beneath granted prefixes. Block filesystems may only be mounted from
-//! loop devices of the plugin's own images; bind sources must lie beneath
-//! the plugin root or a granted prefix.
+//! filesystem types, only with allow-listed options, and only onto the
+//! paths the call was given (see `call_paths`), which must lie beneath
+//! granted prefixes (the outer fence). Block filesystems may only be
+//! mounted from loop devices of the plugin's own images; bind sources must
+//! lie beneath the plugin root or the call's staging path, or be a loop
+//! device of the plugin's.
 //!
 //! Everything is done on descriptors (see `beneath`): the target is opened
 //! beneath its prefix (directories made with `mkdirat`, never through a
@@ -33,9 +35,11 @@ use rustix::mount::{
 };
 
 use super::beneath::{self, GrantedDir, Located};
+use super::call_paths::{Action, CallPaths};
 use super::fs::FsCap;
 use super::loopdev::LoopDevice;
 use super::mount_options::{self, MountOptions};
+use super::tmpfs::{self, MemoryBound};
 use super::{blocking, netmount, CallCaps, CapError, CapResult, Grants};
 use crate::config::MountGrant;
 use crate::wit::wasmcsi::plugin::mount::{Host, MountEntry};
@@ -56,6 +60,8 @@ pub struct MountCap {
     record_network_mounts: Option<PathBuf>,
     /// `wasmcsi:<plugin>:`, the source of every tmpfs this plugin mounts.
     memory_tag: String,
+    /// What its tmpfs mounts may take of the node's memory.
+    memory: MemoryBound,
 }
 
 impl MountCap {
@@ -71,6 +77,7 @@ impl MountCap {
             fs,
             record_network_mounts: grant.record_network_mounts.clone(),
             memory_tag: format!("wasmcsi:{plugin}:"),
+            memory: MemoryBound::new(grant.tmpfs_max_bytes),
         })
     }
 
@@ -78,9 +85,18 @@ impl MountCap {
         self.prefixes.iter().collect()
     }
 
-    /// A mount target: strictly beneath a granted prefix.
-    fn target<'p>(&self, target: &'p str) -> Result<Located<'_, 'p>, CapError> {
-        beneath::locate(&self.prefix_dirs(), target, "mount target")?.below("mount target")
+    /// A mount target: strictly beneath a granted prefix (the outer
+    /// fence), and a path the call was given for `action`.
+    fn target<'p>(
+        &self,
+        target: &'p str,
+        call: &CallPaths,
+        action: Action,
+    ) -> Result<Located<'_, 'p>, CapError> {
+        let at =
+            beneath::locate(&self.prefix_dirs(), target, "mount target")?.below("mount target")?;
+        call.allows(action, target)?;
+        Ok(at)
     }
 
     fn check_type(&self, fs_type: &str) -> Result<(), CapError> {
@@ -128,9 +144,10 @@ impl MountCap {
         target: &str,
         fs_type: &str,
         options: &MountOptions,
+        call: &CallPaths,
     ) -> Result<(), CapError> {
         let dev = super::loopdev::owned(source, &self.fs()?.root)?;
-        let target_fd = beneath::open_dir_creating(self.target(target)?)?;
+        let target_fd = beneath::open_dir_creating(self.target(target, call, Action::Mount)?)?;
         if let Some(existing) = mount_at(target_fd.as_fd())? {
             let same = existing.fs_type == fs_type && fs_device(target_fd.as_fd())? == dev.rdev;
             return if same {
@@ -150,12 +167,14 @@ impl MountCap {
         name: &str,
         target: &str,
         fs_type: &str,
-        options: &MountOptions,
+        mut options: MountOptions,
+        call: &CallPaths,
     ) -> Result<(), CapError> {
         check_memory_name(name)?;
-        check_bounded(fs_type, options, true)?;
+        let asked = tmpfs::check(&mut options, &self.memory, true)?;
+        let bytes = asked.bytes.expect("a new tmpfs is given a size");
         let source = format!("{}{name}", self.memory_tag);
-        let target_fd = beneath::open_dir_creating(self.target(target)?)?;
+        let target_fd = beneath::open_dir_creating(self.target(target, call, Action::Mount)?)?;
         if let Some(existing) = mount_at(target_fd.as_fd())? {
             return if existing.fs_type == fs_type && existing.source == source {
                 Ok(())
@@ -163,8 +182,10 @@ impl MountCap {
                 Err(already(target, &existing))
             };
         }
-        let attrs = self.attrs_for(options);
-        let mnt = new_superblock(&source, fs_type, options, attrs)?;
+        let _accounting = tmpfs::ACCOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+        tmpfs::check_total(&self.memory_tag, &self.memory, bytes, None)?;
+        let attrs = self.attrs_for(&options);
+        let mnt = new_superblock(&source, fs_type, &options, attrs)?;
         attach(mnt.as_fd(), target_fd.as_fd(), target)
     }
 
@@ -172,14 +193,22 @@ impl MountCap {
     /// at `target` (blocking). The mount is found by descriptor, beneath
     /// the grant, and that descriptor is what is checked and what `fspick`
     /// takes: no path is looked up again.
-    fn reconfigure(&self, target: &str, options: &[String]) -> Result<(), CapError> {
+    fn reconfigure(
+        &self,
+        target: &str,
+        options: &[String],
+        call: &CallPaths,
+    ) -> Result<(), CapError> {
         let nothing = || {
             CapError::new(
                 ErrorCode::FailedPrecondition,
                 format!("nothing is mounted at {target} to reconfigure"),
             )
         };
-        let fd = match beneath::open(self.target(target)?, OFlags::PATH) {
+        let fd = match beneath::open(
+            self.target(target, call, Action::Reconfigure)?,
+            OFlags::PATH,
+        ) {
             Ok(fd) => fd,
             Err(e) if e.code == ErrorCode::NotFound => return Err(nothing()),
             Err(e) => return Err(e),
@@ -195,13 +224,19 @@ impl MountCap {
             )));
         }
         self.check_type(&existing.fs_type)?;
-        let options = mount_options::check(&existing.fs_type, options)?;
+        let mut options = mount_options::check(&existing.fs_type, options)?;
         if options.read_only || !options.attrs.is_empty() {
             return Err(CapError::invalid(
                 "reconfigure changes filesystem parameters (size=...), not ro or mount attributes",
             ));
         }
-        check_bounded(&existing.fs_type, &options, false)?;
+        let asked = tmpfs::check(&mut options, &self.memory, false)?;
+        let _accounting = tmpfs::ACCOUNTING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = asked.bytes {
+            let dev = fs_device(fd.as_fd())?;
+            let superblock = format!("{}:{}", rustix::fs::major(dev), rustix::fs::minor(dev));
+            tmpfs::check_total(&self.memory_tag, &self.memory, bytes, Some(&superblock))?;
+        }
         let fs = fspick(
             fd.as_fd(),
             "",
@@ -235,7 +270,13 @@ impl MountCap {
     }
 
     /// Bind-mounts `source` onto `target` (blocking).
-    fn bind(&self, source: &str, target: &str, read_only: bool) -> Result<(), CapError> {
+    fn bind(
+        &self,
+        source: &str,
+        target: &str,
+        read_only: bool,
+        call: &CallPaths,
+    ) -> Result<(), CapError> {
         let mut attrs = self.base_attrs();
         let (source_fd, is_dir) = if source.starts_with("/dev/") {
             // A raw block volume: the device node itself, so `dev` stays.
@@ -243,11 +284,7 @@ impl MountCap {
             attrs.remove(MountAttrFlags::MOUNT_ATTR_NODEV);
             (dev.fd, false)
         } else {
-            let mut grants = self.prefix_dirs();
-            if let Some(fs) = &self.fs {
-                grants.push(&fs.root);
-            }
-            let at = beneath::locate(&grants, source, "bind source")?;
+            let at = self.bind_source(source, call)?;
             let fd = beneath::open(at, OFlags::PATH)?;
             let st = rustix::fs::fstat(&fd)
                 .map_err(|e| CapError::internal(format!("{source:?}: {e}")))?;
@@ -264,7 +301,7 @@ impl MountCap {
         if read_only {
             attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
         }
-        let at = self.target(target)?;
+        let at = self.target(target, call, Action::Mount)?;
         let target_fd = if is_dir {
             beneath::open_dir_creating(at)?
         } else {
@@ -292,10 +329,44 @@ impl MountCap {
         attach(tree.as_fd(), target_fd.as_fd(), target)
     }
 
+    /// Where a bind source that is not a device may come from: beneath the
+    /// plugin root, or beneath the call's staging path (under a prefix).
+    /// Nothing else under a prefix (another pod's volume, another volume's
+    /// staging path) is the plugin's to show anywhere.
+    fn bind_source<'p>(
+        &self,
+        source: &'p str,
+        call: &CallPaths,
+    ) -> Result<Located<'_, 'p>, CapError> {
+        beneath::check_syntax(source)?;
+        if let Some(fs) = &self.fs {
+            if let Ok(at) = beneath::locate(&[&fs.root], source, "bind source") {
+                return Ok(at);
+            }
+        }
+        let outside = || {
+            let root = self
+                .fs
+                .as_ref()
+                .map(|fs| fs.root.path().display().to_string())
+                .unwrap_or_else(|| "none granted".into());
+            CapError::denied(format!(
+                "bind source {source:?} is outside the allowed directories: the plugin root \
+                 ({root}) or the staging path of this call"
+            ))
+        };
+        let at =
+            beneath::locate(&self.prefix_dirs(), source, "bind source").map_err(|_| outside())?;
+        if !call.may_bind_from(source) {
+            return Err(outside());
+        }
+        Ok(at)
+    }
+
     /// Takes every mount stacked on `target` off, then optionally removes
     /// the emptied directory (or empty file) (blocking).
-    fn unmount(&self, target: &str, remove_target: bool) -> Result<(), CapError> {
-        let at = self.target(target)?;
+    fn unmount(&self, target: &str, remove_target: bool, call: &CallPaths) -> Result<(), CapError> {
+        let at = self.target(target, call, Action::Mount)?;
         unmount_all(at)?;
         if remove_target {
             remove_empty(at)?;
@@ -303,8 +374,8 @@ impl MountCap {
         Ok(())
     }
 
-    fn mounted_at(&self, target: &str) -> Result<Option<MountEntry>, CapError> {
-        match beneath::open(self.target(target)?, OFlags::PATH) {
+    fn mounted_at(&self, target: &str, call: &CallPaths) -> Result<Option<MountEntry>, CapError> {
+        match beneath::open(self.target(target, call, Action::Look)?, OFlags::PATH) {
             Ok(fd) => mount_at(fd.as_fd()),
             Err(e) if e.code == ErrorCode::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -319,12 +390,13 @@ impl MountCap {
         target: &str,
         fs_type: &str,
         options: MountOptions,
+        call: CallPaths,
     ) -> Result<(), CapError> {
         check_remote_source(source)?;
         let this = self.clone();
         let (t, s, f) = (target.to_string(), source.to_string(), fs_type.to_string());
         let target_fd = blocking::run(move || {
-            let fd = beneath::open_dir_creating(this.target(&t)?)?;
+            let fd = beneath::open_dir_creating(this.target(&t, &call, Action::Mount)?)?;
             if let Some(existing) = mount_at(fd.as_fd())? {
                 let same = existing.fs_type.starts_with(f.trim_end_matches('4'))
                     && same_source(&existing.source, &s);
@@ -435,29 +507,6 @@ fn check_memory_name(name: &str) -> Result<(), CapError> {
             name.chars().take(100).collect::<String>()
         )))
     }
-}
-
-/// Memory is the node's: a tmpfs is always bounded. `size=0` (or
-/// `nr_blocks=0`) is unlimited to the kernel, and a mount with neither is
-/// half the node's memory.
-fn check_bounded(fs_type: &str, options: &MountOptions, new: bool) -> Result<(), CapError> {
-    let sizes: Vec<&str> = options
-        .params
-        .iter()
-        .filter(|(k, _)| k == "size" || k == "nr_blocks")
-        .filter_map(|(_, v)| v.as_deref())
-        .collect();
-    let zero = sizes.iter().any(|v| {
-        v.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%'])
-            .bytes()
-            .all(|b| b == b'0')
-    });
-    if zero || (new && sizes.is_empty()) {
-        return Err(CapError::invalid(format!(
-            "a {fs_type} must have a size (size= or nr_blocks=, not 0: that is unlimited)"
-        )));
-    }
-    Ok(())
 }
 
 /// What the kernel said about a failed `fsconfig` (its log on the fs fd).
@@ -705,13 +754,14 @@ fn mount_cap(grants: &Grants) -> Result<&Arc<MountCap>, CapError> {
         .ok_or_else(|| CapError::not_granted("mount", &grants.plugin))
 }
 
-/// Runs `f` on the mount grant, off the async workers.
+/// Runs `f` on the mount grant and the call's paths, off the async workers.
 async fn with_mount<T: Send + 'static>(
-    grants: Arc<Grants>,
-    f: impl FnOnce(&MountCap) -> Result<T, CapError> + Send + 'static,
+    caps: &CallCaps,
+    f: impl FnOnce(&MountCap, &CallPaths) -> Result<T, CapError> + Send + 'static,
 ) -> Result<T, CapError> {
-    let mount = mount_cap(&grants)?.clone();
-    blocking::run(move || f(&mount)).await
+    let mount = mount_cap(&caps.grants)?.clone();
+    let call = caps.mounts.clone();
+    blocking::run(move || f(&mount, &call)).await
 }
 
 impl Host for CallCaps {
@@ -727,44 +777,38 @@ impl Host for CallCaps {
         let options = mount_options::check(&fs_type, &options)?;
         if NETWORK_TYPES.contains(&fs_type.as_str()) {
             return Ok(cap
-                .mount_network(&source, &target, &fs_type, options)
+                .mount_network(&source, &target, &fs_type, options, self.mounts.clone())
                 .await?);
         }
         if MEMORY_TYPES.contains(&fs_type.as_str()) {
-            return Ok(with_mount(self.grants.clone(), move |m| {
-                m.mount_memory(&source, &target, &fs_type, &options)
+            return Ok(with_mount(self, move |m, call| {
+                m.mount_memory(&source, &target, &fs_type, options, call)
             })
             .await?);
         }
-        Ok(with_mount(self.grants.clone(), move |m| {
-            m.mount_device(&source, &target, &fs_type, &options)
+        Ok(with_mount(self, move |m, call| {
+            m.mount_device(&source, &target, &fs_type, &options, call)
         })
         .await?)
     }
 
     async fn bind(&mut self, source: String, target: String, read_only: bool) -> CapResult<()> {
-        Ok(with_mount(self.grants.clone(), move |m| {
-            m.bind(&source, &target, read_only)
+        Ok(with_mount(self, move |m, call| {
+            m.bind(&source, &target, read_only, call)
         })
         .await?)
     }
 
     async fn unmount(&mut self, target: String, remove_target: bool) -> CapResult<()> {
-        Ok(with_mount(self.grants.clone(), move |m| {
-            m.unmount(&target, remove_target)
-        })
-        .await?)
+        Ok(with_mount(self, move |m, call| m.unmount(&target, remove_target, call)).await?)
     }
 
     async fn mounted_at(&mut self, target: String) -> CapResult<Option<MountEntry>> {
-        Ok(with_mount(self.grants.clone(), move |m| m.mounted_at(&target)).await?)
+        Ok(with_mount(self, move |m, call| m.mounted_at(&target, call)).await?)
     }
 
     async fn reconfigure(&mut self, target: String, options: Vec<String>) -> CapResult<()> {
-        Ok(with_mount(self.grants.clone(), move |m| {
-            m.reconfigure(&target, &options)
-        })
-        .await?)
+        Ok(with_mount(self, move |m, call| m.reconfigure(&target, &options, call)).await?)
     }
 }
 
@@ -812,6 +856,7 @@ mod tests {
             target_prefixes: vec![prefix.to_path_buf()],
             noexec: false,
             record_network_mounts: None,
+            tmpfs_max_bytes: 64 << 20,
         };
         MountCap::new(&grant, None, plugin).unwrap()
     }
@@ -845,39 +890,46 @@ mod tests {
         std::os::unix::fs::symlink(&outside, prefix.join("link")).unwrap();
         let m = cap(&prefix, "scratch");
         let s = |p: &Path| p.display().to_string();
+        // Each step as a node call given that very path would make it.
+        let at = |p: &Path| CallPaths::stage(&p.display().to_string());
 
         // Its own: mounted with a size, then grown in place, data kept.
         let own = prefix.join("staging/v1");
         cleanup.0.push(own.clone());
-        m.mount_memory("v1", &s(&own), "tmpfs", &opts(&["size=1m"]))
+        m.mount_memory("v1", &s(&own), "tmpfs", opts(&["size=1m"]), &at(&own))
             .unwrap();
-        m.mount_memory("v1", &s(&own), "tmpfs", &opts(&["size=1m"]))
+        m.mount_memory("v1", &s(&own), "tmpfs", opts(&["size=1m"]), &at(&own))
             .expect("the same mount again is success");
         std::fs::write(own.join("kept"), b"x").unwrap();
         assert_eq!(total_bytes(&own), 1 << 20);
-        m.reconfigure(&s(&own), &["size=3m".into()]).unwrap();
+        m.reconfigure(&s(&own), &["size=3m".into()], &at(&own))
+            .unwrap();
         assert_eq!(total_bytes(&own), 3 << 20);
         assert_eq!(std::fs::read(own.join("kept")).unwrap(), b"x");
-        let entry = m.mounted_at(&s(&own)).unwrap().unwrap();
+        let entry = m.mounted_at(&s(&own), &at(&own)).unwrap().unwrap();
         assert_eq!(entry.source, "wasmcsi:scratch:v1");
 
         // Not unlimited, never without a size, no attributes.
         for bad in [&["size=0"][..], &["nr_blocks=0k"], &["ro"], &["noatime"]] {
             let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
-            let e = m.reconfigure(&s(&own), &bad).unwrap_err();
+            let e = m.reconfigure(&s(&own), &bad, &at(&own)).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad:?}: {}", e.message);
         }
+        let v2 = prefix.join("v2");
         let e = m
-            .mount_memory("v2", &s(&prefix.join("v2")), "tmpfs", &opts(&["mode=700"]))
+            .mount_memory("v2", &s(&v2), "tmpfs", opts(&["mode=700"]), &at(&v2))
             .unwrap_err();
         assert!(e.message.contains("must have a size"), "{}", e.message);
+        let v3 = prefix.join("v3");
         let e = m
-            .mount_memory("../x", &s(&prefix.join("v3")), "tmpfs", &opts(&["size=1m"]))
+            .mount_memory("../x", &s(&v3), "tmpfs", opts(&["size=1m"]), &at(&v3))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgument);
         // Shrinking below what is used: the kernel refuses.
         std::fs::write(own.join("big"), vec![1u8; 2 << 20]).unwrap();
-        let e = m.reconfigure(&s(&own), &["size=1m".into()]).unwrap_err();
+        let e = m
+            .reconfigure(&s(&own), &["size=1m".into()], &at(&own))
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::FailedPrecondition, "{}", e.message);
 
         // The node's tmpfs outside the prefix: by path, through a link.
@@ -886,26 +938,34 @@ mod tests {
             s(&prefix.join("link")),
             s(&prefix.join("link/d")),
         ] {
-            let e = m.reconfigure(&target, &["size=5m".into()]).unwrap_err();
+            let call = CallPaths::stage(&target);
+            let e = m
+                .reconfigure(&target, &["size=5m".into()], &call)
+                .unwrap_err();
             assert_ne!(e.code, ErrorCode::Internal, "{target}: {}", e.message);
         }
         // Someone else's tmpfs under the prefix, directly or bound in.
         let bound = prefix.join("bound");
         cleanup.0.push(bound.clone());
-        m.bind(&s(&foreign_in), &s(&bound), false).unwrap();
+        let publish = CallPaths::publish(&s(&bound), Some(&s(&foreign_in)));
+        m.bind(&s(&foreign_in), &s(&bound), false, &publish)
+            .unwrap();
         for target in [&foreign_in, &bound] {
-            let e = m.reconfigure(&s(target), &["size=5m".into()]).unwrap_err();
+            let e = m
+                .reconfigure(&s(target), &["size=5m".into()], &at(target))
+                .unwrap_err();
             assert_eq!(e.code, ErrorCode::PermissionDenied, "{}", e.message);
         }
         // Another plugin's, under the same prefix.
         let other = cap(&prefix, "other");
         let e = other
-            .reconfigure(&s(&own), &["size=5m".into()])
+            .reconfigure(&s(&own), &["size=5m".into()], &at(&own))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::PermissionDenied, "{}", e.message);
         // Nothing mounted is not an unmount's "success".
+        let none = prefix.join("none");
         let e = m
-            .reconfigure(&s(&prefix.join("none")), &["size=5m".into()])
+            .reconfigure(&s(&none), &["size=5m".into()], &at(&none))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::FailedPrecondition);
 

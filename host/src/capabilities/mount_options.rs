@@ -25,6 +25,9 @@ enum Value {
     Address,
     /// Octal digits (tmpfs `mode=`).
     Octal,
+    /// A number as the kernel's `memparse` reads it (tmpfs sizes): only
+    /// its characters here; its value is checked, and bounded, by `tmpfs`.
+    Memparse,
 }
 
 type Table = &'static [(&'static str, Value)];
@@ -164,9 +167,9 @@ const NFS: Table = &[
 ];
 
 const TMPFS: Table = &[
-    ("size", Value::Size),
-    ("nr_blocks", Value::Size),
-    ("nr_inodes", Value::Size),
+    ("size", Value::Memparse),
+    ("nr_blocks", Value::Memparse),
+    ("nr_inodes", Value::Memparse),
     ("mode", Value::Octal),
     ("uid", Value::Number),
     ("gid", Value::Number),
@@ -201,6 +204,11 @@ fn fits(value: Option<&str>, shape: Value) -> bool {
                 .strip_suffix(['k', 'K', 'm', 'M', 'g', 'G', '%'])
                 .unwrap_or(v);
             digits(n, 10)
+        }
+        (Value::Memparse, Some(v)) => {
+            !v.is_empty()
+                && v.len() <= 32
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '%')
         }
         (Value::OneOf(words), Some(v)) => words.contains(&v),
         (Value::Address, Some(v)) => v.parse::<std::net::IpAddr>().is_ok(),

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{convert, deadline, mounts, off_workers, traced, validate, Driver};
+use crate::capabilities::call_paths::CallPaths;
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
 use crate::returns;
+use crate::runtime::state::with_call_paths;
 use crate::runtime::Plugin;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 use crate::wit::exports::wasmcsi::plugin::node as wit_node;
@@ -141,13 +143,17 @@ impl Node for NodeService {
                 volume_context: convert::pairs(&req.volume_context),
                 secrets: convert::pairs(&req.secrets),
             };
-            plugin_call!(
-                plugin,
-                "stage-volume",
-                deadline,
-                wit_node::Guest,
-                call_stage_volume(&call)
-            )?;
+            let paths = CallPaths::stage(staging_path);
+            with_call_paths(paths, async {
+                plugin_call!(
+                    plugin,
+                    "stage-volume",
+                    deadline,
+                    wit_node::Guest,
+                    call_stage_volume(&call)
+                )
+            })
+            .await?;
             Ok(NodeStageVolumeResponse {})
         })
         .await
@@ -172,13 +178,17 @@ impl Node for NodeService {
                 return Ok(NodeUnstageVolumeResponse {});
             }
             let local = local.to_string();
-            plugin_call!(
-                plugin,
-                "unstage-volume",
-                deadline,
-                wit_node::Guest,
-                call_unstage_volume(&local, &staging_path)
-            )?;
+            let paths = CallPaths::unstage(&staging_path);
+            with_call_paths(paths, async {
+                plugin_call!(
+                    plugin,
+                    "unstage-volume",
+                    deadline,
+                    wit_node::Guest,
+                    call_unstage_volume(&local, &staging_path)
+                )
+            })
+            .await?;
             Ok(NodeUnstageVolumeResponse {})
         })
         .await
@@ -244,7 +254,11 @@ impl Node for NodeService {
                 volume_context: convert::pairs(&req.volume_context),
                 secrets: convert::pairs(&req.secrets),
             };
-            plugin_call!(plugin, "publish-volume", deadline, wit_node::Guest, call_publish_volume(&call))?;
+            let paths = CallPaths::publish(&call.target_path, call.staging_path.as_deref());
+            with_call_paths(paths, async {
+                plugin_call!(plugin, "publish-volume", deadline, wit_node::Guest, call_publish_volume(&call))
+            })
+            .await?;
             if check_after {
                 let (id_owned, target_owned) = (id.to_string(), target.clone());
                 let checked = off_workers(deadline, move || {
@@ -260,7 +274,10 @@ impl Node for NodeService {
                 if let Err(refused) = checked {
                     // Undo this call's mount; the earlier publication stays.
                     let (local, target) = (local.to_string(), target.clone());
-                    plugin_call!(plugin, "unpublish-volume", deadline, wit_node::Guest, call_unpublish_volume(&local, &target))?;
+                    with_call_paths(CallPaths::unpublish(&target), async {
+                        plugin_call!(plugin, "unpublish-volume", deadline, wit_node::Guest, call_unpublish_volume(&local, &target))
+                    })
+                    .await?;
                     return Err(refused);
                 }
             }
@@ -283,13 +300,17 @@ impl Node for NodeService {
                 return Ok(NodeUnpublishVolumeResponse {});
             };
             let local = local.to_string();
-            plugin_call!(
-                plugin,
-                "unpublish-volume",
-                deadline,
-                wit_node::Guest,
-                call_unpublish_volume(&local, &target_path)
-            )?;
+            let paths = CallPaths::unpublish(&target_path);
+            with_call_paths(paths, async {
+                plugin_call!(
+                    plugin,
+                    "unpublish-volume",
+                    deadline,
+                    wit_node::Guest,
+                    call_unpublish_volume(&local, &target_path)
+                )
+            })
+            .await?;
             Ok(NodeUnpublishVolumeResponse {})
         })
         .await
@@ -327,13 +348,17 @@ impl Node for NodeService {
             let staging =
                 (!req.staging_target_path.is_empty()).then(|| req.staging_target_path.clone());
             // Stats only read: no lock, so a slow stage never delays kubelet's polling.
-            let stats = plugin_call!(
-                plugin,
-                "get-volume-stats",
-                deadline,
-                wit_node::Guest,
-                call_get_volume_stats(&local, &volume_path, staging.as_deref())
-            )?;
+            let paths = CallPaths::stats(&volume_path, staging.as_deref());
+            let stats = with_call_paths(paths, async {
+                plugin_call!(
+                    plugin,
+                    "get-volume-stats",
+                    deadline,
+                    wit_node::Guest,
+                    call_get_volume_stats(&local, &volume_path, staging.as_deref())
+                )
+            })
+            .await?;
             returns::stats(&plugin.name, &stats)?;
             Ok(NodeGetVolumeStatsResponse {
                 usage: vec![
@@ -392,13 +417,17 @@ impl Node for NodeService {
                 capability,
                 secrets: convert::pairs(&req.secrets),
             };
-            let bytes = plugin_call!(
-                plugin,
-                "node-expand-volume",
-                deadline,
-                wit_node::Guest,
-                call_expand_volume(&call)
-            )?;
+            let paths = CallPaths::expand(&call.volume_path, call.staging_path.as_deref());
+            let bytes = with_call_paths(paths, async {
+                plugin_call!(
+                    plugin,
+                    "node-expand-volume",
+                    deadline,
+                    wit_node::Guest,
+                    call_expand_volume(&call)
+                )
+            })
+            .await?;
             Ok(NodeExpandVolumeResponse {
                 capacity_bytes: returns::bytes(&plugin.name, "an expanded capacity of", bytes)?,
             })

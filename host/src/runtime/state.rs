@@ -11,6 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::MemoryLimiter;
+use crate::capabilities::call_paths::CallPaths;
 use crate::capabilities::fs::FsCap;
 use crate::capabilities::http::CallHttp;
 use crate::capabilities::log::CallLog;
@@ -21,6 +22,20 @@ use crate::config::Limits;
 /// Past it the stream is closed to the plugin: a write fails, no more is
 /// stored.
 const STDERR_CAPTURE: usize = 16 << 10;
+
+tokio::task_local! {
+    /// The paths the CO named in the node call this task is making: the
+    /// mount authority of the plugin call's state (see `call_paths`). They
+    /// travel with the request's task rather than through every layer
+    /// between the CSI service and the store; a call made where none was
+    /// set (controller, identity, a plugin's load) gets none.
+    static CALL_PATHS: CallPaths;
+}
+
+/// Runs `work` (a plugin call) with the mount authority of `paths`.
+pub async fn with_call_paths<F: std::future::Future>(paths: CallPaths, work: F) -> F::Output {
+    CALL_PATHS.scope(paths, work).await
+}
 
 pub struct CallState {
     /// What the capabilities see (their host traits are implemented on it).
@@ -53,6 +68,9 @@ impl CallState {
         let http_hooks = CallHttp::new(&grants.plugin, grants.http.clone(), ends);
         Ok(CallState {
             caps: CallCaps {
+                mounts: CALL_PATHS
+                    .try_with(CallPaths::clone)
+                    .unwrap_or_else(|_| CallPaths::none()),
                 log: CallLog::new(&grants.plugin, limits),
                 grants,
                 ends,

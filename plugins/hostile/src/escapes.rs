@@ -3,7 +3,8 @@
 //! real deployment's: an fs root in one place, the mount prefix (the
 //! "kubelet" directory, the publish request's target path is under it)
 //! somewhere else. `canary` (volume context) names a file outside every
-//! grant that must come out untouched.
+//! grant that must come out untouched; `victim` a path of another pod's
+//! volume under the same prefix, which must stay as it is.
 //!
 //! Links are made by the plugin itself through WASI, which refuses
 //! absolute link targets but not relative ones climbing out of the root.
@@ -73,41 +74,81 @@ pub fn attempt(name: &str, target: &str, context: &KeyValues) -> Result<()> {
     let rounds: usize = param(context, "rounds")
         .and_then(|r| r.parse().ok())
         .unwrap_or(200);
+    let victim = param(context, "victim").unwrap_or("/nonexistent-victim");
     match name {
-        // A link of its own, dangling, climbing to the canary; the root's
-        // directory bound under the prefix shows it there; then a file is
-        // bound onto the link (the host must not create or mount through it).
-        "dangling-bind" => {
+        // The root's `view` bound onto the target: links of the plugin's
+        // own in it, one dangling and climbing to the canary, one to the
+        // canary's directory. Later calls whose target the CO names
+        // through them ("dangling-bind", "link-dir-bind", "race-user")
+        // must not be followed out.
+        "bind-view" => {
             make_dir(&dir, "view");
             write_file(&dir, "file", b"plugin data")?;
             let _ = dir.unlink_file_at("view/dangling");
             dir.symlink_at(&climbing(1, &root, canary), "view/dangling")
                 .map_err(|e| wasi("symlink", e))?;
-            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)?;
-            let result = mount::bind(
-                &format!("{root}/file"),
-                &format!("{target}/view/dangling"),
-                false,
-            );
-            let _ = mount::unmount(&format!("{target}/view"), true);
-            result
-        }
-        // The same through a directory link: mkdir -p of the target must not
-        // follow it either.
-        "link-dir-bind" => {
-            make_dir(&dir, "view");
             let _ = dir.unlink_file_at("view/out");
             let outside = canary.rsplit_once('/').map(|(d, _)| d).unwrap_or("/tmp");
             dir.symlink_at(&climbing(1, &root, outside), "view/out")
                 .map_err(|e| wasi("symlink", e))?;
-            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)?;
-            let result = mount::bind(
-                &format!("{root}/view"),
-                &format!("{target}/view/out/inside"),
-                false,
-            );
-            let _ = mount::unmount(&format!("{target}/view"), true);
-            result
+            mount::bind(&format!("{root}/view"), target, false)
+        }
+        // A file bound onto a target the CO named through the dangling
+        // link (the host must not create or mount through it).
+        "dangling-bind" => mount::bind(&format!("{root}/file"), target, false),
+        // The same through the directory link: mkdir -p of the target must
+        // not follow it either.
+        "link-dir-bind" => mount::bind(&format!("{root}/view"), target, false),
+        // Below the target rather than at it: not a path the call gave.
+        "below-target" => {
+            make_dir(&dir, "view");
+            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)
+        }
+        // Another pod's volume (a Secret), under the same prefix: shown in
+        // this pod, a file of it, unmounted, or covered.
+        "bind-victim" => mount::bind(victim, target, false),
+        "bind-victim-file" => mount::bind(&format!("{victim}/token"), target, false),
+        "unmount-victim" => mount::unmount(victim, false),
+        "bind-onto-victim" => {
+            make_dir(&dir, "view");
+            mount::bind(&format!("{root}/view"), victim, false)
+        }
+        "tmpfs-onto-victim" => mount::mount("evil", victim, "tmpfs", &["size=1m".to_string()]),
+        "reconfigure-victim" => mount::reconfigure(victim, &["size=1g".to_string()]),
+        // A tmpfs at the target with the options of `options` (entries
+        // separated by spaces), then `reconfigure` with those of
+        // `reconfigure`, if any.
+        "tmpfs" => {
+            let list = |key: &str| -> Vec<String> {
+                param(context, key)
+                    .unwrap_or("")
+                    .split(' ')
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            };
+            mount::mount("scratch", target, "tmpfs", &list("options"))?;
+            match param(context, "reconfigure") {
+                Some(_) => mount::reconfigure(target, &list("reconfigure")),
+                None => Ok(()),
+            }
+        }
+        // Attaches `count` images of its own (named after `prefix`) and
+        // keeps every device.
+        "loop-hoard" => {
+            let count: usize = param(context, "count")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(24);
+            let prefix = param(context, "prefix").unwrap_or("img");
+            make_dir(&dir, "hoard");
+            for i in 0..count {
+                let image = format!("{root}/hoard/{prefix}-{i}.img");
+                std::fs::File::create(&image)
+                    .and_then(|f| f.set_len(1 << 20))
+                    .map_err(|e| wasi("image", e))?;
+                images::attach_loop(&image)?;
+            }
+            Ok(())
         }
         // One half of a two-call race: flips `view/flip` between a
         // directory and a link out, as fast as it can.
@@ -121,56 +162,48 @@ pub fn attempt(name: &str, target: &str, context: &KeyValues) -> Result<()> {
             swap(&dir, "view/flip", &link, false);
             Ok(())
         }
-        // The other half: binds under the flipping directory (seen under
-        // the prefix through a bind of `view`), and formats an image in it.
+        // The other half: binds onto its target, which the CO names under
+        // the flipping directory (seen under the prefix through a bind of
+        // `view`, "bind-view"), and formats an image in it.
         "race-user" => {
-            make_dir(&dir, "view");
             write_file(&dir, "file", b"plugin data")?;
-            mount::bind(&format!("{root}/view"), &format!("{target}/view"), false)?;
             for _ in 0..rounds {
-                let t = format!("{target}/view/flip/t");
-                if mount::bind(&format!("{root}/file"), &t, false).is_ok() {
-                    let _ = mount::unmount(&t, true);
+                if mount::bind(&format!("{root}/file"), target, false).is_ok() {
+                    let _ = mount::unmount(target, true);
                 }
                 let _ = images::make_filesystem(&format!("{root}/view/flip/canary.img"), "ext4");
                 let _ = images::probe_filesystem(&format!("{root}/view/flip/canary.img"));
                 let _ = images::attach_loop(&format!("{root}/view/flip/canary.img"))
                     .map(|d| images::detach_loop(&d));
             }
-            let _ = mount::unmount(&format!("{target}/view"), true);
             Ok(())
         }
         // Options that name devices or paths, or take the node down.
         "logdev" => mount::mount(
             "/dev/loop0",
-            &format!("{target}/x"),
+            target,
             "xfs",
             &["logdev=/dev/loop1".to_string()],
         ),
-        "errors-panic" => mount::mount(
-            "/dev/loop0",
-            &format!("{target}/x"),
-            "ext4",
-            &["errors=panic".to_string()],
-        ),
+        "errors-panic" => mount::mount("/dev/loop0", target, "ext4", &["errors=panic".to_string()]),
         "smuggled-option" => mount::mount(
             "/dev/loop0",
-            &format!("{target}/x"),
+            target,
             "xfs",
             &["nouuid,logdev=/dev/loop1".to_string()],
         ),
         // Devices and places that are not the plugin's.
         "foreign-device" => mount::mount(
             param(context, "device").unwrap_or("/dev/loop0"),
-            &format!("{target}/x"),
+            target,
             "xfs",
             &[],
         ),
-        "disk-device" => mount::mount("/dev/vda", &format!("{target}/x"), "xfs", &[]),
-        "bind-proc" => mount::bind("/proc/self/root", &format!("{target}/x"), false),
+        "disk-device" => mount::mount("/dev/vda", target, "xfs", &[]),
+        "bind-proc" => mount::bind("/proc/self/root", target, false),
         "bind-foreign-device" => mount::bind(
             param(context, "device").unwrap_or("/dev/loop0"),
-            &format!("{target}/x"),
+            target,
             false,
         ),
         // Onto the prefix itself (the test names it as `at`).
