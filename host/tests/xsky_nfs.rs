@@ -877,3 +877,392 @@ async fn capacity_races_are_not_final() {
     }
     finish(&emu, &d);
 }
+
+/// The object of a CSI id (`xsky-nfs:<kind>-<n>`).
+fn xsky_id(kind: &str, n: i64) -> String {
+    format!("xsky-nfs:{kind}-{n}")
+}
+
+fn snapshot_req(source: &str, name: &str) -> CreateSnapshotRequest {
+    CreateSnapshotRequest {
+        source_volume_id: source.into(),
+        name: name.into(),
+        secrets: secrets(),
+        ..Default::default()
+    }
+}
+
+fn restore_req(name: &str, snapshot: &str, params: &[(&str, &str)]) -> CreateVolumeRequest {
+    use wasmcsi::proto::volume_content_source::{SnapshotSource, Type};
+    let mut req = create_req(name, GIB, params);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(Type::Snapshot(SnapshotSource {
+            snapshot_id: snapshot.into(),
+        })),
+    });
+    req
+}
+
+/// FAILED_PRECONDITION naming the object.
+fn refused_naming(what: &str, result: Result<(), tonic::Status>, names: &str) {
+    let err = result.expect_err(what);
+    eprintln!("{what}: {:?}: {}", err.code(), err.message());
+    assert_eq!(err.code(), Code::FailedPrecondition, "{what}: {err:?}");
+    assert!(err.message().contains(names), "{what}: {err:?}");
+}
+
+/// Objects someone else made on the array (through the XMS API, as a user
+/// would): a quota tree in the home share's folder, a folder with a share
+/// and a snapshot, a folder named like a PVC, the home share's folder
+/// itself. Every mutating call, in both modes, aimed at each, is
+/// FAILED_PRECONDITION (or ALREADY_EXISTS for a create of that name)
+/// naming it; the array's whole state is the same afterwards and the
+/// plugin sent no request that mutates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_driver_did_not_make_are_never_touched() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let xms = rest::Xms::login(&emu.url()).await;
+    let home = 1;
+    let data = xms.tree(home, "data", 2 * GIB).await;
+    let team = xms.folder("team-a", 10 * GIB, "").await;
+    xms.share(team).await;
+    let nightly = xms.snapshot(team, "nightly").await;
+    let pvc_like = xms.folder("pvc-foreign", 3 * GIB, "made by hand").await;
+    xms.share(pvc_like).await;
+    let pvc_snap = xms.snapshot(pvc_like, "snapshot-1").await;
+    let before = emu.summary();
+    let sent = emu.exchanges().len();
+    let folder = [("mode", "folder"), ("pool", "data_pool")];
+
+    let targets = [
+        (xsky_id("qt", data), "data"),
+        (xsky_id("fd", home), "csi-fs"),
+        (xsky_id("fd", team), "team-a"),
+        (xsky_id("fd", pvc_like), "pvc-foreign"),
+    ];
+    for (id, name) in &targets {
+        refused_naming(&format!("delete {id}"), d.delete(id).await, name);
+        let grown = d.expand(id, 200 * GIB).await.map(drop);
+        refused_naming(&format!("expand {id}"), grown, name);
+    }
+    for (id, name) in &targets[1..] {
+        let snap = d
+            .client
+            .controller
+            .create_snapshot(snapshot_req(id, "snap-of-foreign"))
+            .await
+            .map(drop);
+        refused_naming(&format!("snapshot {id}"), snap, name);
+    }
+    for (snap, name) in [(nightly, "nightly"), (pvc_snap, "snapshot-1")] {
+        let id = xsky_id("sn", snap);
+        let deleted = d
+            .client
+            .controller
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: id.clone(),
+                secrets: secrets(),
+            })
+            .await
+            .map(drop);
+        refused_naming(&format!("delete snapshot {id}"), deleted, name);
+        let restored = d
+            .client
+            .controller
+            .create_volume(restore_req("pvc-restored", &id, &folder))
+            .await
+            .map(drop);
+        refused_naming(&format!("restore {id}"), restored, name);
+    }
+    // A folder volume named like someone's folder is not that folder.
+    for name in ["csi-fs", "team-a", "pvc-foreign"] {
+        let err = d.create(name, GIB, &folder).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{name}: {err:?}");
+    }
+
+    assert_eq!(emu.summary(), before, "the array changed");
+    let mutating: Vec<String> = emu.exchanges()[sent..]
+        .iter()
+        .filter(|e| e.method != "GET" && e.path != "/v1/auth/tokens")
+        .map(|e| format!("{} {} -> {}", e.method, e.path, e.status))
+        .collect();
+    assert!(mutating.is_empty(), "requests that mutate: {mutating:#?}");
+
+    // The driver's own volumes still go through the same checks.
+    let vol = d.create("pvc-own-tree", GIB, &[]).await.expect("create");
+    d.expand(&vol.volume_id, 2 * GIB).await.expect("expand");
+    d.delete(&vol.volume_id).await.expect("delete");
+    let fvol = d
+        .create("pvc-own-folder", GIB, &folder)
+        .await
+        .expect("create");
+    d.expand(&fvol.volume_id, 2 * GIB).await.expect("expand");
+    let snap = d
+        .client
+        .controller
+        .create_snapshot(snapshot_req(&fvol.volume_id, "snap-own"))
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let restored = d
+        .client
+        .controller
+        .create_volume(restore_req("pvc-own-restored", &snap.snapshot_id, &folder))
+        .await
+        .expect("restore")
+        .into_inner()
+        .volume
+        .unwrap();
+    d.delete(&restored.volume_id)
+        .await
+        .expect("delete restored");
+    d.client
+        .controller
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            secrets: secrets(),
+        })
+        .await
+        .expect("delete snapshot");
+    d.delete(&fvol.volume_id).await.expect("delete");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        emu.summary(),
+        before,
+        "the driver's own volumes left something"
+    );
+
+    // Someone's objects go the way they came (finish checks the rest).
+    emu.with_state(|s| {
+        s.snapshots.clear();
+        s.quota_trees.clear();
+        s.shares.retain(|sh| sh.folder_id == home);
+        s.folders.retain(|f| f.id == home);
+    });
+    finish(&emu, &d);
+}
+
+/// The table, the rest of it: a name taken in the other mode, a
+/// name spelled like another's hashed form, a limit below the size, block
+/// capacity, a misspelt parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_parameters_are_checked() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start(&[emu.addr().to_string()], "").await;
+    let folder = [("mode", "folder"), ("pool", "data_pool")];
+
+    // The same name in the other mode: ALREADY_EXISTS, nothing made.
+    let tree_vol = d.create("pvc-both", GIB, &[]).await.expect("create");
+    let err = d.create("pvc-both", GIB, &folder).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let folder_vol = d.create("pvc-both-f", GIB, &folder).await.expect("create");
+    let err = d.create("pvc-both-f", GIB, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(emu.quota_trees().len(), 1);
+    assert_eq!(emu.with_state(|s| s.folders.len()), 2);
+
+    // `x/y` is cleaned into `x-y-<hash>`; a volume named that is another.
+    let odd = d.create("x/y", GIB, &[]).await.expect("create x/y");
+    let tree = emu
+        .quota_trees()
+        .into_iter()
+        .find(|t| t.name.starts_with("x-y-"))
+        .expect("the tree of x/y");
+    let cleaned = &tree.name[..tree.name.len() - "_w12345678".len()];
+    let twin = d.create(cleaned, GIB, &[]).await.expect("create the twin");
+    assert_ne!(twin.volume_id, odd.volume_id, "{cleaned} is x/y");
+    assert_eq!(emu.quota_trees().len(), 3);
+
+    // A limit below the current size: OUT_OF_RANGE, nothing changed.
+    for id in [&tree_vol.volume_id, &folder_vol.volume_id] {
+        let err = d
+            .client
+            .controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: id.clone(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 0,
+                    limit_bytes: (GIB / 2) as i64,
+                }),
+                secrets: secrets(),
+                volume_capability: Some(rw()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange, "{id}: {err:?}");
+    }
+    assert_eq!(tree_size(&emu, "pvc-both"), Some(GIB));
+
+    // GetCapacity for block volumes, which xsky-nfs never makes: 0.
+    let params: std::collections::HashMap<String, String> = [
+        ("shares".to_string(), SHARE.to_string()),
+        ("user".to_string(), USER.to_string()),
+        ("password".to_string(), PASSWORD.to_string()),
+    ]
+    .into();
+    let capacity = |caps: Vec<VolumeCapability>| {
+        let mut c = d.client.controller.clone();
+        let parameters = params.clone();
+        async move {
+            c.get_capacity(GetCapacityRequest {
+                volume_capabilities: caps,
+                parameters,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().available_capacity)
+        }
+    };
+    let block = VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+        ..rw()
+    };
+    assert_eq!(capacity(vec![block]).await.expect("capacity"), 0);
+    assert!(capacity(vec![rw()]).await.expect("capacity") > 0);
+
+    // A misspelt parameter: INVALID_ARGUMENT naming it and the known ones;
+    // the CO's own keys pass.
+    let err = d
+        .create("pvc-typo", GIB, &[("mountOption", "hard")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("\"mountOption\""), "{err:?}");
+    assert!(err.message().contains("mountOptions"), "{err:?}");
+    let vol = d
+        .create(
+            "pvc-co-keys",
+            GIB,
+            &[("csi.storage.k8s.io/pvc/name", "data")],
+        )
+        .await
+        .expect("the CO's keys are not the plugin's");
+
+    for v in [&tree_vol, &folder_vol, &odd, &twin, &vol] {
+        d.delete(&v.volume_id).await.expect("delete");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    finish(&emu, &d);
+}
+
+/// 1,000 XMS requests in one plugin call (a CreateVolume polling a quota
+/// tree that does not settle until then), with the plugin allowed 32 WASI
+/// handles: every request's handles are dropped when its answer is read.
+/// (Before, one handle stayed per request: the call failed with
+/// RESOURCE_EXHAUSTED after about 30 requests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_in_one_call_hold_no_more_handles() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start_limited(
+        &[emu.addr().to_string()],
+        ", pollIntervalMs: 10, callBudgetSeconds: 55",
+        ", maxOpenHandles: 32",
+    )
+    .await;
+    emu.set_faults(Faults {
+        never_settle: true,
+        ..Faults::default()
+    });
+    let sent = emu.exchanges().len();
+    let mut controller = d.client.controller.clone();
+    let create = tokio::spawn(async move {
+        controller
+            .create_volume(create_req("pvc-long-wait", GIB, &[]))
+            .await
+    });
+    while emu.exchanges().len() - sent < 1000 && !create.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    emu.with_state(|s| s.settle_after = Duration::ZERO);
+    emu.set_faults(Faults::default());
+    let vol = create
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.logs()))
+        .into_inner()
+        .volume
+        .unwrap();
+    let requests = emu.exchanges().len() - sent;
+    eprintln!("one CreateVolume made {requests} XMS requests");
+    assert!(requests >= 1000, "only {requests} requests");
+    emu.with_state(|s| s.settle_after = Duration::from_millis(150));
+    d.delete(&vol.volume_id).await.expect("delete");
+    finish(&emu, &d);
+}
+
+/// Work that never settles, polled every 20 ms with 32 handles: each call
+/// runs to its budget (3 s) and answers DEADLINE_EXCEEDED itself (never
+/// RESOURCE_EXHAUSTED); what the creates made is undone, so once the array
+/// finishes its work its state is what it was before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_settling_calls_use_their_budget_and_leave_nothing() {
+    let emu = emulator().await;
+    let mut d = XskyDriver::start_limited(
+        &[emu.addr().to_string()],
+        ", pollIntervalMs: 20, callBudgetSeconds: 3",
+        ", maxOpenHandles: 32",
+    )
+    .await;
+    let folder = [("mode", "folder"), ("pool", "data_pool")];
+    let tree_vol = d.create("pvc-ns-tree", GIB, &[]).await.expect("create");
+    let folder_vol = d
+        .create("pvc-ns-folder", GIB, &folder)
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = emu.summary();
+    emu.set_faults(Faults {
+        never_settle: true,
+        ..Faults::default()
+    });
+    let mut calls: Vec<(&str, Result<(), tonic::Status>, Duration)> = vec![];
+    let started = std::time::Instant::now();
+    let r = d.create("pvc-ns-new-tree", GIB, &[]).await.map(drop);
+    calls.push(("create (quota tree)", r, started.elapsed()));
+    let started = std::time::Instant::now();
+    let r = d.create("pvc-ns-new-folder", GIB, &folder).await.map(drop);
+    calls.push(("create (folder)", r, started.elapsed()));
+    let started = std::time::Instant::now();
+    let r = d
+        .client
+        .controller
+        .create_snapshot(snapshot_req(&folder_vol.volume_id, "snap-ns"))
+        .await
+        .map(drop);
+    calls.push(("create snapshot", r, started.elapsed()));
+    for (what, result, took) in calls {
+        let err = result.expect_err(what);
+        eprintln!("{what}: {:?} after {took:?}: {}", err.code(), err.message());
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{what}: {err:?}");
+        assert!(err.message().contains("call budget"), "{what}: {err:?}");
+        assert!(took >= Duration::from_millis(2900), "{what}: {took:?}");
+    }
+    // The array finishes its work: the undo leaves nothing.
+    emu.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(emu.summary(), before, "the failed creates left something");
+
+    // Expansion that never settles: DEADLINE_EXCEEDED too, both modes.
+    emu.set_faults(Faults {
+        never_settle: true,
+        ..Faults::default()
+    });
+    for id in [&tree_vol.volume_id, &folder_vol.volume_id] {
+        let started = std::time::Instant::now();
+        let err = d.expand(id, 2 * GIB).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{id}: {err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(2900));
+    }
+    emu.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for v in [&tree_vol, &folder_vol] {
+        d.delete(&v.volume_id).await.expect("delete");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    finish(&emu, &d);
+}

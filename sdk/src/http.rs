@@ -71,11 +71,13 @@ pub use wasi_client::send;
 
 mod wasi_client {
     use super::*;
+    use crate::bindings::wasi::clocks::monotonic_clock;
     use crate::bindings::wasi::http::outgoing_handler;
     use crate::bindings::wasi::http::types::{
         http_error_code, ErrorCode as HttpError, Fields, IncomingBody, Method, OutgoingBody,
-        OutgoingRequest, RequestOptions, Scheme,
+        OutgoingRequest, Scheme,
     };
+    use crate::bindings::wasi::io::poll::{poll, Pollable};
     use crate::bindings::wasi::io::streams::StreamError;
 
     /// Largest write the output stream takes at once.
@@ -83,6 +85,15 @@ mod wasi_client {
     const READ_CHUNK: u64 = 64 << 10;
 
     /// Sends `req` and waits for the whole response.
+    ///
+    /// Every handle the request makes is gone when this returns: each
+    /// resource is owned here and dropped (children before parents) or
+    /// handed to the host, which deletes it. No `request-options` is
+    /// passed: the host's `outgoing-handler.handle` only reads that
+    /// resource and never deletes it, so each request would leave one
+    /// handle held until the call ends (a long poll ran out of
+    /// `limits.maxOpenHandles`). The timeout is kept here instead, with a
+    /// clock pollable beside the response's.
     pub fn send(req: &Request) -> Result<Response> {
         let target = split_url(&req.url)?;
         let what = || format!("{} {}", req.method, req.url);
@@ -117,21 +128,19 @@ mod wasi_client {
             .set_path_with_query(Some(&target.path_with_query))
             .map_err(|_| refused("path"))?;
         let body = request.body().map_err(|_| refused("body"))?;
-        let options = RequestOptions::new();
-        if let Some(t) = req.timeout {
-            let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
-            // Both fail only if the host does not support them; it does.
-            let _ = options.set_first_byte_timeout(Some(nanos));
-            let _ = options.set_between_bytes_timeout(Some(nanos));
-        }
         // Sent first, then the body streamed to it: the host reads the
         // body as the plugin writes it, so a body bigger than the stream's
         // buffer cannot wait for a send that has not started.
         let pending =
-            outgoing_handler::handle(request, Some(options)).map_err(|e| http_error(&what(), e))?;
+            outgoing_handler::handle(request, None).map_err(|e| http_error(&what(), e))?;
         let written = write_body(&body, &req.body);
         let finished = OutgoingBody::finish(body, None);
-        pending.subscribe().block();
+        let arrived = ready_within(&pending.subscribe(), req.timeout);
+        if !arrived {
+            // Dropping the future ends the host's request.
+            drop(pending);
+            return Err(timed_out(&what(), req.timeout));
+        }
         let response = match pending.get() {
             Some(Ok(Ok(response))) => {
                 written.context(what)?;
@@ -159,13 +168,34 @@ mod wasi_client {
         let incoming = response
             .consume()
             .map_err(|_| fail(ErrorCode::Internal, format!("{}: no body", what())))?;
-        let body = read_body(&incoming).context(what)?;
+        let body = read_body(&incoming, req.timeout).context(what)?;
         drop(IncomingBody::finish(incoming));
         Ok(Response {
             status,
             headers,
             body,
         })
+    }
+
+    /// Waits until `ready` is, at most `timeout`; whether it is. The
+    /// clock's pollable is dropped before this returns.
+    fn ready_within(ready: &Pollable, timeout: Option<Duration>) -> bool {
+        let Some(timeout) = timeout else {
+            ready.block();
+            return true;
+        };
+        let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let timer = monotonic_clock::subscribe_duration(nanos);
+        poll(&[ready, &timer]);
+        ready.ready()
+    }
+
+    fn timed_out(what: &str, timeout: Option<Duration>) -> Error {
+        let after = timeout.map(|t| format!(" ({t:?})")).unwrap_or_default();
+        fail(
+            ErrorCode::DeadlineExceeded,
+            format!("{what}: no answer in time{after}"),
+        )
     }
 
     fn method(name: &str) -> Method {
@@ -196,13 +226,17 @@ mod wasi_client {
         Ok(())
     }
 
-    fn read_body(incoming: &IncomingBody) -> Result<Vec<u8>> {
+    /// The whole body; `timeout` bounds each wait for more of it.
+    fn read_body(incoming: &IncomingBody, timeout: Option<Duration>) -> Result<Vec<u8>> {
         let stream = incoming
             .stream()
             .map_err(|_| fail(ErrorCode::Internal, "response body stream"))?;
         let mut body = Vec::new();
         loop {
-            match stream.blocking_read(READ_CHUNK) {
+            if !ready_within(&stream.subscribe(), timeout) {
+                return Err(timed_out("reading the response body", timeout));
+            }
+            match stream.read(READ_CHUNK) {
                 Ok(chunk) => body.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => return Ok(body),
                 Err(StreamError::LastOperationFailed(e)) => {

@@ -153,23 +153,33 @@ impl Emulator {
     }
 }
 
-/// What `GET /emulator/state` shows.
+/// What `GET /emulator/state` shows: every object a client can make or
+/// change, with every field a client can set or see change (sizes,
+/// descriptions, statuses, ACLs), so that two dumps compare the whole
+/// array.
 pub fn state_summary(s: &State) -> Value {
+    use state::status_of;
     json!({
         "folders": s.folders.iter().map(|f| json!({
-            "id": f.id, "name": f.name, "size": f.size,
+            "id": f.id, "name": f.name, "size": f.size, "pool_id": f.pool_id,
+            "description": f.description, "status": status_of(&f.pending),
+            "pending": format!("{:?}", f.pending.as_ref().map(|p| &p.0)),
+            "fs_gateway_group_id": f.gateway_group_id, "fs_snapshot_id": f.snapshot_id,
             "quota_tree_bytes": s.quota_trees.iter().filter(|t| t.folder_id == f.id).map(|t| t.size).sum::<u64>(),
         })).collect::<Vec<_>>(),
         "quota_trees": s.quota_trees.iter().map(|t| json!({
             "id": t.id, "name": t.name, "fs_folder_id": t.folder_id,
             "size": t.size, "status": t.status(),
+            "pending": format!("{:?}", t.pending.as_ref().map(|p| &p.0)),
         })).collect::<Vec<_>>(),
         "nfs_shares": s.shares.iter().map(|sh| json!({
             "id": sh.id, "fs_folder_id": sh.folder_id, "fs_quota_tree_id": sh.quota_tree_id,
-            "acls": sh.acls,
+            "fs_gateway_group_id": sh.gateway_group_id, "acls": sh.acls,
+            "status": status_of(&sh.pending),
         })).collect::<Vec<_>>(),
         "fs_snapshots": s.snapshots.iter().map(|sn| json!({
             "id": sn.id, "name": sn.name, "fs_folder_id": sn.folder_id, "size": sn.size,
+            "description": sn.description, "status": status_of(&sn.pending),
         })).collect::<Vec<_>>(),
     })
 }

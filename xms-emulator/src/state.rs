@@ -47,7 +47,7 @@ pub struct Folder {
 /// while the `never_settle` fault holds).
 pub type Work = Option<(Pending, Option<Instant>)>;
 
-fn status_of(work: &Work) -> &'static str {
+pub fn status_of(work: &Work) -> &'static str {
     match work {
         None => "active",
         Some((Pending::Create, _)) => "creating",
@@ -64,6 +64,8 @@ pub struct FsSnapshot {
     pub size: u64,
     pub created: String,
     pub pending: Work,
+    /// Free text the creator set.
+    pub description: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -688,7 +690,7 @@ impl State {
         let pool = folder.and_then(|f| self.pools.iter().find(|p| p.id == f.pool_id));
         strip_nulls(json!({
             "id": sn.id, "name": sn.name, "size": sn.size, "allocated_size": 0,
-            "status": status_of(&sn.pending), "creator": "admin", "description": "",
+            "status": status_of(&sn.pending), "creator": "admin", "description": sn.description,
             "formatted": true,
             "clone_folder_num": self.folders.iter().filter(|f| f.snapshot_id == Some(sn.id)).count(),
             "fs_folder": folder.map(|f| json!({"id": f.id, "name": f.name})),
@@ -1001,6 +1003,7 @@ impl State {
             size: folder.size,
             created: now(),
             pending: Some((Pending::Create, self.settle_at())),
+            description: b["description"].as_str().unwrap_or_default().to_string(),
         };
         self.snapshots.push(sn.clone());
         (202, json!({ "fs_snapshot": self.snapshot_view(&sn) }))

@@ -218,7 +218,8 @@ fn every_operation_answers_as_the_swagger_says() {
         Some(grow.clone()),
         s.update_folder(fid, &grow),
     ));
-    let snap = json!({"fs_snapshot": {"fs_folder_id": fid, "name": "snap-1"}});
+    let snap =
+        json!({"fs_snapshot": {"fs_folder_id": fid, "name": "snap-1", "description": "mine"}});
     all.push(ex(
         "POST",
         "/v1/fs-snapshots/",
@@ -229,6 +230,11 @@ fn every_operation_answers_as_the_swagger_says() {
     s.settle();
     let shid = s.shares.last().unwrap().id;
     let snid = s.snapshots[0].id;
+    assert_eq!(
+        s.get_snapshot(snid).1["fs_snapshot"]["description"],
+        "mine",
+        "a snapshot keeps its description"
+    );
     all.push(ex(
         "GET",
         &format!("/v1/fs-nfs-shares/{shid}"),

@@ -427,8 +427,9 @@ impl Controller for ControllerService {
         let deadline = deadline(&request);
         let req = request.into_inner();
         traced("GetCapacity", "", async move {
+            let mut caps = vec![];
             for cap in &req.volume_capabilities {
-                validate::capability(cap)?;
+                caps.push(validate::capability(cap)?);
             }
             let plugin = self.driver().dispatch.for_parameters(&req.parameters)?;
             if !plugin.has(Features::GET_CAPACITY) {
@@ -438,6 +439,19 @@ impl Controller for ControllerService {
                 )));
             }
             let minimum_volume_size = Some(convert::bytes(plugin.info.min_volume_bytes));
+            // No room for volumes the plugin cannot make (block from a
+            // file-only plugin, an access mode it lacks): the CSI spec's
+            // capacity "for volumes that satisfy ALL the capabilities".
+            if caps
+                .iter()
+                .any(|c| validate::unsupported(&plugin, c).is_some())
+            {
+                return Ok(GetCapacityResponse {
+                    available_capacity: 0,
+                    maximum_volume_size: None,
+                    minimum_volume_size,
+                });
+            }
             // A node-local plugin has nothing to offer on another node.
             if let Some(topology) = &req.accessible_topology {
                 if plugin.has(Features::NODE_LOCAL) && !self.is_this_node(topology) {

@@ -9,6 +9,8 @@
 #[path = "../common/shared.rs"]
 mod shared;
 
+pub mod rest;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,6 +83,21 @@ impl XskyDriver {
     /// Like `start`; `http_grant`: extra entries of the http capability
     /// (`caFile`, `insecureSkipTlsVerify`) as YAML flow entries.
     pub async fn start_with(servers: &[String], settings: &str, http_grant: &str) -> XskyDriver {
+        XskyDriver::launch(servers, settings, http_grant, "").await
+    }
+
+    /// Like `start`; `limits`: extra entries of the plugin's limits as
+    /// YAML flow entries (`maxOpenHandles: 32`).
+    pub async fn start_limited(servers: &[String], settings: &str, limits: &str) -> XskyDriver {
+        XskyDriver::launch(servers, settings, "", limits).await
+    }
+
+    async fn launch(
+        servers: &[String],
+        settings: &str,
+        http_grant: &str,
+        limits: &str,
+    ) -> XskyDriver {
         let base = tempfile::Builder::new()
             .prefix("wasmcsi-xsky")
             .tempdir()
@@ -117,7 +134,7 @@ plugins:
   - name: xsky-nfs
     path: {wasm}
     settings: {{ xmsServers: "{servers}"{defaults}{settings} }}
-    limits: {{ callTimeoutSeconds: 60 }}
+    limits: {{ callTimeoutSeconds: 60{limits} }}
     capabilities:
       http: {{ origins: ["{origins}"]{http_grant} }}
       mount: {{ types: [nfs, nfs4], targetPrefixes: ["{kubelet}"], recordNetworkMounts: "{record}" }}

@@ -12,9 +12,12 @@ use crate::folder;
 use crate::host::{log, Host, Wasm};
 use crate::params::{self, CredentialSource, HomeShare};
 use crate::rules::{capacity_race, clone_unsupported, size_for};
-use crate::volume::{fingerprint, marked_tree_name, tree_mark, Kind, VolumeId};
+use crate::volume::{
+    description_mark, fingerprint, marked_tree_base, marked_tree_name, tree_is_marked, tree_mark,
+    tree_name, Kind, VolumeId,
+};
 use crate::wasmcsi::plugin::log::Level;
-use crate::wasmcsi::plugin::types::{AccessType, ContentSource, KeyValues, Secrets};
+use crate::wasmcsi::plugin::types::{AccessType, CapacityRange, ContentSource, KeyValues, Secrets};
 use crate::xms::{self, Added, Folder, Tree};
 use crate::XskyNfs;
 use wasmcsi_plugin_sdk::capacity::{self, fits};
@@ -165,6 +168,7 @@ fn settled(c: &mut Client, tree: &Tree, doing: &str) -> Result<Tree> {
 pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume> {
     let settings = host.settings();
     let p = &req.parameters;
+    params::check_known(p)?;
     let pick = |k: &str| params::get(p, k).or_else(|| params::get(&settings, k));
     let folder_mode = match pick("mode").unwrap_or("quota-tree") {
         "quota-tree" => false,
@@ -272,6 +276,7 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
             &doing,
         );
     }
+    refuse_folder_volume(&mut c, &req.name)?;
     let best = homes
         .iter()
         .max_by_key(|h| xms::folder_free(&h.folder, &h.trees))
@@ -372,6 +377,57 @@ pub fn create_volume(host: &dyn Host, req: CreateVolumeRequest) -> Result<Volume
     }
 }
 
+/// A folder-mode volume of this name exists (a folder of its name with
+/// xsky-nfs's mark): the name is taken, ALREADY_EXISTS.
+fn refuse_folder_volume(c: &mut Client, csi_name: &str) -> Result<()> {
+    let folder = tree_name(csi_name);
+    match xms::find_folder_record(c, &folder)? {
+        Some(f) if description_mark(f.description.as_deref().unwrap_or_default()).is_some() => {
+            Err(fail(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "volume {csi_name:?} exists in mode folder (folder {folder}): \
+                     the same name cannot be a quota-tree volume too"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A quota-tree volume of this name exists (a tree xsky-nfs marked for
+/// it, in any folder): the name is taken, ALREADY_EXISTS.
+pub fn refuse_tree_volume(c: &mut Client, csi_name: &str) -> Result<()> {
+    let taken = xms::find_trees(c, &marked_tree_base(csi_name))?
+        .into_iter()
+        .find(|t| tree_mark(&t.name, csi_name).is_some());
+    match taken {
+        Some(t) => Err(fail(
+            ErrorCode::AlreadyExists,
+            format!(
+                "volume {csi_name:?} exists in mode quota-tree (quota tree {} in folder {}): \
+                 the same name cannot be a folder volume too",
+                t.name, t.fs_folder.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Only a quota tree whose name carries xsky-nfs's mark is deleted or
+/// resized: any other (a statically provisioned PV over an existing
+/// tree, an id from another cluster) is FAILED_PRECONDITION, untouched.
+fn ensure_marked(tree: &Tree, doing: &str) -> Result<()> {
+    if tree_is_marked(&tree.name) {
+        return Ok(());
+    }
+    Err(precondition(format!(
+        "{doing}: quota tree {} (id {}) in folder {} was not made by xsky-nfs (its name \
+         carries no mark _w<fingerprint>); refusing to change it",
+        tree.name, tree.id, tree.fs_folder.name
+    )))
+}
+
 /// A tree xsky-nfs made for the volume's name exists: the same volume if
 /// it was made with the same parameters and its size fits the request,
 /// ALREADY_EXISTS otherwise.
@@ -431,6 +487,7 @@ pub fn delete_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Res
     let Some(tree) = xms::get_tree(&mut c, id.tree_id)? else {
         return Ok(());
     };
+    ensure_marked(&tree, &doing)?;
     if tree.state.status != "deleting" {
         let tree = settled(&mut c, &tree, &doing)?;
         xms::remove_tree(&mut c, tree.fs_folder.id, tree.id).context(|| doing.clone())?;
@@ -460,9 +517,11 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
             format!("{doing}: quota tree {} does not exist", id.tree_id),
         )
     })?;
+    ensure_marked(&tree, &doing)?;
     let tree = settled(&mut c, &tree, &doing)?;
     let target = capacity::asked(&req.capacity)
         .ok_or_else(|| invalid(format!("{doing}: no capacity asked")))?;
+    within_limit(tree.size, &req.capacity, &doing)?;
     let done = |size: u64| ExpandResult {
         capacity_bytes: size,
         node_expansion_required: false,
@@ -519,6 +578,18 @@ pub fn expand_volume(host: &dyn Host, req: ExpandRequest) -> Result<ExpandResult
     Ok(done(grown.size))
 }
 
+/// A volume already larger than the expansion's limit cannot meet it:
+/// OUT_OF_RANGE (volumes never shrink).
+pub fn within_limit(size: u64, range: &CapacityRange, doing: &str) -> Result<()> {
+    match range.limit_bytes {
+        Some(limit) if limit > 0 && size > limit => Err(fail(
+            ErrorCode::OutOfRange,
+            format!("{doing}: the volume has {size} bytes, more than the limit of {limit} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn get_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result<Volume> {
     let id = VolumeId::parse(volume_id)?;
     let mut c = client(host, &id.servers, secrets, &[])?;
@@ -551,6 +622,7 @@ pub fn get_volume(host: &dyn Host, volume_id: &str, secrets: &Secrets) -> Result
 /// Quota-tree mode: the largest free room among the home shares' folders;
 /// folder mode: the pool's free bytes.
 pub fn get_capacity(host: &dyn Host, parameters: &KeyValues) -> Result<u64> {
+    params::check_known(parameters)?;
     let settings = host.settings();
     let pick = |k: &str| params::get(parameters, k).or_else(|| params::get(&settings, k));
     let servers = match params::get(parameters, "xmsServers") {

@@ -4,6 +4,7 @@
 //! snapshot is a folder cloned from it.
 
 use crate::client::{Client, CLEANUP_GRACE};
+use crate::controller::{refuse_tree_volume, within_limit};
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::controller::{
     CreateSnapshotRequest, CreateVolumeRequest, ExpandResult, Snapshot, SnapshotFilter,
@@ -11,7 +12,7 @@ use crate::exports::wasmcsi::plugin::controller::{
 };
 use crate::host::{log, Host};
 use crate::rules::{capacity_race, clone_unsupported, size_for};
-use crate::volume::{fingerprint, folder_description, folder_mark, tree_name, Kind, VolumeId};
+use crate::volume::{description_mark, fingerprint, marked_description, tree_name, Kind, VolumeId};
 use crate::wasmcsi::plugin::log::Level;
 use crate::wasmcsi::plugin::types::{CapacityRange, ContentSource};
 use crate::xms::{self, until_gone, until_settled, FolderRecord, FsSnapshot, Share};
@@ -82,6 +83,7 @@ pub fn create_volume(
     if let Some(f) = xms::find_folder_record(c, &name)? {
         return existing(c, &f, req, &fp, &plan, &doing);
     }
+    refuse_tree_volume(c, &req.name)?;
     let pool_id = xms::find_pool(c, plan.pool)?
         .ok_or_else(|| precondition(format!("pool {:?}: XMS has no such pool", plan.pool)))?;
     let (gw_id, vip) = gateway(c, &plan)?;
@@ -93,6 +95,7 @@ pub fn create_volume(
                 format!("snapshot {sid} does not exist"),
             )
         })?;
+        ensure_snapshot_marked(&snap, &doing)?;
         if range.required_bytes.is_none_or(|r| r < snap.size) {
             range.required_bytes = Some(snap.size);
         }
@@ -104,7 +107,7 @@ pub fn create_volume(
         pool_id,
         size,
         snapshot.as_ref().map(|s| s.1),
-        &folder_description(&fp),
+        &marked_description(&fp),
     ) {
         Ok(m) => m,
         Err(e) => {
@@ -170,6 +173,47 @@ fn description_of(f: &FolderRecord) -> &str {
     f.description.as_deref().unwrap_or_default()
 }
 
+/// Only a folder xsky-nfs made (its description carries the mark) is
+/// changed; any other (a home share's folder, a statically provisioned
+/// PV's) is FAILED_PRECONDITION, untouched.
+fn ensure_folder_marked(folder: &FolderRecord, doing: &str) -> Result<()> {
+    if description_mark(description_of(folder)).is_some() {
+        return Ok(());
+    }
+    Err(precondition(format!(
+        "{doing}: folder {} (id {}) was not made by xsky-nfs (no mark in its description); \
+         refusing to change it",
+        folder.name, folder.id
+    )))
+}
+
+/// Only a snapshot xsky-nfs made (its description carries the mark) is
+/// deleted or restored.
+fn ensure_snapshot_marked(snap: &FsSnapshot, doing: &str) -> Result<()> {
+    if description_mark(snap.description.as_deref().unwrap_or_default()).is_some() {
+        return Ok(());
+    }
+    Err(precondition(format!(
+        "{doing}: snapshot {} (id {}) of folder {} was not made by xsky-nfs (no mark in its \
+         description); refusing to use it",
+        snap.name, snap.id, snap.fs_folder.name
+    )))
+}
+
+/// A folder holding quota trees is a home share's, never a folder volume.
+fn ensure_no_trees(c: &mut Client, folder: &FolderRecord, doing: &str) -> Result<()> {
+    let trees = xms::list_trees(c, &xms::Folder::from(folder.clone()))?;
+    if trees.is_empty() {
+        return Ok(());
+    }
+    Err(precondition(format!(
+        "{doing}: folder {} holds {} quota tree(s), which xsky-nfs folder volumes never have; \
+         refusing to change it",
+        folder.name,
+        trees.len()
+    )))
+}
+
 /// A folder of the volume's name exists: the same volume if xsky-nfs made
 /// it with the same parameters and its size fits; ALREADY_EXISTS
 /// otherwise, with nothing touched.
@@ -188,7 +232,7 @@ fn existing(
             format!("volume {:?}: folder {name} exists, {why}", req.name),
         ))
     };
-    match folder_mark(description_of(folder)) {
+    match description_mark(description_of(folder)) {
         None => return refuse("and xsky-nfs did not make it (no mark in its description)".into()),
         Some(mark) if mark != fp => {
             return refuse(
@@ -296,12 +340,7 @@ pub fn delete_volume(c: &mut Client, id: &VolumeId, volume_id: &str) -> Result<(
         return Ok(());
     };
     let name = folder.name.clone();
-    if folder_mark(description_of(&folder)).is_none() {
-        return Err(precondition(format!(
-            "{doing}: folder {name} was not made by xsky-nfs (no mark in its description); \
-             refusing to delete it"
-        )));
-    }
+    ensure_folder_marked(&folder, &doing)?;
     // XMS keeps a folder with snapshots: say so before touching its share.
     let snapshots = xms::list_snapshots(c, Some(id.tree_id))?;
     if !snapshots.is_empty() {
@@ -338,6 +377,15 @@ pub fn expand_volume(
     let doing = format!("expanding volume {volume_id}");
     let target =
         capacity::asked(range).ok_or_else(|| invalid(format!("{doing}: no capacity asked")))?;
+    // Whose it is first, before waiting on it.
+    let Some(found) = get_folder(c, id.tree_id)? else {
+        return Err(fail(
+            ErrorCode::NotFound,
+            format!("{doing}: folder {} does not exist", id.tree_id),
+        ));
+    };
+    ensure_folder_marked(&found, &doing)?;
+    ensure_no_trees(c, &found, &doing)?;
     let folder = xms::wait_for(
         c,
         &doing,
@@ -350,6 +398,7 @@ pub fn expand_volume(
             format!("{doing}: folder {} does not exist", id.tree_id),
         )
     })?;
+    within_limit(folder.size, range, &doing)?;
     let done = |size| ExpandResult {
         capacity_bytes: size,
         node_expansion_required: false,
@@ -439,17 +488,27 @@ pub fn create_snapshot(
         "creating snapshot {:?} of {}",
         req.name, req.source_volume_id
     );
-    if get_folder(c, source.tree_id)?.is_none() {
+    let Some(folder) = get_folder(c, source.tree_id)? else {
         return Err(fail(
             ErrorCode::NotFound,
             format!("{doing}: the volume does not exist"),
         ));
-    }
+    };
+    ensure_folder_marked(&folder, &doing)?;
+    let mark = marked_description(&fingerprint(&[("snapshot-of", &folder.id.to_string())]));
     let existing = xms::list_snapshots(c, None)?
         .into_iter()
         .find(|s| s.name == name);
+    // A snapshot of this name that xsky-nfs did not make is not this one.
+    let ours = |s: FsSnapshot| match ensure_snapshot_marked(&s, &doing) {
+        Ok(()) => Ok(s),
+        Err(e) => Err(fail(
+            ErrorCode::AlreadyExists,
+            format!("{} (a snapshot of that name exists)", e.message),
+        )),
+    };
     let snap = match existing {
-        Some(s) if s.fs_folder.id == source.tree_id => s,
+        Some(s) if s.fs_folder.id == source.tree_id => ours(s)?,
         Some(_) => {
             return Err(fail(
                 ErrorCode::AlreadyExists,
@@ -457,19 +516,22 @@ pub fn create_snapshot(
             ))
         }
         None => {
-            let made = xms::create_snapshot(c, source.tree_id, &name).context(|| doing.clone())?;
+            let made =
+                xms::create_snapshot(c, source.tree_id, &name, &mark).context(|| doing.clone())?;
             log(host, Level::Info, "creating snapshot", &[("name", &name)]);
             match made {
                 Some(s) => s,
-                None => xms::list_snapshots(c, Some(source.tree_id))?
-                    .into_iter()
-                    .find(|s| s.name == name)
-                    .ok_or_else(|| {
-                        fail(
-                            ErrorCode::Aborted,
-                            format!("{doing}: the snapshot exists but is not listed"),
-                        )
-                    })?,
+                None => ours(
+                    xms::list_snapshots(c, Some(source.tree_id))?
+                        .into_iter()
+                        .find(|s| s.name == name)
+                        .ok_or_else(|| {
+                            fail(
+                                ErrorCode::Aborted,
+                                format!("{doing}: the snapshot exists but is not listed"),
+                            )
+                        })?,
+                )?,
             }
         }
     };
@@ -497,9 +559,10 @@ pub fn delete_snapshot(c: &mut Client, id: &VolumeId, snapshot_id: &str) -> Resu
         )));
     }
     let doing = format!("deleting snapshot {snapshot_id}");
-    if get_snapshot(c, id.tree_id)?.is_none() {
+    let Some(snap) = get_snapshot(c, id.tree_id)? else {
         return Ok(());
-    }
+    };
+    ensure_snapshot_marked(&snap, &doing)?;
     xms::delete_snapshot(c, id.tree_id).context(|| doing.clone())?;
     xms::wait_for(c, &doing, |c| get_snapshot(c, id.tree_id), until_gone).map(drop)
 }

@@ -101,6 +101,9 @@ pub struct FsSnapshot {
     pub name: String,
     pub size: u64,
     pub fs_folder: Ref,
+    /// xsky-nfs's mark on the snapshots it made.
+    #[serde(default)]
+    pub description: Option<String>,
     /// RFC 3339.
     #[serde(default)]
     pub create: Option<String>,

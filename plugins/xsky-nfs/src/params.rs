@@ -49,6 +49,47 @@ pub fn server_url(entry: &str) -> Result<String> {
     })
 }
 
+/// The StorageClass parameters xsky-nfs reads (`user`/`password`: the
+/// deprecated credentials).
+pub const KNOWN: &[&str] = &[
+    "mode",
+    "shares",
+    "xmsServers",
+    "pool",
+    "gatewayGroup",
+    "clientGroupName",
+    "mountOptions",
+    "nfsVersion",
+    "user",
+    "password",
+];
+
+/// Keys the CO owns (`csi.storage.k8s.io/...`), never the plugin's.
+const CO_PREFIX: &str = "csi.storage.k8s.io/";
+
+/// A parameter xsky-nfs does not know (a typo, most likely) is
+/// INVALID_ARGUMENT naming it, rather than silently ignored.
+pub fn check_known(parameters: &[(String, String)]) -> Result<()> {
+    let mut unknown: Vec<&str> = parameters
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !KNOWN.contains(k) && !k.starts_with(CO_PREFIX))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(invalid(format!(
+        "unknown StorageClass parameter(s) {}: xsky-nfs knows {} (and the CO's {CO_PREFIX}*)",
+        unknown
+            .iter()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        KNOWN.join(", ")
+    )))
+}
+
 pub fn servers(list: &str) -> Result<Vec<String>> {
     let out: Vec<String> = list
         .split(',')
@@ -218,6 +259,20 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn unknown_parameters_are_named() {
+        let ok = kv(&[
+            ("shares", "h:/sdsfs/a/"),
+            ("mode", "folder"),
+            ("csi.storage.k8s.io/fstype", "nfs"),
+        ]);
+        assert!(check_known(&ok).is_ok());
+        let e =
+            check_known(&kv(&[("mode", "folder"), ("shraes", "x"), ("Pool", "p")])).unwrap_err();
+        assert!(e.message.contains("\"Pool\", \"shraes\""), "{}", e.message);
+        assert!(e.message.contains("gatewayGroup"), "{}", e.message);
     }
 
     #[test]

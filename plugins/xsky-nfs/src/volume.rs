@@ -101,38 +101,70 @@ pub fn marked_tree_name(csi_name: &str, fingerprint: &str) -> String {
     format!("{base}_w{fingerprint}")
 }
 
+/// What every marked tree name of this CSI name starts with.
+pub fn marked_tree_base(csi_name: &str) -> String {
+    name_within(csi_name, MAX_NAME - 10)
+}
+
+/// Whether a quota tree's name carries the mark `marked_tree_name` puts
+/// in it (for whatever CSI name): only such a tree is deleted or resized.
+pub fn tree_is_marked(tree: &str) -> bool {
+    tree.rsplit_once("_w")
+        .is_some_and(|(base, fp)| !base.is_empty() && is_fingerprint(fp))
+}
+
+fn is_fingerprint(fp: &str) -> bool {
+    fp.len() == 8 && fp.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The fingerprint in a quota tree name made by `marked_tree_name` for
 /// this CSI name, if the tree is one.
 pub fn tree_mark<'t>(tree: &'t str, csi_name: &str) -> Option<&'t str> {
     let (base, fp) = tree.rsplit_once("_w")?;
-    let ours = fp.len() == 8
-        && fp.bytes().all(|b| b.is_ascii_hexdigit())
-        && base == name_within(csi_name, MAX_NAME - 10);
+    let ours = is_fingerprint(fp) && base == marked_tree_base(csi_name);
     ours.then_some(fp)
 }
 
-/// What a folder made by xsky-nfs carries as its description:
+/// What a folder or snapshot made by xsky-nfs carries as its description:
 /// `wasmcsi:xsky-nfs:<fingerprint>`.
-pub const FOLDER_MARK: &str = "wasmcsi:xsky-nfs:";
+pub const MARK: &str = "wasmcsi:xsky-nfs:";
 
-pub fn folder_description(fingerprint: &str) -> String {
-    format!("{FOLDER_MARK}{fingerprint}")
+/// The description that marks a folder or a snapshot as xsky-nfs's.
+pub fn marked_description(fingerprint: &str) -> String {
+    format!("{MARK}{fingerprint}")
 }
 
-/// The fingerprint in a folder description, if xsky-nfs made the folder.
-pub fn folder_mark(description: &str) -> Option<&str> {
+/// The fingerprint in a folder's or snapshot's description, if xsky-nfs
+/// made it.
+pub fn description_mark(description: &str) -> Option<&str> {
     description
-        .strip_prefix(FOLDER_MARK)
-        .filter(|fp| fp.len() == 8 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+        .strip_prefix(MARK)
+        .filter(|fp| is_fingerprint(fp))
 }
 
 /// The quota tree name for a CSI volume name: deterministic, so a retried
 /// CreateVolume finds what an earlier attempt made. Names that are not
-/// plain `[A-Za-z0-9_-]` or are too long get a hash suffix.
+/// plain `[A-Za-z0-9_-]`, are too long, or end like a hashed name get a
+/// hash suffix.
 pub fn tree_name(csi_name: &str) -> String {
     name_within(csi_name, MAX_NAME)
 }
 
+/// Hex digits of the hash suffix (5 bytes).
+const HASH_HEX: usize = 10;
+
+/// Ends as a hashed name does: `-` and 10 lower-case hex digits.
+fn looks_hashed(name: &str) -> bool {
+    name.len() > HASH_HEX && {
+        let (head, tail) = name.split_at(name.len() - HASH_HEX);
+        head.ends_with('-') && tail.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+}
+
+/// Injective: a name is kept only when it is plain, fits and does not end
+/// like a hashed name, and every other name ends with the hash of the raw
+/// name; so `x/y` (`x-y-<hash>`) and a name spelled `x-y-<hash>` (hashed
+/// again) never meet.
 fn name_within(csi_name: &str, max: usize) -> String {
     let clean: String = csi_name
         .chars()
@@ -144,7 +176,7 @@ fn name_within(csi_name: &str, max: usize) -> String {
             }
         })
         .collect();
-    if clean == csi_name && clean.len() <= max {
+    if clean == csi_name && clean.len() <= max && !looks_hashed(csi_name) {
         return clean;
     }
     let hash = hex_digest(csi_name.as_bytes(), 5);
@@ -195,6 +227,26 @@ mod tests {
         assert_ne!(tree_name("a.b"), tree_name("a-b"));
         let long = tree_name(&"x".repeat(200));
         assert_eq!(long.len(), MAX_NAME);
+        // Kubernetes names stay themselves.
+        let pvc = "pvc-6f1c2a9e-1b2c-4d3e-8f90-0123456789ab";
+        assert_eq!(tree_name(pvc), pvc);
+    }
+
+    /// A name spelled like another name's hashed form is not that name.
+    #[test]
+    fn names_never_meet_a_hashed_form() {
+        let hashed = tree_name("x/y");
+        assert!(looks_hashed(&hashed), "{hashed}");
+        assert_ne!(tree_name(&hashed), hashed);
+        assert_ne!(tree_name(&hashed), tree_name("x/y"));
+        let fp = fingerprint(&[]);
+        assert_ne!(marked_tree_name(&hashed, &fp), marked_tree_name("x/y", &fp));
+        assert_eq!(tree_mark(&marked_tree_name("x/y", &fp), &hashed), None);
+        // Long names too: each ends with the hash of itself.
+        let long = "z".repeat(100);
+        assert_ne!(tree_name(&tree_name(&long)), tree_name(&long));
+        // Upper-case hex is no hashed form: kept.
+        assert_eq!(tree_name("x-y-ABCDEF0123"), "x-y-ABCDEF0123");
     }
 
     #[test]
@@ -211,8 +263,15 @@ mod tests {
         let name = marked_tree_name(&long, &fp);
         assert_eq!(name.len(), MAX_NAME);
         assert_eq!(tree_mark(&name, &long), Some(fp.as_str()));
-        assert_eq!(folder_mark(&folder_description(&fp)), Some(fp.as_str()));
-        assert_eq!(folder_mark(""), None);
-        assert_eq!(folder_mark("home share of the CSI volumes"), None);
+        assert_eq!(
+            description_mark(&marked_description(&fp)),
+            Some(fp.as_str())
+        );
+        assert_eq!(description_mark(""), None);
+        assert_eq!(description_mark("home share of the CSI volumes"), None);
+        assert!(tree_is_marked(&name));
+        for foreign in ["data", "pvc-1", "_w12345678", "a_wxyz", "a_w1234567"] {
+            assert!(!tree_is_marked(foreign), "{foreign}");
+        }
     }
 }

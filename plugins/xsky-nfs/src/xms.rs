@@ -114,6 +114,18 @@ pub fn list_trees(c: &mut Client, folder: &Folder) -> Result<Vec<Tree>> {
     )
 }
 
+/// ListQuotaTrees of every folder whose names match `q` (XMS's fuzzy
+/// match: the caller filters exactly).
+pub fn find_trees(c: &mut Client, q: &str) -> Result<Vec<Tree>> {
+    let path = format!("/v1/fs-quota-trees/?q={}", query_value(q));
+    get_list(
+        c,
+        &path,
+        "fs_quota_trees",
+        &format!("looking up quota trees named like {q}"),
+    )
+}
+
 /// GetQuotaTree; `None` when it does not exist.
 pub fn get_tree(c: &mut Client, id: i64) -> Result<Option<Tree>> {
     get_object(c, &format!("/v1/fs-quota-trees/{id}"), "fs_quota_tree")
@@ -407,8 +419,15 @@ pub fn list_snapshots(c: &mut Client, folder_id: Option<i64>) -> Result<Vec<FsSn
 }
 
 /// CreateFSSnapshot (202); `None` on 409 (the name exists).
-pub fn create_snapshot(c: &mut Client, folder_id: i64, name: &str) -> Result<Option<FsSnapshot>> {
-    let body = json!({ "fs_snapshot": { "fs_folder_id": folder_id, "name": name } });
+pub fn create_snapshot(
+    c: &mut Client,
+    folder_id: i64,
+    name: &str,
+    description: &str,
+) -> Result<Option<FsSnapshot>> {
+    let body = json!({ "fs_snapshot": {
+        "fs_folder_id": folder_id, "name": name, "description": description,
+    }});
     let doing = format!("creating snapshot {name} of folder {folder_id}");
     let mut a = c.call("POST", "/v1/fs-snapshots/", Some(&body))?;
     match a.status {
