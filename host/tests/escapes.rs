@@ -379,7 +379,7 @@ fn mount_at(path: &Path) -> Option<(String, String, String)> {
                 right.next()?.to_string(),
             ))
         })
-        .last()
+        .next_back()
 }
 
 /// Another pod's Secret volume under the kubelet directory, as kubelet
