@@ -8,7 +8,7 @@ CARGO ?= cargo
 WASM_DIR := target/wasm32-wasip2/release
 PLUGINS := local-dir hostile xsky-nfs plugin-template
 
-.PHONY: setup plugins plugin-py test-plugin-py host demo test test-deploy test-sanity test-image image release bench clean
+.PHONY: setup plugins plugin-py test-plugin-py host demo test test-deploy test-sanity test-image test-kube image release bench clean
 
 setup:
 	scripts/setup.sh
@@ -73,10 +73,19 @@ test-image: plugins host
 	scripts/image.sh --profile debug --out target/image/wasmcsi-dev.oci.tar
 	scripts/test-image.py target/image/wasmcsi-dev.oci.tar
 
-# All the tests: the Kubernetes manifests, csi-sanity, the driver image, then
+# The driver in a real single-node Kubernetes ($WASMCSI_SHARED/kube, default
+# ../shared): per local-dir mode a PVC bound, used by a pod, expanded online
+# and filled to its new size, then deleted with nothing left; capacity
+# tracking (CSIStorageCapacity objects, a pod too big for them stays Pending).
+# Without the kit it says SKIP, except in CI (CI=true). See scripts/test-kube.sh.
+test-kube: plugins host
+	scripts/test-kube.sh
+
+# All the tests: the Kubernetes manifests, csi-sanity, the driver image, the
+# driver in Kubernetes, then
 # every crate's unit tests and the end-to-end tests against the real binary
 # (last, so its summary closes).
-test: plugins test-plugin-py test-deploy test-sanity test-image
+test: plugins test-plugin-py test-deploy test-sanity test-image test-kube
 	$(CARGO) test --workspace 2>&1 | tee target/test-output.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log

@@ -14,7 +14,11 @@
 #    agreeing across CSIDriver / config / registrar / socket dir / classes,
 #    references to ConfigMaps, ServiceAccounts and Roles that exist, probe
 #    ports served by a sidecar, the --config path inside a mounted ConfigMap,
-#    and that the overlays meant to be installed together do not clash.
+#    storage capacity tracking (CSIDriver storageCapacity agrees with the
+#    provisioner's --enable-capacity; its poll interval, owner level, env and
+#    the RBAC they need), volumeLifecycleModes agreeing with the plugins that
+#    take inline volumes (inlineVolumes: true), and that the overlays meant to
+#    be installed together do not clash.
 # 4. Extracts, into OUT_DIR (a temporary directory when not given):
 #      configs/<overlay>/<configmap>.yaml   the embedded wasmcsi config
 #      wasmcsi-containers.json              every `wasmcsi` container: overlay,
@@ -188,6 +192,69 @@ def check_image(where, obj, c):
         problem(where, f"{ident(obj)} container {c['name']}: image {image!r} is not pinned to a tag or digest")
 
 
+def granted(by_kind, workload, group, resource, verb):
+    """Whether the workload's ServiceAccount may VERB RESOURCE in its namespace,
+    by the Roles and ClusterRoles the overlay binds to it."""
+    sa = pod_spec(workload).get("serviceAccountName")
+    rules = {}
+    for kind in ("Role", "ClusterRole"):
+        for r in by_kind.get(kind, []):
+            rules[(kind, r["metadata"]["name"])] = r.get("rules", [])
+    for rb in by_kind.get("RoleBinding", []) + by_kind.get("ClusterRoleBinding", []):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == sa for s in rb.get("subjects", [])):
+            continue
+        for rule in rules.get((rb["roleRef"]["kind"], rb["roleRef"]["name"]), []):
+            if (group in rule.get("apiGroups", []) and resource in rule.get("resources", [])
+                    and verb in rule.get("verbs", [])):
+                return True
+    return False
+
+
+def check_capacity(where, w, prov, csidriver, by_kind):
+    """Storage capacity tracking: the provisioner's flags, its env, its RBAC
+    and the CSIDriver's storageCapacity agree."""
+    wid = ident(w)
+    args = prov.get("args", [])
+    on = "--enable-capacity" in args or flag_value(args, "--enable-capacity") == "true"
+    if bool(csidriver.get("storageCapacity")) != on:
+        problem(where, f"{wid}: csi-provisioner --enable-capacity is {on} but CSIDriver "
+                       f"storageCapacity is {csidriver.get('storageCapacity')!r}")
+    if not on:
+        return
+    if "--node-deployment=true" in args and w["kind"] != "DaemonSet":
+        problem(where, f"{wid}: a node-deployment provisioner belongs in the node DaemonSet")
+    interval = flag_value(args, "--capacity-poll-interval")
+    if not interval or not re.fullmatch(r"(\d+(ms|s|m|h))+", interval):
+        problem(where, f"{wid}: csi-provisioner needs --capacity-poll-interval=DURATION, has {interval!r}")
+    level = flag_value(args, "--capacity-ownerref-level")
+    if level is None or not re.fullmatch(r"-?\d+", level):
+        problem(where, f"{wid}: csi-provisioner needs --capacity-ownerref-level=N (the owner of its objects)")
+        level = "-1"
+    level = int(level)
+    if w["kind"] == "DaemonSet" and level not in (0, 1):
+        problem(where, f"{wid}: --capacity-ownerref-level={level}: 0 (the pod) or 1 (the DaemonSet) "
+                       "so the objects go with the driver")
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+           for e in prov.get("env", [])}
+    want_env = {"NAMESPACE": "metadata.namespace"}
+    if level >= 0:
+        want_env["POD_NAME"] = "metadata.name"
+    for name, path in want_env.items():
+        if env.get(name) != path:
+            problem(where, f"{wid}: csi-provisioner needs env {name} from fieldRef {path}")
+    needs = [("storage.k8s.io", "csistoragecapacities", v)
+             for v in ("get", "list", "watch", "create", "update", "patch", "delete")]
+    if level >= 0:
+        needs.append(("", "pods", "get"))
+    if level >= 1:
+        owner = {"DaemonSet": "daemonsets", "Deployment": "replicasets"}.get(w["kind"])
+        needs.append(("apps", owner, "get"))
+    for group, resource, verb in needs:
+        if not granted(by_kind, w, group, resource, verb):
+            problem(where, f"{wid}: ServiceAccount {pod_spec(w).get('serviceAccountName')} may not "
+                           f"{verb} {resource} ({group or 'core'}), which capacity tracking needs")
+
+
 def check_overlay(overlay, docs, containers_out, configs_out):
     where = overlay
     by_kind = {}
@@ -218,11 +285,14 @@ def check_overlay(overlay, docs, containers_out, configs_out):
         return
     driver = drivers[0]
     spec = by_kind["CSIDriver"][0]["spec"]
-    want = {"attachRequired": False, "podInfoOnMount": True,
-            "volumeLifecycleModes": ["Persistent"], "fsGroupPolicy": "File"}
+    want = {"attachRequired": False, "podInfoOnMount": True, "fsGroupPolicy": "File"}
     for k, v in want.items():
         if spec.get(k) != v:
             problem(where, f"CSIDriver {driver}: spec.{k} is {spec.get(k)!r}, want {v!r}")
+    modes = spec.get("volumeLifecycleModes")
+    if modes not in (["Persistent"], ["Persistent", "Ephemeral"]):
+        problem(where, f"CSIDriver {driver}: spec.volumeLifecycleModes is {modes!r}, "
+                       "want [Persistent] or [Persistent, Ephemeral]")
     for sc in by_kind.get("StorageClass", []):
         if sc.get("provisioner") != driver:
             problem(where, f"{ident(sc)} provisioner {sc.get('provisioner')!r} is not {driver}")
@@ -248,6 +318,17 @@ def check_overlay(overlay, docs, containers_out, configs_out):
         name = (cfg or {}).get("driver", {}).get("name")
         if name != driver:
             problem(where, f"ConfigMap {cm_name}: driver.name {name!r} is not the CSIDriver's {driver!r}")
+        # Inline volumes: kubelet sends them only with Ephemeral declared, and
+        # the driver serves them only for plugins whose config allows them.
+        inline = [p.get("name") for p in (cfg or {}).get("plugins", []) or []
+                  if p.get("inlineVolumes") is True]
+        ephemeral = "Ephemeral" in (modes or [])
+        if ephemeral and not inline:
+            problem(where, f"CSIDriver {driver} declares Ephemeral but no plugin in ConfigMap "
+                           f"{cm_name} has inlineVolumes: true")
+        if inline and not ephemeral:
+            problem(where, f"ConfigMap {cm_name}: plugins {inline} take inline volumes but "
+                           f"CSIDriver {driver} does not declare Ephemeral")
         path = os.path.join(out, "configs", slug, cm_name + ".yaml")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -315,6 +396,9 @@ def check_overlay(overlay, docs, containers_out, configs_out):
                 if c["name"].startswith("csi-") and "--leader-election" not in c.get("args", []):
                     problem(where, f"{wid} container {c['name']}: no --leader-election")
 
+        prov = by_name.get("csi-provisioner")
+        if prov:
+            check_capacity(where, w, prov, spec, by_kind)
         c = by_name.get("wasmcsi")
         if not c:
             problem(where, f"{wid}: no container named wasmcsi")

@@ -2,8 +2,8 @@
 # Installs what building and testing wasmcsi needs on a fresh Debian machine
 # with rustup: the wasm target, the node storage tools the driver runs, a
 # container registry for the OCI tests, the image tools (mmdebstrap, buildah,
-# umoci), the Kubernetes schema
-# validator and the Prometheus text parser. Safe to run again; skips what is there.
+# umoci), the single-node Kubernetes of `make test-kube`, the Kubernetes
+# schema validator and the Prometheus text parser. Safe to run again; skips what is there.
 set -euo pipefail
 
 need_root() {
@@ -46,6 +46,23 @@ if [ ${#image_tools[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${image_tools[@]}" >/dev/null
+fi
+
+# The single-node Kubernetes of `make test-kube` (the kit in
+# $WASMCSI_SHARED/kube runs these as plain processes). Not the Debian
+# kubernetes-client: it is too old and clashes with the kubectl there.
+kube_tools=()
+for tool in etcd:etcd-server etcdctl:etcd-client containerd:containerd runc:runc ctr:containerd \
+            busybox:busybox-static buildah:buildah \
+            /usr/lib/cni/loopback:containernetworking-plugins; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || kube_tools+=("${tool##*:}")
+done
+if [ ${#kube_tools[@]} -gt 0 ]; then
+    need_root
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    mapfile -t kube_tools < <(printf '%s\n' "${kube_tools[@]}" | sort -u)
+    apt-get install -y -qq "${kube_tools[@]}" >/dev/null
 fi
 
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then

@@ -169,6 +169,12 @@ pub struct PluginConfig {
     /// Handed to the plugin as a string map.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_norway::Value>,
+    /// CSI inline ephemeral volumes (declared in a pod spec, made at
+    /// NodePublishVolume, gone at NodeUnpublishVolume) go to this plugin.
+    /// At most one plugin per driver: kubelet names such a volume with an id
+    /// of its own, and its NodeUnpublishVolume carries nothing else to route by.
+    #[serde(default)]
+    pub inline_volumes: bool,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -431,6 +437,19 @@ impl Config {
                 bail!("{field}.name {:?} is used twice", p.name);
             }
         }
+        let inline: Vec<&str> = self
+            .plugins
+            .iter()
+            .filter(|p| p.inline_volumes)
+            .map(|p| p.name.as_str())
+            .collect();
+        if inline.len() > 1 {
+            bail!(
+                "plugins {} all set inlineVolumes: an inline volume's NodeUnpublishVolume \
+                 names only kubelet's id, so one plugin per driver may take them",
+                inline.join(", ")
+            );
+        }
         Ok(())
     }
 
@@ -669,6 +688,23 @@ plugins:
 
     /// The raw-text expansion cut this password at ` #` (a comment) and
     /// turned its second line into a top-level `plugins: []`.
+    #[test]
+    fn one_plugin_at_most_takes_inline_volumes() {
+        let second = "  - name: other\n    path: /plugins/other.wasm\n    inlineVolumes: true\n";
+        let one = format!("{GOOD}{second}");
+        let c = Config::parse(&one, &env, &Overrides::default()).unwrap();
+        assert!(!c.plugins[0].inline_volumes && c.plugins[1].inline_volumes);
+        let both = one.replace(
+            "    settings: { mode: image",
+            "    inlineVolumes: true\n    settings: { mode: image",
+        );
+        let err = error_of(&both);
+        assert!(
+            err.contains("local-dir, other") && err.contains("inlineVolumes"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_variable_stays_one_value() {
         let text = GOOD.replace(

@@ -115,6 +115,38 @@ impl Dispatcher {
         }
     }
 
+    /// The plugin that takes an inline ephemeral volume with this volume
+    /// context (the pod's volumeAttributes): the one whose config allows
+    /// them, which a `plugin` attribute may name.
+    pub fn for_inline(&self, context: &HashMap<String, String>) -> Result<Arc<Plugin>, Status> {
+        let set = self.current();
+        let inline = set.plugins.iter().find(|p| p.inline_volumes);
+        match (inline, context.get(PLUGIN_PARAMETER)) {
+            (None, _) => Err(Status::invalid_argument(format!(
+                "no plugin of this driver takes inline ephemeral volumes (loaded: {}; \
+                 a plugin's config allows them with inlineVolumes: true)",
+                set.names()
+            ))),
+            (Some(p), Some(name)) if *name != p.name => Err(Status::invalid_argument(format!(
+                "volume attribute {PLUGIN_PARAMETER}={name:?}: inline volumes of this driver \
+                 go to plugin {}",
+                p.name
+            ))),
+            (Some(p), _) => Ok(p.clone()),
+        }
+    }
+
+    /// The plugin of an inline volume by kubelet's id (`csi-<hash>`, not in
+    /// our `<plugin>:<id>` form): the one that takes them, if any.
+    pub fn inline_for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
+        if !is_inline_id(id) {
+            return None;
+        }
+        let set = self.current();
+        let plugin = set.plugins.iter().find(|p| p.inline_volumes)?.clone();
+        Some((plugin, id))
+    }
+
     /// Splits a CSI volume or snapshot id into its plugin and the plugin's
     /// own id; `None` when no loaded plugin made it.
     pub fn for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
@@ -152,6 +184,22 @@ impl Dispatcher {
             .await
             .ok_or_else(|| Status::aborted(format!("an operation on {key} is already in progress")))
     }
+}
+
+/// The CSI volume context key kubelet sets on inline ephemeral volumes.
+pub const EPHEMERAL_CONTEXT: &str = "csi.storage.k8s.io/ephemeral";
+
+/// Whether a NodePublishVolume is for an inline ephemeral volume.
+pub fn is_inline(context: &HashMap<String, String>) -> bool {
+    context.get(EPHEMERAL_CONTEXT).is_some_and(|v| v == "true")
+}
+
+/// The ids kubelet gives inline volumes: `csi-` and a hex digest (a plugin
+/// gets the id as its own, so it must be a safe path component).
+pub fn is_inline_id(id: &str) -> bool {
+    id.strip_prefix("csi-").is_some_and(|hash| {
+        (1..=128).contains(&hash.len()) && hash.chars().all(|c| c.is_ascii_hexdigit())
+    })
 }
 
 /// The shape the config gives plugin names: 1-30 characters of [a-z0-9-].

@@ -26,6 +26,7 @@ from wit_world.exports import controller, identity, node
 from wit_world.imports import environment, fs_info, mount
 from wit_world.imports import wasmcsi_plugin_types as types
 
+import inline
 import records
 from sizes import MIB, Invalid, OutOfRange, Rules, parse_quantity
 
@@ -123,6 +124,20 @@ def check_capability(cap):
     fs_type = cap.access_type.value.fs_type
     if fs_type not in ("", "tmpfs"):
         raise fail(Code.INVALID_ARGUMENT, f"fs_type {fs_type!r}: a tmpfs volume is tmpfs")
+
+
+def publish_inline(req):
+    """An inline volume (inline.py): a tmpfs of the pod's `size` (the same
+    rules as CreateVolume: whole MiB, the default when unset, at most
+    maxVolumeBytes) mounted at the target. Repeated, it is already there."""
+    if not inline.is_inline_id(req.volume_id):
+        raise fail(Code.INVALID_ARGUMENT, f"inline volume id {req.volume_id!r} is not kubelet's csi-<hex>")
+    check_capability(req.capability)
+    size = rules().for_create(inline.size_asked(req.volume_context), None)
+    if host("looking at the target", mount.mounted_at, req.target_path) is not None:
+        return
+    host(f"mounting a {size}-byte tmpfs at {req.target_path}", mount.mount, req.volume_id,
+         req.target_path, "tmpfs", inline.mount_options(size, req.capability, req.read_only))
 
 
 class Identity(exports.Identity):
@@ -227,6 +242,8 @@ class Node(exports.Node):
 
     @answers
     def publish_volume(self, req: node.PublishRequest) -> None:
+        if inline.is_inline(req.volume_context):
+            return publish_inline(req)
         check_id(req.volume_id)
         check_capability(req.capability)
         if not req.staging_path:
@@ -238,7 +255,9 @@ class Node(exports.Node):
 
     @answers
     def unpublish_volume(self, volume_id: str, target_path: str) -> None:
-        check_id(volume_id)
+        # An inline volume is its mount: unmounting it is deleting it.
+        if not inline.is_inline_id(volume_id):
+            check_id(volume_id)
         host(f"unmounting {target_path}", mount.unmount, target_path, True)
 
     @answers
@@ -255,7 +274,8 @@ class Node(exports.Node):
 
     @answers
     def get_volume_stats(self, volume_id: str, volume_path: str, staging_path) -> node.VolumeStats:
-        check_id(volume_id)
+        if not inline.is_inline_id(volume_id):
+            check_id(volume_id)
         st = host(f"statfs {volume_path}", fs_info.statfs, volume_path)
         return node.VolumeStats(
             total_bytes=st.total_bytes,

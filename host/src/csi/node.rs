@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, deadline, mounts, off_workers, traced, validate, Driver};
 use crate::capabilities::call_paths::CallPaths;
+use crate::dispatch;
 use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
@@ -24,11 +25,34 @@ impl NodeService {
         &self.0
     }
 
+    /// The plugin of a volume: ours by its `<plugin>:<id>`, or an inline
+    /// volume by kubelet's `csi-<hash>`, which the plugin gets whole.
     fn volume<'a>(&self, id: &'a str) -> Result<(Arc<Plugin>, &'a str), Status> {
-        self.driver()
-            .dispatch
+        let dispatch = &self.driver().dispatch;
+        dispatch
             .for_id(id)
+            .or_else(|| dispatch.inline_for_id(id))
             .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))
+    }
+
+    /// The plugin of a NodePublishVolume: for an inline ephemeral volume the
+    /// plugin that takes them (the id is kubelet's), else by the id.
+    fn publishing<'a>(
+        &self,
+        id: &'a str,
+        context: &HashMap<String, String>,
+    ) -> Result<(Arc<Plugin>, &'a str, bool), Status> {
+        if !dispatch::is_inline(context) {
+            let (plugin, local) = self.volume(id)?;
+            return Ok((plugin, local, false));
+        }
+        let plugin = self.driver().dispatch.for_inline(context)?;
+        if !dispatch::is_inline_id(id) {
+            return Err(Status::invalid_argument(format!(
+                "inline volume id {id:?} is not kubelet's csi-<hex digest>"
+            )));
+        }
+        Ok((plugin, id, true))
     }
 
     /// The plugin of a volume being unpublished or unstaged; `None` when the
@@ -41,7 +65,8 @@ impl NodeService {
         path: &str,
         remove: bool,
     ) -> Result<Option<(Arc<Plugin>, &'a str)>, Status> {
-        if let Some(found) = self.driver().dispatch.for_id(id) {
+        let dispatch = &self.driver().dispatch;
+        if let Some(found) = dispatch.for_id(id).or_else(|| dispatch.inline_for_id(id)) {
             return Ok(Some(found));
         }
         let Some((name, _)) = self.driver().dispatch.unloaded_plugin(id) else {
@@ -204,8 +229,10 @@ impl Node for NodeService {
             let id = validate::required(&req.volume_id, "volume_id")?;
             let target_path = validate::required(&req.target_path, "target_path")?.to_string();
             let capability = validate::one_capability(req.volume_capability.as_ref())?;
-            let (plugin, local) = self.volume(id)?;
-            let staging_path = if plugin.has(Features::STAGE) {
+            let (plugin, local, inline) = self.publishing(id, &req.volume_context)?;
+            // kubelet does not stage inline volumes: the plugin makes and
+            // mounts one at the target in this call.
+            let staging_path = if plugin.has(Features::STAGE) && !inline {
                 if req.staging_target_path.is_empty() {
                     return Err(Status::failed_precondition(
                         "staging_target_path is required: this volume is staged first (STAGE_UNSTAGE_VOLUME)",

@@ -104,6 +104,8 @@ exports!(Node, node);
 pub struct Plugin {
     pub name: String,
     pub info: PluginInfo,
+    /// The config allows CSI inline ephemeral volumes (`inlineVolumes`).
+    pub inline_volumes: bool,
     pre: InstancePre<CallState>,
     exports: ExportIndices,
     grants: Arc<Grants>,
@@ -150,6 +152,7 @@ impl Plugin {
         let grants = Arc::new(Grants::from_config(config, node_id)?);
         let mut plugin = Plugin {
             name: config.name.clone(),
+            inline_volumes: config.inline_volumes,
             info: PluginInfo {
                 name: String::new(),
                 version: String::new(),

@@ -144,7 +144,9 @@ plugins:
         );
         std::fs::write(&config, yaml).unwrap();
         let child = spawn(&config, &log, &options.args);
-        let client = CsiClient::wait_for(&endpoint, Duration::from_secs(60))
+        // A first start compiles the plugin (an 18 MiB Python one takes
+        // minutes on a loaded machine); later ones load it from the cache.
+        let client = CsiClient::wait_for(&endpoint, Duration::from_secs(300))
             .await
             .unwrap_or_else(|e| panic!("{e:#}\n--- driver log ---\n{}", read(&log)));
         let mut driver = TestDriver {

@@ -24,6 +24,7 @@ mod backend;
 mod config;
 mod controller;
 mod env;
+mod ephemeral;
 mod group;
 mod identity;
 mod meta;

@@ -5,6 +5,7 @@
 use crate::backend::{self, mounted_at, ExpandAt};
 use crate::config::{self, Mode};
 use crate::env::Env;
+use crate::ephemeral;
 use crate::error::{fail, invalid, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::node::{
     ExpandRequest, PublishRequest, StageRequest, VolumeStats,
@@ -64,6 +65,9 @@ pub fn unstage_volume(env: &Env, volume_id: String, staging_path: String) -> Res
 }
 
 pub fn publish_volume(env: &Env, req: PublishRequest) -> Result<()> {
+    if ephemeral::is_inline(&req.volume_context) {
+        return ephemeral::publish(env, req);
+    }
     let id = req.volume_id.as_str();
     id::check(id)?;
     let meta = store::ready_meta(&env.layout, id)?;
@@ -117,6 +121,9 @@ pub fn publish_volume(env: &Env, req: PublishRequest) -> Result<()> {
 }
 
 pub fn unpublish_volume(env: &Env, volume_id: String, target_path: String) -> Result<()> {
+    if ephemeral::is_inline_id(&volume_id) {
+        return ephemeral::unpublish(env, &volume_id, &target_path);
+    }
     id::check(&volume_id)?;
     env.host
         .unmount(&target_path, true)
@@ -168,6 +175,11 @@ pub fn get_volume_stats(
     volume_path: String,
     staging_path: Option<String>,
 ) -> Result<VolumeStats> {
+    let volume_id = if ephemeral::is_inline_id(&volume_id) {
+        ephemeral::local_id(&volume_id)?
+    } else {
+        volume_id
+    };
     let id = volume_id.as_str();
     id::check(id)?;
     let meta = store::ready_meta(&env.layout, id)?;
