@@ -17,7 +17,6 @@ fn btrfs() -> Options {
     Options {
         btrfs_root: true,
         mode: "subvolume",
-        fs_type: "",
         ..Default::default()
     }
 }
@@ -156,14 +155,20 @@ async fn row1_a_grow_past_the_root_is_refused_before_anything_is_saved() {
 
     // The volume is as it was: its size, restageable, and the node still
     // makes volumes; the controller's listings answer.
-    let req = ControllerGetVolumeRequest {
-        volume_id: id.clone(),
-    };
-    let got = d.client.controller.controller_get_volume(req).await.unwrap();
-    assert_eq!(
-        got.into_inner().volume.unwrap().capacity_bytes,
-        IMAGE as i64
-    );
+    let listed = d
+        .client
+        .controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .entries;
+    let sizes: Vec<i64> = listed
+        .iter()
+        .filter_map(|e| e.volume.as_ref())
+        .map(|v| v.capacity_bytes)
+        .collect();
+    assert_eq!(sizes, [IMAGE as i64]);
     d.unpublish(&id, &target).await.expect("unpublish");
     d.unstage(&id, &staging).await.expect("unstage");
     stage(&mut d, &id, &staging).await.expect("restage");

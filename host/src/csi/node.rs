@@ -386,13 +386,13 @@ impl Node for NodeService {
             if !plugin.has(Features::STAGE) {
                 return Ok(NodeUnstageVolumeResponse {});
             }
-            let local = local.to_string();
+            let (local, path) = (local.to_string(), staging_path.clone());
             plugin_call!(
                 plugin,
                 "unstage-volume",
                 deadline,
                 wit_node::Guest,
-                call_unstage_volume(&local, &staging_path)
+                call_unstage_volume(&local, &path)
             )?;
             forget(records, deadline, &staging_path).await?;
             Ok(NodeUnstageVolumeResponse {})
@@ -509,13 +509,13 @@ impl Node for NodeService {
                 forget(records, deadline, &target_path).await?;
                 return Ok(NodeUnpublishVolumeResponse {});
             };
-            let local = local.to_string();
+            let (local, path) = (local.to_string(), target_path.clone());
             plugin_call!(
                 plugin,
                 "unpublish-volume",
                 deadline,
                 wit_node::Guest,
-                call_unpublish_volume(&local, &target_path)
+                call_unpublish_volume(&local, &path)
             )?;
             forget(records, deadline, &target_path).await?;
             Ok(NodeUnpublishVolumeResponse {})

@@ -346,7 +346,7 @@ fn taken_bytes(env: &Env, id: &str, mode: config::Mode) -> Result<u64> {
                 Err(e) => Err(e).context(|| format!("volume {id}: measuring {image}")),
             }
         }
-        config::Mode::Subvolume => {
+        config::Mode::Subvolume | config::Mode::ProjectQuota => {
             let data = env.layout.data(id);
             // No usage to read (gone, quotas off): claim the whole size.
             Ok(env
