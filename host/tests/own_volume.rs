@@ -9,6 +9,7 @@ use std::path::Path;
 
 use common::*;
 use tonic::Code;
+use wasmcsi::proto::volume_capability::access_mode::Mode;
 use wasmcsi::proto::*;
 
 const IMAGE: u64 = 300 * MIB;
@@ -407,7 +408,20 @@ async fn get_capacity_is_what_create_accepts_subvolume() {
 async fn get_capacity_is_zero_for_parameters_create_refuses() {
     let mut d = TestDriver::start(image_on_ext4_root()).await;
     assert_eq!(capacity(&mut d, &[("mode", "subvolume")]).await, 0);
-    assert_eq!(capacity(&mut d, &[("fsType", "ntfs")]).await, 0);
+    // A filesystem create refuses is refused here too.
+    let req = GetCapacityRequest {
+        parameters: [("fsType".to_string(), "ntfs".to_string())].into(),
+        ..Default::default()
+    };
+    let e = d.client.controller.get_capacity(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A capability the plugin does not serve: no room for it.
+    let req = GetCapacityRequest {
+        volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
+        ..Default::default()
+    };
+    let got = d.client.controller.get_capacity(req).await.expect("capacity");
+    assert_eq!(got.into_inner().available_capacity, 0);
     assert!(capacity(&mut d, &[]).await > 0);
 }
 

@@ -479,6 +479,19 @@ impl Controller for ControllerService {
                 )));
             }
             let minimum_volume_size = Some(convert::bytes(plugin.info.min_volume_bytes));
+            // What CreateVolume would refuse has no room: 0, not the plugin's figure.
+            let wit_caps = req
+                .volume_capabilities
+                .iter()
+                .map(validate::capability)
+                .collect::<Result<Vec<_>, _>>()?;
+            if wit_caps.iter().any(|c| validate::unsupported(&plugin, c).is_some()) {
+                return Ok(GetCapacityResponse {
+                    available_capacity: 0,
+                    maximum_volume_size: None,
+                    minimum_volume_size,
+                });
+            }
             // A node-local plugin has nothing to offer on another node.
             if let Some(topology) = &req.accessible_topology {
                 if plugin.has(Features::NODE_LOCAL) && !self.is_this_node(topology) {

@@ -281,19 +281,12 @@ pub fn list_volumes(env: &Env, starting_token: String, max_entries: u32) -> Resu
     })
 }
 
-/// What create-volume would accept with these parameters: its room rule,
-/// and 0 for parameters it refuses (a mode this root cannot serve, an
-/// unknown fsType), which is no room rather than an error.
+/// What create-volume would accept with these parameters: its room rule;
+/// parameters it refuses as invalid are INVALID_ARGUMENT here too, and a
+/// mode this root cannot serve (subvolume off btrfs) has no room: 0.
 pub fn get_capacity(env: &Env, parameters: KeyValues) -> Result<u64> {
     let settings = env.settings()?;
-    let wanted = match config::resolve(&settings, &parameters, &[]) {
-        Ok(wanted) => wanted,
-        Err(e) if e.code == ErrorCode::InvalidArgument => {
-            env.debug("get-capacity: parameters refused", &[("why", &e.message)]);
-            return Ok(0);
-        }
-        Err(e) => return Err(e).context(|| "get-capacity".into()),
-    };
+    let wanted = config::resolve(&settings, &parameters, &[]).context(|| "get-capacity".into())?;
     let backend = backend::for_mode(wanted.mode)?;
     if let Err(e) = backend.precheck(env, &wanted) {
         env.debug("get-capacity: this root cannot serve", &[("why", &e.message)]);
