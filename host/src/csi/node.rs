@@ -30,6 +30,12 @@ impl NodeService {
             .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))
     }
 
+    /// The id is ours but its plugin is no longer loaded.
+    fn is_orphan(&self, id: &str) -> bool {
+        let dispatch = &self.driver().dispatch;
+        dispatch.for_id(id).is_none() && dispatch.unloaded_plugin(id).is_some()
+    }
+
     /// The plugin of a volume being unpublished or unstaged; `None` when the
     /// id is ours but its plugin is no longer loaded, after the host took
     /// down what is mounted at `path` itself: a NOT_FOUND would leave the
@@ -169,16 +175,20 @@ async fn check_one_access_type(
 /// when the path holds another volume's mount or one this driver did not
 /// make. The spec's answer for a volume that is not staged (published)
 /// there is OK, so the call answers OK and leaves the mount alone.
+/// For a volume whose plugin is not loaded any more, a mount without a
+/// record (made before the driver kept records) is taken as the volume's,
+/// so its pod can still terminate.
 async fn untouchable(
     records: &Records,
     deadline: Option<std::time::Duration>,
     id: &str,
     path: &str,
     what: &str,
+    orphan: bool,
 ) -> Result<bool, Status> {
     let [held] = <[Holder; 1]>::try_from(holders_of(records, deadline, vec![path.into()]).await?)
         .expect("one path asked");
-    if held.is_free_or(id) {
+    if held.is_free_or(id) || (orphan && matches!(held, Holder::Foreign(_))) {
         return Ok(true);
     }
     tracing::warn!(
@@ -262,6 +272,17 @@ async fn check_volume_at(
             "volume {id} is not at {path}: the path does not exist on this node"
         )));
     }
+    check_holds(records, deadline, id, path).await
+}
+
+/// NOT_FOUND when `path` holds another volume or a mount this driver did
+/// not make for `id`.
+async fn check_holds(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    path: &str,
+) -> Result<(), Status> {
     let [held] = <[Holder; 1]>::try_from(holders_of(records, deadline, vec![path.into()]).await?)
         .expect("one path asked");
     if held.is_free_or(id) {
@@ -375,7 +396,8 @@ impl Node for NodeService {
                 validate::required(&req.staging_target_path, "staging_target_path")?.to_string();
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let records = &self.driver().holders;
-            if !untouchable(records, deadline, id, &staging_path, "unstage").await? {
+            let orphan = self.is_orphan(id);
+            if !untouchable(records, deadline, id, &staging_path, "unstage", orphan).await? {
                 return Ok(NodeUnstageVolumeResponse {});
             }
             let Some((plugin, local)) = self.volume_or_orphan(id, &staging_path, false).await?
@@ -502,7 +524,8 @@ impl Node for NodeService {
             let target_path = validate::required(&req.target_path, "target_path")?.to_string();
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let records = &self.driver().holders;
-            if !untouchable(records, deadline, id, &target_path, "unpublish").await? {
+            let orphan = self.is_orphan(id);
+            if !untouchable(records, deadline, id, &target_path, "unpublish", orphan).await? {
                 return Ok(NodeUnpublishVolumeResponse {});
             }
             let Some((plugin, local)) = self.volume_or_orphan(id, &target_path, true).await? else {
@@ -601,7 +624,7 @@ impl Node for NodeService {
                 });
             }
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
-            check_volume_at(&self.driver().holders, deadline, id, &volume_path).await?;
+            check_holds(&self.driver().holders, deadline, id, &volume_path).await?;
             let call = wit_node::ExpandRequest {
                 volume_id: local.to_string(),
                 volume_path,
