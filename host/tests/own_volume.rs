@@ -140,7 +140,9 @@ async fn row1_a_grow_past_the_root_is_refused_before_anything_is_saved() {
     let id = create(&mut d, "pvc-grow", IMAGE).await;
     let (staging, target) = (d.staging("grow"), d.target("grow"));
     stage(&mut d, &id, &staging).await.expect("stage");
-    publish(&mut d, &id, &staging, &target).await.expect("publish");
+    publish(&mut d, &id, &staging, &target)
+        .await
+        .expect("publish");
     let huge = 1u64 << 50;
     let e = d.expand(&id, huge).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
@@ -274,7 +276,14 @@ async fn a_target_holds_one_volume(options: Options, size: u64) {
     std::fs::create_dir_all(&foreign).unwrap();
     run(
         "mount",
-        &["-t", "tmpfs", "-o", "size=1m", "foreign", &foreign.display().to_string()],
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "foreign",
+            &foreign.display().to_string(),
+        ],
     );
     write_marker(&foreign, "theirs");
     let e = publish(&mut d, &b, &sb, &foreign).await.unwrap_err();
@@ -357,7 +366,9 @@ async fn no_overcommit(options: Options, size: u64) {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // A growth that fits still works.
-    d.expand(&id, size + 64 * MIB).await.expect("expand within room");
+    d.expand(&id, size + 64 * MIB)
+        .await
+        .expect("expand within room");
     d.unstage(&id, &staging).await.expect("unstage");
 }
 
@@ -420,7 +431,12 @@ async fn get_capacity_is_zero_for_parameters_create_refuses() {
         volume_capabilities: vec![mount_cap(Mode::MultiNodeMultiWriter)],
         ..Default::default()
     };
-    let got = d.client.controller.get_capacity(req).await.expect("capacity");
+    let got = d
+        .client
+        .controller
+        .get_capacity(req)
+        .await
+        .expect("capacity");
     assert_eq!(got.into_inner().available_capacity, 0);
     assert!(capacity(&mut d, &[]).await > 0);
 }
@@ -433,7 +449,9 @@ async fn delete_of_a_volume_in_use(options: Options, size: u64) {
     let (staging, target) = (d.staging("used"), d.target("used"));
     stage(&mut d, &id, &staging).await.expect("stage");
     assert_eq!(code(d.delete(&id).await), Code::FailedPrecondition);
-    publish(&mut d, &id, &staging, &target).await.expect("publish");
+    publish(&mut d, &id, &staging, &target)
+        .await
+        .expect("publish");
     write_marker(&target, "kept");
     assert_eq!(code(d.delete(&id).await), Code::FailedPrecondition);
     assert_eq!(marker(&target).as_deref(), Some("kept"));
@@ -460,12 +478,15 @@ async fn row7_delete_in_use_subvolume() {
 // ---- a deleted subvolume leaves no qgroup behind ----
 
 fn qgroups(root: &Path) -> Vec<String> {
-    run("btrfs", &["qgroup", "show", "--raw", &root.display().to_string()])
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|q| q.starts_with("0/"))
-        .map(str::to_string)
-        .collect()
+    run(
+        "btrfs",
+        &["qgroup", "show", "--raw", &root.display().to_string()],
+    )
+    .lines()
+    .filter_map(|l| l.split_whitespace().next())
+    .filter(|q| q.starts_with("0/"))
+    .map(str::to_string)
+    .collect()
 }
 
 #[tokio::test]

@@ -364,7 +364,11 @@ async fn python_plugin_answers_bad_input_with_the_right_code() {
     assert!(status.message().contains("tmpfs"), "{status:?}");
 
     // StorageClass parameters: it takes none.
-    let req = create_req("pvc-params", MIB, &[("plugin", "tmpfs"), ("sizeLimit", "1")]);
+    let req = create_req(
+        "pvc-params",
+        MIB,
+        &[("plugin", "tmpfs"), ("sizeLimit", "1")],
+    );
     let r = s.d.client.controller.create_volume(req).await;
     let status = r.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -420,17 +424,27 @@ async fn python_plugin_sizes_come_from_its_records() {
     let sa = s.d.staging("a");
     let mut req = stage_req(&a.volume_id, &sa);
     req.volume_context = context(1 << 40);
-    s.d.client.node.node_stage_volume(req).await.expect("stage a");
+    s.d.client
+        .node
+        .node_stage_volume(req)
+        .await
+        .expect("stage a");
     assert_eq!(size_of(&sa), 50 * MIB);
     // Staged without any context: the same.
     let b = s.create("pvc-b", range(20 * MIB)).await.expect("create b");
     let sb = s.d.staging("b");
     let req = stage_req(&b.volume_id, &sb);
-    s.d.client.node.node_stage_volume(req).await.expect("stage b");
+    s.d.client
+        .node
+        .node_stage_volume(req)
+        .await
+        .expect("stage b");
     assert_eq!(size_of(&sb), 20 * MIB);
 
     // B's node expand on A's path: NOT_FOUND, A untouched.
-    s.d.expand(&b.volume_id, 30 * MIB).await.expect("controller expand b");
+    s.d.expand(&b.volume_id, 30 * MIB)
+        .await
+        .expect("controller expand b");
     let r = s.node_expand(&b.volume_id, &sa, &sa, 30 * MIB).await;
     assert_eq!(code(r), Code::NotFound);
     assert_eq!(size_of(&sa), 50 * MIB);
@@ -445,7 +459,10 @@ async fn python_plugin_sizes_come_from_its_records() {
     assert_eq!(bytes, 30 * MIB);
 
     // In use: not deleted.
-    assert_eq!(code(s.d.delete(&a.volume_id).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(s.d.delete(&a.volume_id).await),
+        Code::FailedPrecondition
+    );
     s.d.unstage(&a.volume_id, &sa).await.expect("unstage a");
     s.d.unstage(&b.volume_id, &sb).await.expect("unstage b");
     s.d.delete(&a.volume_id).await.expect("delete a");

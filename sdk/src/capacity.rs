@@ -216,7 +216,11 @@ mod tests {
     fn never_past_what_csi_can_carry() {
         let e = create(ANY, Some(i64::MAX as u64), None).unwrap_err();
         assert_eq!(e.code, ErrorCode::OutOfRange);
-        assert!(e.message.contains("largest size CSI can carry"), "{}", e.message);
+        assert!(
+            e.message.contains("largest size CSI can carry"),
+            "{}",
+            e.message
+        );
         assert_eq!(
             create(EXACT, Some(i64::MAX as u64), None).unwrap(),
             i64::MAX as u64

@@ -485,7 +485,10 @@ impl Controller for ControllerService {
                 .iter()
                 .map(validate::capability)
                 .collect::<Result<Vec<_>, _>>()?;
-            if wit_caps.iter().any(|c| validate::unsupported(&plugin, c).is_some()) {
+            if wit_caps
+                .iter()
+                .any(|c| validate::unsupported(&plugin, c).is_some())
+            {
                 return Ok(GetCapacityResponse {
                     available_capacity: 0,
                     maximum_volume_size: None,

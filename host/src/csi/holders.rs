@@ -257,8 +257,9 @@ mod tests {
         // A stage that mounted nothing still holds its path.
         let bare = record("v", "/k/u", None);
         assert!(holder_of(&table, Some(bare), Path::new("/k/u")).is_free_or("v"));
-        assert!(!holder_of(&table, Some(record("v", "/k/u", None)), Path::new("/k/u"))
-            .is_free_or("w"));
+        assert!(
+            !holder_of(&table, Some(record("v", "/k/u", None)), Path::new("/k/u")).is_free_or("w")
+        );
     }
 
     #[test]

@@ -237,9 +237,11 @@ pub fn expand_volume(env: &Env, req: ExpandRequest) -> Result<ExpandResult> {
     let capacity_bytes = rules
         .for_expand(meta.as_ref().map(|m| m.capacity_bytes), &req.capacity)
         .context(|| format!("expand-volume {id}"))?;
-    if meta.as_ref().is_some_and(|m| capacity_bytes > m.capacity_bytes) {
-        check_room(env, &settings, id, capacity_bytes)
-            .context(|| format!("expand-volume {id}"))?;
+    if meta
+        .as_ref()
+        .is_some_and(|m| capacity_bytes > m.capacity_bytes)
+    {
+        check_room(env, &settings, id, capacity_bytes).context(|| format!("expand-volume {id}"))?;
     }
     Ok(ExpandResult {
         capacity_bytes,
@@ -289,7 +291,10 @@ pub fn get_capacity(env: &Env, parameters: KeyValues) -> Result<u64> {
     let wanted = config::resolve(&settings, &parameters, &[]).context(|| "get-capacity".into())?;
     let backend = backend::for_mode(wanted.mode)?;
     if let Err(e) = backend.precheck(env, &wanted) {
-        env.debug("get-capacity: this root cannot serve", &[("why", &e.message)]);
+        env.debug(
+            "get-capacity: this root cannot serve",
+            &[("why", &e.message)],
+        );
         return Ok(0);
     }
     let room = room(env, &settings, None).context(|| "get-capacity".into())?;

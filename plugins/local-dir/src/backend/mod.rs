@@ -183,7 +183,11 @@ pub fn check_restage(
     } else if entry.read_only != read_only {
         format!(
             "{}, not {}",
-            if entry.read_only { "read-only" } else { "read-write" },
+            if entry.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
             if read_only { "read-only" } else { "read-write" }
         )
     } else {
