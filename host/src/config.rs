@@ -124,6 +124,30 @@ pub struct DriverConfig {
     pub services: Vec<Service>,
     #[serde(default = "default_topology_key")]
     pub topology_key: String,
+    /// Where the driver keeps what must survive a restart (which volume
+    /// it staged or published at which path); see `state_dir()`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl DriverConfig {
+    /// `stateDir`, else `wasmcsi-state` beside the endpoint's socket: a
+    /// directory the deployment already keeps on the host (the kubelet's
+    /// plugin dir), so the state outlives the driver's pod.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let socket = self
+            .endpoint
+            .strip_prefix("unix://")
+            .unwrap_or(&self.endpoint);
+        Path::new(socket)
+            .parent()
+            .filter(|p| p.is_absolute())
+            .map(|p| p.join("wasmcsi-state"))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/wasmcsi"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

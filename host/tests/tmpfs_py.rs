@@ -310,6 +310,16 @@ async fn python_plugin_lifecycle_fill_expand_fill() {
     s.d.unstage(&id, &staging).await.expect("unstage");
     s.d.unstage(&id, &staging).await.expect("unstage again");
     assert!(!mounted(&staging));
+
+    // Staged again, it is empty: scratch; at the recorded (grown) size.
+    s.stage(&vol, &staging).await.expect("stage a second time");
+    assert!(
+        !staging.join("kept").exists(),
+        "scratch data outlived unstage"
+    );
+    assert_eq!(size_of(&staging), 20 * MIB);
+    s.d.unstage(&id, &staging).await.expect("unstage");
+
     s.d.delete(&id).await.expect("delete");
     s.d.delete(&id).await.expect("delete again");
     assert!(!record.exists(), "the record outlived the delete");
@@ -318,14 +328,9 @@ async fn python_plugin_lifecycle_fill_expand_fill() {
             .await
             .expect_err("expand a deleted volume");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-
-    // Staged again, it is empty: scratch.
-    s.stage(&vol, &staging).await.expect("stage a second time");
-    assert!(
-        !staging.join("kept").exists(),
-        "scratch data outlived unstage"
-    );
-    s.d.unstage(&id, &staging).await.expect("unstage");
+    // A deleted volume is not staged again.
+    assert_eq!(code(s.stage(&vol, &staging).await), Code::NotFound);
+    assert!(!mounted(&staging));
 }
 
 #[tokio::test]
@@ -358,12 +363,18 @@ async fn python_plugin_answers_bad_input_with_the_right_code() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("tmpfs"), "{status:?}");
 
-    // Stage without the size CreateVolume put in the context.
+    // StorageClass parameters: it takes none.
+    let req = create_req(
+        "pvc-params",
+        MIB,
+        &[("plugin", "tmpfs"), ("sizeLimit", "1")],
+    );
+    let r = s.d.client.controller.create_volume(req).await;
+    let status = r.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("sizeLimit"), "{status:?}");
+
     let staging = s.d.staging("bad");
-    let req = stage_req(&vol.volume_id, &staging);
-    let r = s.d.client.node.node_stage_volume(req).await;
-    assert_eq!(code(r), Code::InvalidArgument);
-    assert!(!mounted(&staging));
     // An id it never made.
     let mut fake = vol.clone();
     fake.volume_id = "tmpfs:not-mine".into();
@@ -388,4 +399,71 @@ async fn python_plugin_answers_bad_input_with_the_right_code() {
     let r = s.d.client.node.node_stage_volume(req).await;
     assert_eq!(code(r), Code::PermissionDenied);
     assert!(!mounted(&staging));
+}
+
+/// Row 8: sizes come from the plugin's own records, never from the volume
+/// context a CO passes back, and a node expand acts on its own volume only.
+#[tokio::test]
+async fn python_plugin_sizes_come_from_its_records() {
+    let Some(mut s) = Scratch::start().await else {
+        return;
+    };
+    let context = |bytes: u64| {
+        std::collections::HashMap::from([("capacityBytes".to_string(), bytes.to_string())])
+    };
+    // A never-created id with a size in its context: no tmpfs at all.
+    let staging = s.d.staging("never");
+    let mut never = stage_req(&format!("tmpfs:tmp-{}", "0".repeat(32)), &staging);
+    never.volume_context = context(3 << 30);
+    let r = s.d.client.node.node_stage_volume(never).await;
+    assert_eq!(code(r), Code::NotFound);
+    assert!(!mounted(&staging));
+
+    // A 50 MiB volume staged with a context that says 1 TiB: 50 MiB.
+    let a = s.create("pvc-a", range(50 * MIB)).await.expect("create a");
+    let sa = s.d.staging("a");
+    let mut req = stage_req(&a.volume_id, &sa);
+    req.volume_context = context(1 << 40);
+    s.d.client
+        .node
+        .node_stage_volume(req)
+        .await
+        .expect("stage a");
+    assert_eq!(size_of(&sa), 50 * MIB);
+    // Staged without any context: the same.
+    let b = s.create("pvc-b", range(20 * MIB)).await.expect("create b");
+    let sb = s.d.staging("b");
+    let req = stage_req(&b.volume_id, &sb);
+    s.d.client
+        .node
+        .node_stage_volume(req)
+        .await
+        .expect("stage b");
+    assert_eq!(size_of(&sb), 20 * MIB);
+
+    // B's node expand on A's path: NOT_FOUND, A untouched.
+    s.d.expand(&b.volume_id, 30 * MIB)
+        .await
+        .expect("controller expand b");
+    let r = s.node_expand(&b.volume_id, &sa, &sa, 30 * MIB).await;
+    assert_eq!(code(r), Code::NotFound);
+    assert_eq!(size_of(&sa), 50 * MIB);
+    // Past the recorded size: refused, B untouched.
+    let r = s.node_expand(&b.volume_id, &sb, &sb, 40 * MIB).await;
+    assert_eq!(code(r), Code::OutOfRange);
+    assert_eq!(size_of(&sb), 20 * MIB);
+    let bytes = s
+        .node_expand(&b.volume_id, &sb, &sb, 30 * MIB)
+        .await
+        .expect("node expand b");
+    assert_eq!(bytes, 30 * MIB);
+
+    // In use: not deleted.
+    assert_eq!(
+        code(s.d.delete(&a.volume_id).await),
+        Code::FailedPrecondition
+    );
+    s.d.unstage(&a.volume_id, &sa).await.expect("unstage a");
+    s.d.unstage(&b.volume_id, &sb).await.expect("unstage b");
+    s.d.delete(&a.volume_id).await.expect("delete a");
 }

@@ -3,9 +3,8 @@
 A wasmcsi plugin built with componentize-py against `wit/` (world
 `plugin`); `make plugin-py` builds it. CreateVolume records the volume
 under the plugin's `fs` root (records.py; the id is a hash of the name, the
-rounded size also goes into the volume context), NodeStageVolume mounts a
-tmpfs of that size at the
-staging path through the host's `mount` capability, NodePublishVolume binds
+rounded size also goes into the volume context for the CO to see),
+NodeStageVolume mounts a tmpfs of the recorded size at the staging path through the host's `mount` capability, NodePublishVolume binds
 it into the pod, and NodeExpandVolume grows it in place
 (`mount.reconfigure` with a larger `size=`). The kernel enforces the size:
 a write past it fails with ENOSPC.
@@ -170,6 +169,9 @@ class Controller(exports.Controller):
             check_capability(cap)
         if req.content_source is not None:
             raise fail(Code.INVALID_ARGUMENT, "a tmpfs volume starts empty: no content source")
+        if req.parameters:
+            names = ", ".join(sorted(k for k, _ in req.parameters))
+            raise fail(Code.INVALID_ARGUMENT, f"unknown parameters {names}: {NAME} takes none")
         root = state_root()
         volume_id = "tmp-" + hashlib.sha256(req.name.encode()).hexdigest()[:32]
         required, limit = req.capacity.required_bytes, req.capacity.limit_bytes
@@ -223,15 +225,17 @@ class Controller(exports.Controller):
 class Node(exports.Node):
     @answers
     def stage_volume(self, req: node.StageRequest) -> None:
-        check_id(req.volume_id)
         check_capability(req.capability)
-        text = dict(req.volume_context).get(CAPACITY_KEY, "")
-        if not text.isdigit() or int(text) <= 0:
+        # The size is the plugin's own record, never the volume context a
+        # CO passes back: a context can be edited, a record cannot.
+        size = existing(req.volume_id)["capacity"]
+        maximum = rules().max
+        if maximum is not None and size > maximum:
             raise fail(
-                Code.INVALID_ARGUMENT,
-                f"volume_context {CAPACITY_KEY}={text!r}: stage a volume CreateVolume made",
+                Code.OUT_OF_RANGE,
+                f"volume {req.volume_id} has {size} bytes, above maxVolumeBytes {maximum}",
             )
-        options = [f"size={int(text)}"] + list(req.capability.access_type.value.mount_flags)
+        options = [f"size={size}"] + list(req.capability.access_type.value.mount_flags)
         host(f"mounting a tmpfs at {req.staging_path}", mount.mount,
              req.volume_id, req.staging_path, "tmpfs", options)
 
@@ -262,12 +266,20 @@ class Node(exports.Node):
 
     @answers
     def expand_volume(self, req: node.ExpandRequest) -> int:
-        check_id(req.volume_id)
+        recorded = existing(req.volume_id)["capacity"]
         path = req.staging_path or req.volume_path
         if host(f"looking at {path}", mount.mounted_at, path) is None:
             raise fail(Code.NOT_FOUND, f"volume {req.volume_id} is not mounted at {path}")
         current = host(f"statfs {path}", fs_info.statfs, path).total_bytes
         size = rules().for_expand(current, req.capacity.required_bytes, req.capacity.limit_bytes)
+        if size > recorded:
+            # ControllerExpandVolume records a grow (checked against
+            # maxVolumeBytes) before the node makes it.
+            raise fail(
+                Code.OUT_OF_RANGE,
+                f"volume {req.volume_id} has {recorded} bytes: expand it with "
+                f"ControllerExpandVolume before growing it to {size}",
+            )
         if size != current:
             host(f"resizing the tmpfs at {path}", mount.reconfigure, path, [f"size={size}"])
         return size
@@ -275,7 +287,7 @@ class Node(exports.Node):
     @answers
     def get_volume_stats(self, volume_id: str, volume_path: str, staging_path) -> node.VolumeStats:
         if not inline.is_inline_id(volume_id):
-            check_id(volume_id)
+            existing(volume_id)
         st = host(f"statfs {volume_path}", fs_info.statfs, volume_path)
         return node.VolumeStats(
             total_bytes=st.total_bytes,

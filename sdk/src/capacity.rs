@@ -91,9 +91,19 @@ impl Rules<'_> {
                 human(m)
             )));
         }
+        // CSI carries sizes as int64: a size it cannot answer is never made.
+        if size > WIRE_MAX {
+            return Err(out_of_range(format!(
+                "{}, above the largest size CSI can carry ({WIRE_MAX} bytes)",
+                why()
+            )));
+        }
         Ok(size)
     }
 }
+
+/// The largest size a CSI answer can carry (its sizes are int64).
+pub const WIRE_MAX: u64 = i64::MAX as u64;
 
 /// Whether an existing volume of `capacity` satisfies a capacity range
 /// (a repeated create is answered with it only if so).
@@ -200,6 +210,25 @@ mod tests {
         assert_eq!(create(ANY, Some(0), None).unwrap(), MIB);
         assert_eq!(create(XFS, Some(10 * MIB), None).unwrap(), 300 * MIB);
         assert_eq!(create(XFS, Some(301 * MIB - 1), None).unwrap(), 301 * MIB);
+    }
+
+    #[test]
+    fn never_past_what_csi_can_carry() {
+        let e = create(ANY, Some(i64::MAX as u64), None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::OutOfRange);
+        assert!(
+            e.message.contains("largest size CSI can carry"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            create(EXACT, Some(i64::MAX as u64), None).unwrap(),
+            i64::MAX as u64
+        );
+        let e = ANY
+            .for_expand(Some(GIB), &range(Some(u64::MAX - 3), None))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::OutOfRange);
     }
 
     #[test]

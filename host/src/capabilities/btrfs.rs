@@ -113,6 +113,18 @@ const SNAP_CREATE_V2: libc::c_ulong = ioc(WRITE, 23, std::mem::size_of::<VolArgs
 const QUOTA_CTL: libc::c_ulong = ioc(READ | WRITE, 40, std::mem::size_of::<QuotaCtlArgs>());
 const QGROUP_CREATE: libc::c_ulong = ioc(WRITE, 42, std::mem::size_of::<QgroupCreateArgs>());
 const QGROUP_LIMIT: libc::c_ulong = ioc(READ, 43, std::mem::size_of::<QgroupLimitArgs>());
+/// `BTRFS_IOC_SYNC`: `_IO(0x94, 8)`, no argument.
+const SYNC: libc::c_ulong = ioc(0, 8, 0);
+const SUBVOL_SYNC_WAIT: libc::c_ulong = ioc(WRITE, 65, std::mem::size_of::<SubvolWait>());
+const SUBVOL_SYNC_WAIT_FOR_ONE: u32 = 0;
+
+/// `struct btrfs_ioctl_subvol_wait`.
+#[repr(C)]
+struct SubvolWait {
+    subvolid: u64,
+    mode: u32,
+    count: u32,
+}
 
 /// An ioctl's failure as an errno.
 fn ioctl<T>(fd: BorrowedFd, request: libc::c_ulong, arg: &mut T) -> Result<(), rustix::io::Errno> {
@@ -324,6 +336,16 @@ fn quota_item(
 /// Removes the qgroup of a deleted subvolume; fails harmlessly while the
 /// kernel still accounts for it, or when quotas are off.
 pub fn destroy_qgroup(fd: BorrowedFd, id: u64) {
+    // The kernel keeps a deleted subvolume's qgroup busy until its cleaner
+    // has dropped the subvolume: commit, wait for that (kernels 6.8+; on
+    // older ones the wait is refused and the qgroup may stay), then remove.
+    let _ = ioctl(fd, SYNC, &mut 0u64);
+    let mut wait = SubvolWait {
+        subvolid: id,
+        mode: SUBVOL_SYNC_WAIT_FOR_ONE,
+        count: 0,
+    };
+    let _ = ioctl(fd, SUBVOL_SYNC_WAIT, &mut wait);
     let mut args = QgroupCreateArgs {
         create: 0,
         qgroupid: id,
@@ -354,6 +376,8 @@ mod tests {
         assert_eq!(TREE_SEARCH, 0xd000_9411);
         assert_eq!(SNAP_CREATE_V2, 0x5000_9417);
         assert_eq!(QUOTA_CTL, 0xc010_9428);
+        assert_eq!(SYNC, 0x9408);
+        assert_eq!(SUBVOL_SYNC_WAIT, 0x4010_9441);
         assert_eq!(QGROUP_CREATE, 0x4010_942a);
         assert_eq!(QGROUP_LIMIT, 0x8030_942b);
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 
-use super::{convert, deadline, traced, validate, Driver};
+use super::{convert, deadline, holders, mounts, off_workers, traced, validate, Driver};
 use crate::dispatch::PLUGIN_PARAMETER;
 use crate::proto::controller_server::Controller;
 use crate::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
@@ -52,6 +52,18 @@ impl ControllerService {
                 self.driver().node_id().to_string(),
             )]),
         })
+    }
+
+    /// An RPC no loaded plugin offers is one the driver does not advertise:
+    /// UNIMPLEMENTED, not an empty answer.
+    fn check_offered(&self, feature: Features, what: &str) -> Result<(), Status> {
+        if self.driver().dispatch.any_has(feature) {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(format!(
+                "no loaded plugin can {what}"
+            )))
+        }
     }
 
     fn is_this_node(&self, topology: &Topology) -> bool {
@@ -196,6 +208,33 @@ fn rpc_capability(kind: rpc::Type) -> ControllerServiceCapability {
     }
 }
 
+/// A volume staged or published on this node is in use: deleting it would
+/// pull its data from under a pod. FAILED_PRECONDITION, which the CO
+/// retries after unpublish and unstage. Known from the node's own records,
+/// so this holds where the controller runs beside the node service.
+async fn check_not_in_use(
+    records: &holders::Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+) -> Result<(), Status> {
+    let (records, owned) = (records.clone(), id.to_string());
+    let live = off_workers(deadline, move || {
+        records.of_volume(&mounts::table()?, &owned)
+    })
+    .await?;
+    match live.first() {
+        Some(r) => Err(Status::failed_precondition(format!(
+            "volume {id} is in use: {} at {} on this node",
+            match r.role {
+                holders::Role::Staging => "staged",
+                holders::Role::Target => "published",
+            },
+            r.path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A delete the CO must retry: the object's plugin is not loaded, so
 /// nothing can remove it now, and "done" would leak it.
 pub(super) fn unloaded(what: &str, id: &str, plugin: &str, loaded: &str) -> Status {
@@ -284,6 +323,7 @@ impl Controller for ControllerService {
                 return Ok(DeleteVolumeResponse {});
             };
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            check_not_in_use(&self.driver().holders, deadline, id).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
             let result = plugin_call!(
                 plugin,
@@ -375,6 +415,7 @@ impl Controller for ControllerService {
         let deadline = deadline(&request);
         let req = request.into_inner();
         traced("ListVolumes", "", async move {
+            self.check_offered(Features::LIST_VOLUMES, "list volumes")?;
             let max = validate::max_entries(req.max_entries)?;
             let (entries, next_token) = self
                 .paginate(
@@ -572,6 +613,7 @@ impl Controller for ControllerService {
         let deadline = deadline(&request);
         let req = request.into_inner();
         traced("DeleteSnapshot", &req.snapshot_id.clone(), async move {
+            self.check_offered(Features::SNAPSHOTS, "take snapshots")?;
             let id = validate::required(&req.snapshot_id, "snapshot_id")?;
             let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
                 if let Some((name, loaded)) = self.driver().dispatch.unloaded_plugin(id) {
@@ -610,6 +652,7 @@ impl Controller for ControllerService {
         let deadline = deadline(&request);
         let req = request.into_inner();
         traced("ListSnapshots", &req.source_volume_id.clone(), async move {
+            self.check_offered(Features::SNAPSHOTS, "take snapshots")?;
             let max = validate::max_entries(req.max_entries)?;
             // A filter on an id no plugin made matches nothing.
             let wanted = [&req.snapshot_id, &req.source_volume_id];

@@ -21,6 +21,7 @@ macro_rules! plugin_call {
 pub mod controller;
 pub mod convert;
 pub mod group_controller;
+pub mod holders;
 pub mod identity;
 pub mod mounts;
 pub mod node;
@@ -37,11 +38,18 @@ use crate::dispatch::Dispatcher;
 pub struct Driver {
     pub config: Config,
     pub dispatch: Dispatcher,
+    /// Which volume holds which staging path and target on this node.
+    pub holders: holders::Records,
 }
 
 impl Driver {
     pub fn new(config: Config, dispatch: Dispatcher) -> Arc<Driver> {
-        Arc::new(Driver { config, dispatch })
+        let holders = holders::Records::new(&config.driver.state_dir());
+        Arc::new(Driver {
+            config,
+            dispatch,
+            holders,
+        })
     }
 
     pub fn runs(&self, service: Service) -> bool {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::holders::{Holder, Records, Role};
 use super::{convert, deadline, mounts, off_workers, traced, validate, Driver};
 use crate::capabilities::call_paths::CallPaths;
 use crate::dispatch;
@@ -53,6 +54,12 @@ impl NodeService {
             )));
         }
         Ok((plugin, id, true))
+    }
+
+    /// The id is ours but its plugin is no longer loaded.
+    fn is_orphan(&self, id: &str) -> bool {
+        let dispatch = &self.driver().dispatch;
+        dispatch.for_id(id).is_none() && dispatch.unloaded_plugin(id).is_some()
     }
 
     /// The plugin of a volume being unpublished or unstaged; `None` when the
@@ -125,6 +132,207 @@ fn check_supported(plugin: &Plugin, cap: &wit::VolumeCapability) -> Result<(), S
     }
 }
 
+/// What holds each of `paths`, read once from the mount table.
+async fn holders_of(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    paths: Vec<String>,
+) -> Result<Vec<Holder>, Status> {
+    let records = records.clone();
+    off_workers(deadline, move || {
+        let table = mounts::table()?;
+        paths.iter().map(|p| records.holder(&table, p)).collect()
+    })
+    .await
+}
+
+/// Records that volume `id` holds `path` after a call that succeeded.
+async fn record(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    path: &str,
+    role: Role,
+    block: bool,
+) -> Result<(), Status> {
+    let (records, id, path) = (records.clone(), id.to_string(), path.to_string());
+    off_workers(deadline, move || records.record(&id, &path, role, block)).await
+}
+
+/// Forgets `path` after an unstage or unpublish that succeeded.
+async fn forget(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    path: &str,
+) -> Result<(), Status> {
+    let (records, path) = (records.clone(), path.to_string());
+    off_workers(deadline, move || records.forget(&path)).await
+}
+
+/// Volume `id` published with `block` access while a capability of the
+/// other kind serves it (staged or published) would expose one device to
+/// a filesystem and to raw writes at once.
+async fn check_one_access_type(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    block: bool,
+) -> Result<(), Status> {
+    let (records, owned) = (records.clone(), id.to_string());
+    let live = off_workers(deadline, move || {
+        records.of_volume(&mounts::table()?, &owned)
+    })
+    .await?;
+    match live.iter().find(|r| r.block != block) {
+        Some(other) => Err(Status::failed_precondition(format!(
+            "volume {id} is {} at {} for {} access: it cannot serve {} access at the same time",
+            match other.role {
+                Role::Staging => "staged",
+                Role::Target => "published",
+            },
+            other.path.display(),
+            access(other.block),
+            access(block)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether an unstage or unpublish of `id` at `path` may go ahead: not
+/// when the path holds another volume's mount or one this driver did not
+/// make. The spec's answer for a volume that is not staged (published)
+/// there is OK, so the call answers OK and leaves the mount alone.
+/// For a volume whose plugin is not loaded any more, a mount without a
+/// record (made before the driver kept records) is taken as the volume's,
+/// so its pod can still terminate.
+async fn untouchable(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    path: &str,
+    what: &str,
+    orphan: bool,
+) -> Result<bool, Status> {
+    let [held] = <[Holder; 1]>::try_from(holders_of(records, deadline, vec![path.into()]).await?)
+        .expect("one path asked");
+    if held.is_free_or(id) || (orphan && matches!(held, Holder::Foreign(_))) {
+        return Ok(true);
+    }
+    tracing::warn!(
+        path,
+        "{what} of volume {id} leaves the mount alone: {}",
+        held.describe(std::path::Path::new(path))
+    );
+    Ok(false)
+}
+
+/// Before a publish of `id`: the target holds nothing or `id` already
+/// (another volume's mount is ALREADY_EXISTS, a mount this driver did not
+/// make FAILED_PRECONDITION), and the staging path holds `id`, staged for
+/// the same access type.
+async fn check_publish_paths(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    target: &str,
+    staging: Option<&str>,
+    block: bool,
+) -> Result<(), Status> {
+    let mut paths = vec![target.to_string()];
+    paths.extend(staging.map(str::to_string));
+    let held = holders_of(records, deadline, paths).await?;
+    let target_path = std::path::Path::new(target);
+    match &held[0] {
+        Holder::Volume(r) if r.volume != id => {
+            return Err(Status::already_exists(format!(
+                "cannot publish volume {id}: {}",
+                held[0].describe(target_path)
+            )))
+        }
+        Holder::Foreign(_) => {
+            return Err(Status::failed_precondition(format!(
+                "cannot publish volume {id}: {}",
+                held[0].describe(target_path)
+            )))
+        }
+        _ => {}
+    }
+    if let (Some(staging), Some(holder)) = (staging, held.get(1)) {
+        match holder {
+            Holder::Volume(r) if r.volume == id && r.block != block => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is staged at {staging} for {} access: it cannot be published for {} access",
+                    access(r.block),
+                    access(block)
+                )))
+            }
+            h if !h.is_free_or(id) => {
+                return Err(Status::failed_precondition(format!(
+                    "cannot publish volume {id} from its staging path: {}",
+                    h.describe(std::path::Path::new(staging))
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The spec's NOT_FOUND for stats and expand: `path` does not exist, or
+/// holds another volume or a mount this driver did not make for `id`.
+async fn check_volume_at(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    path: &str,
+) -> Result<(), Status> {
+    let exists = {
+        let probe = path.to_string();
+        off_workers(deadline, move || {
+            let path = std::path::Path::new(&probe);
+            Ok(path.is_absolute() && path.exists())
+        })
+        .await?
+    };
+    if !exists {
+        return Err(Status::not_found(format!(
+            "volume {id} is not at {path}: the path does not exist on this node"
+        )));
+    }
+    check_holds(records, deadline, id, path).await
+}
+
+/// NOT_FOUND when `path` holds another volume or a mount this driver did
+/// not make for `id`.
+async fn check_holds(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    id: &str,
+    path: &str,
+) -> Result<(), Status> {
+    let [held] = <[Holder; 1]>::try_from(holders_of(records, deadline, vec![path.into()]).await?)
+        .expect("one path asked");
+    if held.is_free_or(id) {
+        return Ok(());
+    }
+    Err(Status::not_found(format!(
+        "volume {id} is not at {path}: {}",
+        held.describe(std::path::Path::new(path))
+    )))
+}
+
+fn access(block: bool) -> &'static str {
+    if block {
+        "block"
+    } else {
+        "mount"
+    }
+}
+
+fn is_block(cap: &wit::VolumeCapability) -> bool {
+    matches!(cap.access_type, wit::AccessType::Block)
+}
+
 fn node_capability(kind: rpc::Type) -> NodeServiceCapability {
     NodeServiceCapability {
         r#type: Some(CapType::Rpc(Rpc {
@@ -160,6 +368,28 @@ impl Node for NodeService {
             }
             check_supported(&plugin, &capability)?;
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let records = &self.driver().holders;
+            let block = is_block(&capability);
+            let [held] = <[Holder; 1]>::try_from(
+                holders_of(records, deadline, vec![staging_path.to_string()]).await?,
+            )
+            .expect("one path asked");
+            match &held {
+                Holder::Volume(r) if r.volume == id && r.block != block => {
+                    return Err(Status::already_exists(format!(
+                        "volume {id} is already staged at {staging_path} for {} access, not {}",
+                        access(r.block),
+                        access(block)
+                    )));
+                }
+                h if !h.is_free_or(id) => {
+                    return Err(Status::already_exists(format!(
+                        "cannot stage volume {id}: {}",
+                        h.describe(std::path::Path::new(staging_path))
+                    )));
+                }
+                _ => {}
+            }
             let call = wit_node::StageRequest {
                 volume_id: local.to_string(),
                 staging_path: staging_path.to_string(),
@@ -179,6 +409,7 @@ impl Node for NodeService {
                 )
             })
             .await?;
+            record(records, deadline, id, staging_path, Role::Staging, block).await?;
             Ok(NodeStageVolumeResponse {})
         })
         .await
@@ -195,8 +426,14 @@ impl Node for NodeService {
             let staging_path =
                 validate::required(&req.staging_target_path, "staging_target_path")?.to_string();
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let records = &self.driver().holders;
+            let orphan = self.is_orphan(id);
+            if !untouchable(records, deadline, id, &staging_path, "unstage", orphan).await? {
+                return Ok(NodeUnstageVolumeResponse {});
+            }
             let Some((plugin, local)) = self.volume_or_orphan(id, &staging_path, false).await?
             else {
+                forget(records, deadline, &staging_path).await?;
                 return Ok(NodeUnstageVolumeResponse {});
             };
             if !plugin.has(Features::STAGE) {
@@ -214,6 +451,7 @@ impl Node for NodeService {
                 )
             })
             .await?;
+            forget(records, deadline, &staging_path).await?;
             Ok(NodeUnstageVolumeResponse {})
         })
         .await
@@ -244,6 +482,11 @@ impl Node for NodeService {
             };
             check_supported(&plugin, &capability)?;
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let records = &self.driver().holders;
+            let block = is_block(&capability);
+            check_publish_paths(records, deadline, id, &target_path, staging_path.as_deref(), block)
+                .await?;
+            check_one_access_type(records, deadline, id, block).await?;
             let single_writer =
                 capability.access_mode == wit::AccessMode::SingleNodeSingleWriter;
             // Known before the call when the volume is staged: the staging
@@ -308,6 +551,7 @@ impl Node for NodeService {
                     return Err(refused);
                 }
             }
+            record(records, deadline, id, &target, Role::Target, block).await?;
             Ok(NodePublishVolumeResponse {})
         })
         .await
@@ -323,7 +567,13 @@ impl Node for NodeService {
             let id = validate::required(&req.volume_id, "volume_id")?;
             let target_path = validate::required(&req.target_path, "target_path")?.to_string();
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            let records = &self.driver().holders;
+            let orphan = self.is_orphan(id);
+            if !untouchable(records, deadline, id, &target_path, "unpublish", orphan).await? {
+                return Ok(NodeUnpublishVolumeResponse {});
+            }
             let Some((plugin, local)) = self.volume_or_orphan(id, &target_path, true).await? else {
+                forget(records, deadline, &target_path).await?;
                 return Ok(NodeUnpublishVolumeResponse {});
             };
             let local = local.to_string();
@@ -338,6 +588,7 @@ impl Node for NodeService {
                 )
             })
             .await?;
+            forget(records, deadline, &target_path).await?;
             Ok(NodeUnpublishVolumeResponse {})
         })
         .await
@@ -354,17 +605,7 @@ impl Node for NodeService {
             let volume_path = validate::required(&req.volume_path, "volume_path")?.to_string();
             let (plugin, local) = self.volume(id)?;
             // The spec's NOT_FOUND: no volume at that path on this node.
-            let probe = volume_path.clone();
-            let exists = off_workers(deadline, move || {
-                let path = std::path::Path::new(&probe);
-                Ok(path.is_absolute() && path.exists())
-            })
-            .await?;
-            if !exists {
-                return Err(Status::not_found(format!(
-                    "volume {id} is not at {volume_path}: the path does not exist on this node"
-                )));
-            }
+            check_volume_at(&self.driver().holders, deadline, id, &volume_path).await?;
             if !plugin.has(Features::VOLUME_STATS) {
                 return Err(Status::unimplemented(format!(
                     "plugin {} does not report volume stats",
@@ -435,6 +676,7 @@ impl Node for NodeService {
                 });
             }
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            check_holds(&self.driver().holders, deadline, id, &volume_path).await?;
             let call = wit_node::ExpandRequest {
                 volume_id: local.to_string(),
                 volume_path,

@@ -18,6 +18,7 @@ use crate::page;
 use crate::size::{self, Rules};
 use crate::snapshot;
 use crate::store;
+use crate::wasmcsi::plugin::quota::QuotaKind;
 use crate::wasmcsi::plugin::types::{
     AccessType, ContentSource, KeyValues, Secrets, VolumeCapability,
 };
@@ -144,10 +145,8 @@ pub fn create_volume(env: &Env, req: CreateVolumeRequest) -> Result<Volume> {
     let capacity = meta.capacity_bytes;
     store::check_root(&env.layout)?;
     backend.precheck(env, &wanted)?;
-    if wanted.mode == config::Mode::Image {
-        check_room(env, &settings, &id, capacity)
-            .context(|| format!("create-volume {:?}", req.name))?;
-    }
+    check_room(env, &settings, &id, capacity)
+        .context(|| format!("create-volume {:?}", req.name))?;
     backend::teardown(env, &id, Attached::Maybe)?;
 
     if let Err(e) = make(env, backend, &id, &mut meta) {
@@ -238,6 +237,12 @@ pub fn expand_volume(env: &Env, req: ExpandRequest) -> Result<ExpandResult> {
     let capacity_bytes = rules
         .for_expand(meta.as_ref().map(|m| m.capacity_bytes), &req.capacity)
         .context(|| format!("expand-volume {id}"))?;
+    if meta
+        .as_ref()
+        .is_some_and(|m| capacity_bytes > m.capacity_bytes)
+    {
+        check_room(env, &settings, id, capacity_bytes).context(|| format!("expand-volume {id}"))?;
+    }
     Ok(ExpandResult {
         capacity_bytes,
         // Always: the node grows the image and filesystem (or quota),
@@ -278,26 +283,33 @@ pub fn list_volumes(env: &Env, starting_token: String, max_entries: u32) -> Resu
     })
 }
 
+/// What create-volume would accept with these parameters: its room rule;
+/// parameters it refuses as invalid are INVALID_ARGUMENT here too, and a
+/// mode this root cannot serve (subvolume off btrfs) has no room: 0.
 pub fn get_capacity(env: &Env, parameters: KeyValues) -> Result<u64> {
     let settings = env.settings()?;
     let wanted = config::resolve(&settings, &parameters, &[]).context(|| "get-capacity".into())?;
-    backend::for_mode(wanted.mode)?;
-    if wanted.mode == config::Mode::Image {
-        // The same rule create-volume applies.
-        return room(env, &settings, None).context(|| "get-capacity".into());
+    let backend = backend::for_mode(wanted.mode)?;
+    if let Err(e) = backend.precheck(env, &wanted) {
+        env.debug(
+            "get-capacity: this root cannot serve",
+            &[("why", &e.message)],
+        );
+        return Ok(0);
     }
-    let root = env.layout.root();
-    let stats = env
-        .host
-        .statfs(root)
-        .context(|| format!("get-capacity: statfs of {root}"))?;
-    Ok(stats.available_bytes)
+    let room = room(env, &settings, None).context(|| "get-capacity".into())?;
+    // Creates round up to whole MiB and to the smallest volume: answer a
+    // size a create of exactly it fits.
+    let whole = room.min(size::WIRE_MAX) / size::MIB * size::MIB;
+    let (min, _) = backend.min_bytes(wanted.fs_type);
+    Ok(if whole < min { 0 } else { whole })
 }
 
-/// Image mode's room for new volumes: the root's available space times
-/// the overcommit ratio, less what the existing images (sparse) may still
-/// claim — their size minus what they already take, which statfs counts.
-/// `except` is left out (a create being redone).
+/// The room for new volumes and growth: the root's available space times
+/// the overcommit ratio, less what the existing volumes may still claim —
+/// their size minus what they already take (which statfs counts): the
+/// allocated blocks of a sparse image, the qgroup usage of a subvolume.
+/// `except` is left out (a create being redone, a volume being grown).
 fn room(env: &Env, settings: &config::Settings, except: Option<&str>) -> Result<u64> {
     let root = env.layout.root();
     let stats = env
@@ -310,33 +322,58 @@ fn room(env: &Env, settings: &config::Settings, except: Option<&str>) -> Result<
             continue;
         }
         let meta = match store::read_meta(&env.layout, &id) {
-            Ok(Some(meta)) if meta.mode == config::Mode::Image && meta.state != State::Deleting => {
-                meta
-            }
+            Ok(Some(meta)) if meta.state != State::Deleting => meta,
             _ => continue,
         };
-        let image = env.layout.image(&id);
-        let taken = match env.host.allocated_bytes(&image) {
-            Ok(bytes) => bytes,
-            Err(e) if e.code == ErrorCode::NotFound => 0,
-            Err(e) => return Err(e).context(|| format!("volume {id}: measuring {image}")),
-        };
+        let taken = taken_bytes(env, &id, meta.mode)?;
         claims = claims.saturating_add(meta.capacity_bytes.saturating_sub(taken));
     }
     let offered = (stats.available_bytes as f64 * settings.overcommit_ratio) as u64;
     Ok(offered.saturating_sub(claims))
 }
 
-/// Refuses an image create the root's space cannot hold (see `room`).
-fn check_room(env: &Env, settings: &config::Settings, id: &str, capacity: u64) -> Result<()> {
+/// What volume `id` already takes of the root: counted in its available
+/// space, so not to be claimed twice.
+fn taken_bytes(env: &Env, id: &str, mode: config::Mode) -> Result<u64> {
+    match mode {
+        config::Mode::Image => {
+            let image = env.layout.image(id);
+            match env.host.allocated_bytes(&image) {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.code == ErrorCode::NotFound => Ok(0),
+                Err(e) => Err(e).context(|| format!("volume {id}: measuring {image}")),
+            }
+        }
+        config::Mode::Subvolume | config::Mode::ProjectQuota => {
+            let data = env.layout.data(id);
+            // No usage to read (gone, quotas off): claim the whole size.
+            Ok(env
+                .host
+                .get_usage(QuotaKind::BtrfsQgroup, &data)
+                .map(|u| u.used_bytes)
+                .unwrap_or(0))
+        }
+    }
+}
+
+/// Refuses a create or a growth to `capacity` that the root's space cannot
+/// hold (see `room`), before anything is made or grown.
+pub fn check_room(env: &Env, settings: &config::Settings, id: &str, capacity: u64) -> Result<()> {
     let room = room(env, settings, Some(id))?;
-    if capacity > room {
+    // What the volume already takes needs no new room.
+    let own = match store::read_meta(&env.layout, id) {
+        Ok(Some(meta)) if meta.state == State::Ready => taken_bytes(env, id, meta.mode)?,
+        _ => 0,
+    };
+    let needed = capacity.saturating_sub(own);
+    if needed > room {
         return Err(fail(
             ErrorCode::ResourceExhausted,
             format!(
-                "{} asked, but the local-dir root has room for {} more (available space                  times overcommitRatio {}, less what existing images may still fill)",
+                "{} asked, but the local-dir root has room for {} more (available space \
+                 times overcommitRatio {}, less what existing volumes may still fill)",
                 size::human(capacity),
-                size::human(room),
+                size::human(room.saturating_add(own)),
                 settings.overcommit_ratio
             ),
         ));

@@ -156,6 +156,10 @@ pub fn expand_volume(env: &Env, req: ExpandRequest) -> Result<u64> {
     let capacity = rules
         .for_expand(Some(meta.capacity_bytes), &req.capacity)
         .context(|| format!("expand-volume {id}"))?;
+    if capacity > meta.capacity_bytes {
+        crate::controller::check_room(env, &env.settings()?, id, capacity)
+            .context(|| format!("expand-volume {id}"))?;
+    }
     let at = ExpandAt {
         volume_path: &req.volume_path,
         staging_path: req.staging_path.as_deref().filter(|s| !s.is_empty()),

@@ -13,7 +13,10 @@ mod format;
 
 use std::fs::{self as stdfs, OpenOptions};
 
-use super::{condition, fs_stats, mounted_at, not_mounted, Attached, Backend, ExpandAt};
+use super::{
+    check_restage, condition, fs_stats, mounted_at, not_mounted, read_only_flags, split_flags,
+    Attached, Backend, ExpandAt,
+};
 use crate::config::FsType;
 use crate::env::Env;
 use crate::error::{self, fail, internal, precondition, Context, ErrorCode, Result};
@@ -114,15 +117,12 @@ impl Backend for Image {
             ))
         })?;
         let asked = mount_access.fs_type.as_str();
-        if !asked.is_empty() && asked != fs.as_str() {
-            return Err(precondition(format!(
-                "volume {id} holds {}, not the requested {asked}",
-                fs.as_str()
-            )));
-        }
+        let mut options = split_flags(&mount_access.mount_flags);
+        let read_only = read_only_flags(&options);
 
         match mounted_at(env, staging, id)? {
             Some(e) if e.source == device => {
+                check_restage(id, staging, &e, fs.as_str(), asked, read_only)?;
                 // Staged before (a retry, or a crash before growing).
                 if meta.grow_pending && !grow_online(env, id, meta, &device, staging, fs)? {
                     env.warn(
@@ -143,6 +143,12 @@ impl Backend for Image {
                 ));
             }
             None => {}
+        }
+        if !asked.is_empty() && asked != fs.as_str() {
+            return Err(precondition(format!(
+                "volume {id} holds {}, not the requested {asked}",
+                fs.as_str()
+            )));
         }
 
         match env
@@ -176,7 +182,6 @@ impl Backend for Image {
                 clear_grow_pending(env, id, meta)?;
             }
         }
-        let mut options = mount_access.mount_flags.clone();
         if meta.nouuid && !options.iter().any(|o| o == "nouuid") {
             options.push("nouuid".into());
         }
@@ -229,7 +234,25 @@ impl Backend for Image {
         capacity: u64,
         at: &ExpandAt,
     ) -> Result<u64> {
+        let image = env.layout.image(id);
+        let has_fs = meta.fs_type.is_some() && !meta.format_pending;
+        if capacity > meta.capacity_bytes && has_fs && at.block == Some(false) {
+            // A filesystem is grown where it is mounted: check the path
+            // before anything grows, so a wrong path changes nothing.
+            let path = at.staging_path.unwrap_or(at.volume_path);
+            let device = env
+                .host
+                .find_loop(&image)
+                .context(|| format!("volume {id}: finding the loop device of {image}"))?;
+            let here = mounted_at(env, path, id)?;
+            if !matches!((&device, &here), (Some(d), Some(e)) if &e.source == d) {
+                return Err(precondition(format!(
+                    "volume {id} is not mounted at {path}: nothing was grown"
+                )));
+            }
+        }
         if capacity > meta.capacity_bytes {
+            let before = meta.clone();
             // Intent first: whatever step a crash interrupts, the retry (or
             // the next stage) sees the new size and the pending grow.
             meta.capacity_bytes = capacity;
@@ -237,8 +260,14 @@ impl Backend for Image {
             // at the image's size.
             meta.grow_pending |= meta.fs_type.is_some() && !meta.format_pending;
             store::write_meta(&env.layout, id, meta)?;
+            if let Err(e) = ensure_len(id, &image, meta.capacity_bytes) {
+                // The image did not grow: a failed call leaves the volume
+                // as it was, not a size it never had.
+                *meta = before;
+                store::write_meta(&env.layout, id, meta)?;
+                return Err(e);
+            }
         }
-        let image = env.layout.image(id);
         ensure_len(id, &image, meta.capacity_bytes)?;
         let device = env
             .host

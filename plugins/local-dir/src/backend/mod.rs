@@ -146,6 +146,59 @@ pub fn release_all(env: &Env, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A capability's mount flags one option apiece (a CO may send
+/// `"ro,noatime"` as one flag).
+pub fn split_flags(flags: &[String]) -> Vec<String> {
+    flags
+        .iter()
+        .flat_map(|f| f.split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the flags ask for a read-only mount (the last of `ro`/`rw` wins).
+pub fn read_only_flags(flags: &[String]) -> bool {
+    flags
+        .iter()
+        .rev()
+        .find(|f| *f == "ro" || *f == "rw")
+        .is_some_and(|f| f == "ro")
+}
+
+/// A restage onto a staging path that already holds the volume must ask
+/// for what is there: another filesystem or another read-only-ness is the
+/// spec's ALREADY_EXISTS (staged, but incompatible).
+pub fn check_restage(
+    id: &str,
+    staging: &str,
+    entry: &MountEntry,
+    have_fs: &str,
+    asked_fs: &str,
+    read_only: bool,
+) -> Result<()> {
+    let why = if !asked_fs.is_empty() && asked_fs != have_fs {
+        format!("{have_fs}, not the requested {asked_fs}")
+    } else if entry.read_only != read_only {
+        format!(
+            "{}, not {}",
+            if entry.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            if read_only { "read-only" } else { "read-write" }
+        )
+    } else {
+        return Ok(());
+    };
+    Err(fail(
+        ErrorCode::AlreadyExists,
+        format!("volume {id} is already staged at {staging} {why}"),
+    ))
+}
+
 /// What is mounted at `path`, if anything.
 pub fn mounted_at(env: &Env, path: &str, id: &str) -> Result<Option<MountEntry>> {
     env.host

@@ -2,10 +2,13 @@
 //! volume's size; staging bind-mounts it. Growing is raising the limit, so
 //! there is nothing to finish later.
 
-use super::{condition, fs_stats, mounted_at, not_mounted, Attached, Backend, ExpandAt};
+use super::{
+    check_restage, condition, fs_stats, mounted_at, not_mounted, read_only_flags, split_flags,
+    Attached, Backend, ExpandAt,
+};
 use crate::config::{FsType, Wanted};
 use crate::env::Env;
-use crate::error::{fail, internal, invalid, precondition, Context, ErrorCode, Result};
+use crate::error::{fail, internal, invalid, not_found, precondition, Context, ErrorCode, Result};
 use crate::exports::wasmcsi::plugin::node::VolumeStats;
 use crate::meta::Meta;
 use crate::size::MIB;
@@ -81,19 +84,15 @@ impl Backend for Subvolume {
         staging: &str,
         cap: &VolumeCapability,
     ) -> Result<()> {
-        let asked = match &cap.access_type {
+        let (asked, flags) = match &cap.access_type {
             AccessType::Block => {
                 return Err(precondition(format!(
                     "volume {id} is a btrfs subvolume and cannot be used as a raw block device"
                 )))
             }
-            AccessType::Mount(m) => m.fs_type.as_str(),
+            AccessType::Mount(m) => (m.fs_type.as_str(), split_flags(&m.mount_flags)),
         };
-        if !asked.is_empty() && asked != "btrfs" {
-            return Err(precondition(format!(
-                "volume {id} is a btrfs subvolume, not {asked}"
-            )));
-        }
+        let read_only = bind_flags(id, &flags)?;
         let data = env.layout.data(id);
         if !store::exists(&data)? {
             return Err(internal(format!(
@@ -103,7 +102,9 @@ impl Backend for Subvolume {
         match mounted_at(env, staging, id)? {
             // A bind mount reports the btrfs device as its source, so the
             // filesystem type is what can be checked.
-            Some(e) if e.fs_type == "btrfs" => return Ok(()),
+            Some(e) if e.fs_type == "btrfs" => {
+                return check_restage(id, staging, &e, "btrfs", asked, read_only)
+            }
             Some(e) => {
                 return Err(fail(
                     ErrorCode::AlreadyExists,
@@ -115,8 +116,13 @@ impl Backend for Subvolume {
             }
             None => {}
         }
+        if !asked.is_empty() && asked != "btrfs" {
+            return Err(precondition(format!(
+                "volume {id} is a btrfs subvolume, not {asked}"
+            )));
+        }
         env.host
-            .bind(&data, staging, false)
+            .bind(&data, staging, read_only)
             .context(|| format!("volume {id}: bind-mounting {data} on {staging}"))?;
         env.info("volume staged", &[("volume", id), ("staging", staging)]);
         Ok(())
@@ -138,8 +144,18 @@ impl Backend for Subvolume {
         id: &str,
         meta: &mut Meta,
         capacity: u64,
-        _at: &ExpandAt,
+        at: &ExpandAt,
     ) -> Result<u64> {
+        // The volume must be where the CO says it is, as in image mode.
+        let path = at.staging_path.unwrap_or(at.volume_path);
+        match mounted_at(env, path, id)? {
+            Some(e) if e.fs_type == "btrfs" => {}
+            _ => {
+                return Err(not_found(format!(
+                    "volume {id} is not mounted at {path}: nothing was grown"
+                )))
+            }
+        }
         let data = env.layout.data(id);
         // Limit first, record after; set again every time, so a crash
         // between the two (or a limit lost some other way) is repaired.
@@ -200,6 +216,21 @@ impl Backend for Subvolume {
         };
         Ok(condition(stats, problem))
     }
+}
+
+/// A subvolume is staged by a bind mount, which takes no filesystem
+/// options: `ro`/`rw` are honoured, the host's own `nosuid`/`nodev` and
+/// `defaults` are no-ops, anything else is refused rather than dropped.
+/// Whether the bind is read-only.
+fn bind_flags(id: &str, flags: &[String]) -> Result<bool> {
+    let ignored = ["ro", "rw", "defaults", "nosuid", "nodev"];
+    if let Some(other) = flags.iter().find(|f| !ignored.contains(&f.as_str())) {
+        return Err(invalid(format!(
+            "volume {id}: mount flag {other:?} cannot be applied to a btrfs subvolume, \
+             which is staged by a bind mount (allowed: ro, rw, defaults, nosuid, nodev)"
+        )));
+    }
+    Ok(read_only_flags(flags))
 }
 
 fn set_limit(env: &Env, id: &str, data: &str, bytes: u64) -> Result<()> {
