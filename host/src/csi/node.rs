@@ -439,7 +439,7 @@ impl Node for NodeService {
             if !plugin.has(Features::STAGE) {
                 return Ok(NodeUnstageVolumeResponse {});
             }
-            let local = local.to_string();
+            let (local, path) = (local.to_string(), staging_path.clone());
             let paths = CallPaths::unstage(&staging_path);
             with_call_paths(paths, async {
                 plugin_call!(
@@ -447,7 +447,7 @@ impl Node for NodeService {
                     "unstage-volume",
                     deadline,
                     wit_node::Guest,
-                    call_unstage_volume(&local, &staging_path)
+                    call_unstage_volume(&local, &path)
                 )
             })
             .await?;
@@ -576,7 +576,7 @@ impl Node for NodeService {
                 forget(records, deadline, &target_path).await?;
                 return Ok(NodeUnpublishVolumeResponse {});
             };
-            let local = local.to_string();
+            let (local, path) = (local.to_string(), target_path.clone());
             let paths = CallPaths::unpublish(&target_path);
             with_call_paths(paths, async {
                 plugin_call!(
@@ -584,7 +584,7 @@ impl Node for NodeService {
                     "unpublish-volume",
                     deadline,
                     wit_node::Guest,
-                    call_unpublish_volume(&local, &target_path)
+                    call_unpublish_volume(&local, &path)
                 )
             })
             .await?;
