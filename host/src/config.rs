@@ -310,7 +310,8 @@ pub struct MountGrant {
     #[serde(default, deserialize_with = "env::scalar")]
     pub noexec: bool,
     /// Test aid for nodes without an NFS client: network mounts are
-    /// appended to this file (one JSON line each) instead of performed.
+    /// appended to this file (one JSON line each) instead of performed, and
+    /// a 1 MiB tmpfs named like the export stands in at the target.
     #[serde(default)]
     pub record_network_mounts: Option<PathBuf>,
     /// Bytes of node memory the plugin's tmpfs mounts may take: each one,

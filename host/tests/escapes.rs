@@ -544,9 +544,11 @@ async fn tmpfs_is_bounded_by_the_grant() {
         assert_eq!(mount_at(&target), None, "{options}: mounted anyway");
         node.check(options, &before);
     }
-    // The same values as a reconfigure of the plugin's own tmpfs.
+    // The same values as a reconfigure of the plugin's own tmpfs (each
+    // call its own target: a path holds one volume).
     for (i, (options, want, says)) in cases.iter().enumerate() {
         let name = format!("tmpfs#r{i}");
+        let own = pods.join(format!("tmpfs-r{i}"));
         let context = [("options", "size=1m mode=700"), ("reconfigure", options)];
         let err = node
             .attempt_at(&name, &own, &context)
@@ -564,10 +566,11 @@ async fn tmpfs_is_bounded_by_the_grant() {
     }
     // Within the bound: a reconfigure grows it.
     let context = [("options", "size=1m"), ("reconfigure", "size=2m")];
-    node.attempt_at("tmpfs#grow", &own, &context)
+    let grown = pods.join("tmpfs-grow");
+    node.attempt_at("tmpfs#grow", &grown, &context)
         .await
         .expect("growing within the bound");
-    assert_eq!(tmpfs_size(&own).0, 2 * MIB);
+    assert_eq!(tmpfs_size(&grown).0, 2 * MIB);
 
     // Together: two tmpfs of 60% of the bound do not fit, nor does
     // growing one past what the others leave.
@@ -585,15 +588,20 @@ async fn tmpfs_is_bounded_by_the_grant() {
     assert!(err.message().contains("tmpfsMaxBytes"), "{err:?}");
     assert_eq!(mount_at(&second), None);
     let all = format!("size={}", bound);
-    let context = [("options", share.as_str()), ("reconfigure", all.as_str())];
+    // The same volume again at its own target: a page of tmpfs on top,
+    // then a reconfigure of it to the whole bound.
+    let context = [("options", "size=4k"), ("reconfigure", all.as_str())];
     let err = node
-        .attempt_at("tmpfs#s3", &first, &context)
+        .attempt_at("tmpfs#s1", &first, &context)
         .await
         .expect_err("growing to the whole bound beside another");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert_eq!(tmpfs_size(&first).0, (bound / 10 * 6).div_ceil(4096) * 4096);
-    for path in [&own, &first] {
+    assert_eq!(tmpfs_size(&first).0, 4096);
+    for path in [&own, &first, &grown] {
         unmount(path);
+    }
+    for i in 0..cases.len() {
+        unmount(&pods.join(format!("tmpfs-r{i}")));
     }
     still_serving(&node.d, "tmpfs").await;
 }
@@ -631,21 +639,27 @@ async fn loop_devices_are_bounded_per_plugin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_filesystem_costs_only_its_own_calls() {
     let node = Node::start().await;
-    let target = node.kubelet().join("pods").join("statfs");
-    std::fs::create_dir_all(&target).unwrap();
-    let fuse = HungFuse::mount(&target);
+    // The hung mount is not the call's target (the host refuses to publish
+    // onto a mount it did not make): the plugin looks at it by statfs.
+    let hung = node.kubelet().join("pods").join("statfs-hung");
+    std::fs::create_dir_all(&hung).unwrap();
+    let fuse = HungFuse::mount(&hung);
     let started = Instant::now();
     let mut stuck = tokio::task::JoinSet::new();
     // More stuck calls than the runtime has worker threads.
     for i in 0..8 {
         let client = node.d.client.clone();
+        let target = node.kubelet().join("pods").join(format!("statfs-{i}"));
+        std::fs::create_dir_all(&target).unwrap();
         let target = target.display().to_string();
+        let at = hung.display().to_string();
         stuck.spawn(async move {
             let mut client = client;
             let mut req = tonic::Request::new(NodePublishVolumeRequest {
                 volume_id: format!("hostile:statfs#{i}"),
                 target_path: target,
                 volume_capability: Some(rw()),
+                volume_context: [("at".to_string(), at)].into(),
                 ..Default::default()
             });
             // The CO's deadline: the host must answer by then.

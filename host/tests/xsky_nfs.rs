@@ -88,24 +88,18 @@ async fn create_expand_publish_delete() {
         mounts[0]["options"],
         serde_json::json!(["vers=4", "hard", "timeo=600", "ro"])
     );
-    // Stats only of the volume's mount: the mount was only recorded, so
-    // nothing is mounted at the target yet (the path's own filesystem is
-    // not the volume's).
-    let err = stats(&mut d, &vol.volume_id, &target).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    assert!(err.message().contains("not mounted"), "{err:?}");
-    // Something else mounted there is not the volume either.
-    stand_in_mount("tmpfs", &target);
-    let err = stats(&mut d, &vol.volume_id, &target).await.unwrap_err();
+    // Stats only of the volume's mount: the export (recorded; a tmpfs
+    // named like it stands in for NFS) answers, with a condition that was
+    // checked; another mount elsewhere is not the volume.
+    let other = d.target("other");
+    stand_in_mount(&source, &other);
+    let err = stats(&mut d, &vol.volume_id, &other).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let out = std::process::Command::new("umount")
-        .arg(&target)
+        .arg(&other)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    // The export, mounted (a tmpfs named like it stands in for NFS): stats
-    // and a condition that was checked.
-    stand_in_mount(&source, &target);
     let st = stats(&mut d, &vol.volume_id, &target).await.expect("stats");
     assert!(st.usage[0].total > 0, "{st:?}");
     let condition = st.volume_condition.expect("a volume condition");

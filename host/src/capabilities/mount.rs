@@ -395,11 +395,13 @@ impl MountCap {
         check_remote_source(source)?;
         let this = self.clone();
         let (t, s, f) = (target.to_string(), source.to_string(), fs_type.to_string());
+        let recording = self.record_network_mounts.is_some();
         let target_fd = blocking::run(move || {
             let fd = beneath::open_dir_creating(this.target(&t, &call, Action::Mount)?)?;
             if let Some(existing) = mount_at(fd.as_fd())? {
-                let same = existing.fs_type.starts_with(f.trim_end_matches('4'))
-                    && same_source(&existing.source, &s);
+                let kind = existing.fs_type.starts_with(f.trim_end_matches('4'))
+                    || (recording && existing.fs_type == "tmpfs");
+                let same = kind && same_source(&existing.source, &s);
                 return if same {
                     Ok(None)
                 } else {
@@ -413,7 +415,9 @@ impl MountCap {
             return Ok(());
         };
         if let Some(log) = &self.record_network_mounts {
-            return record_mount(log, source, target, fs_type, &options.text);
+            record_mount(log, source, target, fs_type, &options.text)?;
+            let (s, t) = (source.to_string(), target.to_string());
+            return blocking::run(move || stand_in(&s, target_fd.as_fd(), &t)).await;
         }
         let mut text = vec!["nosuid".to_string(), "nodev".to_string()];
         if self.noexec {
@@ -703,6 +707,28 @@ fn record_mount(
         .open(log)
         .and_then(|mut f| writeln!(f, "{line}"))
         .map_err(|e| CapError::internal(format!("recording the mount in {}: {e}", log.display())))
+}
+
+/// What a recorded network mount leaves in the mount table: a small tmpfs
+/// named like the export, so the node sees a mount at the target as it
+/// would with the real one (the host's records of who holds a path, stats,
+/// unmount).
+fn stand_in(source: &str, target_fd: BorrowedFd, target: &str) -> Result<(), CapError> {
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| CapError::internal(format!("fsopen tmpfs: {e}")))?;
+    let said = |what: &str, e: rustix::io::Errno| {
+        CapError::internal(format!("a stand-in for {source} at {target}: {what}: {e}"))
+    };
+    fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| said("source", e))?;
+    fsconfig_set_string(fs.as_fd(), "size", "1m").map_err(|e| said("size", e))?;
+    fsconfig_create(fs.as_fd()).map_err(|e| said("create", e))?;
+    let mnt = fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )
+    .map_err(|e| said("fsmount", e))?;
+    attach(mnt.as_fd(), target_fd, target)
 }
 
 /// `host:/path` (or `//host/share` for cifs); never an option in disguise.

@@ -231,7 +231,7 @@ pub fn attempt(name: &str, target: &str, context: &KeyValues) -> Result<()> {
         "fifo-image" => images::make_filesystem(&format!("{root}/fifo.img"), "xfs"),
         // statfs of the target (the test mounts a filesystem that never
         // answers there): this call may hang, no other may.
-        "statfs" => fs_info::statfs(target).map(drop),
+        "statfs" => fs_info::statfs(param(context, "at").unwrap_or(target)).map(drop),
         other => Err(error(
             ErrorCode::InvalidArgument,
             format!("no escape called {other:?}"),
