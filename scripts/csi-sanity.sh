@@ -133,7 +133,7 @@ run_mode() {
         local-dir-*)
             config=examples/local-dir.yaml
             if [[ $mode == local-dir-subvolume ]]; then
-                truncate -s 4G "$work/btrfs.img"
+                truncate -s 16G "$work/btrfs.img"  # sparse; room for the specs' 1 GiB volumes (no overcommit)
                 mkfs.btrfs -q "$work/btrfs.img" >/dev/null
                 mount -o loop "$work/btrfs.img" "$root"
                 btrfs quota enable "$root"
