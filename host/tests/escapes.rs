@@ -596,7 +596,11 @@ async fn tmpfs_is_bounded_by_the_grant() {
         .await
         .expect_err("growing to the whole bound beside another");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert_eq!(tmpfs_size(&first).0, 4096);
+    let size = tmpfs_size(&first).0;
+    assert!(
+        size <= (bound / 10 * 6).div_ceil(4096) * 4096,
+        "grew to {size}: {err:?}"
+    );
     for path in [&own, &first, &grown] {
         unmount(path);
     }
