@@ -146,6 +146,16 @@ async fn holders_of(
     .await
 }
 
+/// What holds one path (`holders_of` for a single path).
+async fn holder_of(
+    records: &Records,
+    deadline: Option<std::time::Duration>,
+    path: &str,
+) -> Result<Holder, Status> {
+    let mut held = holders_of(records, deadline, vec![path.into()]).await?;
+    Ok(held.pop().expect("one path asked"))
+}
+
 /// Records that volume `id` holds `path` after a call that succeeded.
 async fn record(
     records: &Records,
@@ -213,8 +223,7 @@ async fn untouchable(
     what: &str,
     orphan: bool,
 ) -> Result<bool, Status> {
-    let [held] = <[Holder; 1]>::try_from(holders_of(records, deadline, vec![path.into()]).await?)
-        .expect("one path asked");
+    let held = holder_of(records, deadline, path).await?;
     if held.is_free_or(id) || (orphan && matches!(held, Holder::Foreign(_))) {
         return Ok(true);
     }
@@ -310,8 +319,7 @@ async fn check_holds(
     id: &str,
     path: &str,
 ) -> Result<(), Status> {
-    let [held] = <[Holder; 1]>::try_from(holders_of(records, deadline, vec![path.into()]).await?)
-        .expect("one path asked");
+    let held = holder_of(records, deadline, path).await?;
     if held.is_free_or(id) {
         return Ok(());
     }
@@ -370,10 +378,7 @@ impl Node for NodeService {
             let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let records = &self.driver().holders;
             let block = is_block(&capability);
-            let [held] = <[Holder; 1]>::try_from(
-                holders_of(records, deadline, vec![staging_path.to_string()]).await?,
-            )
-            .expect("one path asked");
+            let held = holder_of(records, deadline, staging_path).await?;
             match &held {
                 Holder::Volume(r) if r.volume == id && r.block != block => {
                     return Err(Status::already_exists(format!(
