@@ -26,7 +26,7 @@
 #             deleted the volume and its mount are gone
 #
 # Everything it starts it stops: the drivers by PID, the cluster with
-# `kit down --wipe` (its logs stay in target/kube-kit/run/logs), mounts and
+# `kit down --wipe` (its logs are kept in target/kube-kit/logs), mounts and
 # loop devices under its own scratch directory. Without the kit it says SKIP
 # and passes, except in CI (CI=true), where it fails.
 #
@@ -46,7 +46,11 @@ topology_key=topology.wasmcsi.io/node
 namespace=default
 
 say() { echo "[test-kube $(date +%T)] $*"; }
-fail() { echo "[test-kube $(date +%T)] FAILED: $*" >&2; exit 1; }
+fail() {
+    echo "[test-kube $(date +%T)] FAILED: $*" >&2
+    step="${step:+$step: }$*"
+    exit 1
+}
 
 if [[ ! -x $kit ]]; then
     if [[ ${CI:-} == true ]]; then
@@ -67,8 +71,8 @@ for tool in etcd etcdctl containerd runc ctr buildah kubectl mkfs.btrfs python3;
 done
 [[ $(id -u) == 0 ]] || fail "run as root (a kubelet, loop devices, mounts)"
 # One cluster per machine: its ports are fixed.
-if ss -Hltn 'sport = :6443' | grep -q . && [[ ! -s target/kube-kit/run/kube-apiserver.pid ]]; then
-    fail "something else listens on 127.0.0.1:6443: another cluster runs here"
+if ss -Hltn 'sport = :6443' | grep -q .; then
+    fail "something listens on 127.0.0.1:6443: another cluster runs here"
 fi
 
 export KUBE_KIT_HOME=$repo/target/kube-kit
@@ -82,23 +86,46 @@ export PEER_NO_SC=1
 export NAMESPACE=$namespace
 export PEER_PROVISIONER_ARGS="--feature-gates=Topology=true --strict-topology=true \
 --enable-capacity --capacity-ownerref-level=-1 --capacity-poll-interval=5s"
-logs=$KUBE_KIT_HOME/run/logs
-mkdir -p "$logs" "$KUBE_KIT_HOME/wasm-cache"
+# The cluster's state (etcd, containerd's images and snapshots, the kubelet's
+# pods) lives on a filesystem of the test's own (see below), whatever the
+# checkout sits on; its logs are copied here when the test ends.
+kept_logs=$KUBE_KIT_HOME/logs
+mkdir -p "$KUBE_KIT_HOME/wasm-cache"
 
 # ---- what the test started, taken down however it ends ----
-work="" driver_pids=() driver_names=() cluster_started=0
+work="" driver_pids=() driver_names=() cluster_started=0 step="" logs=""
+
+# The last lines of the cluster's logs that say why a step failed.
+failure_logs() {
+    local f
+    for f in etcd kube-apiserver containerd kubelet kube-scheduler; do
+        [[ -s $logs/$f.log ]] || continue
+        # Past the control plane's start, its own logs are noise here.
+        [[ $f == etcd || $f == kube-apiserver ]] && [[ $step != "kit up"* ]] && continue
+        echo "    --- $f.log (last warnings and errors) ---"
+        grep -vE '^I[0-9]{4} |level=info|poststarthook' "$logs/$f.log" | tail -n 12 | cut -c1-300 | sed 's/^/    /'
+    done
+    for f in "$logs"/wasmcsi-*.log; do
+        [[ -s $f ]] || continue
+        echo "    --- $(basename "$f") (last lines) ---"
+        tail -n 8 "$f" | cut -c1-300 | sed 's/^/    /'
+    done
+}
 
 cleanup() {
     local rc=$?
     set +e
     if [[ $cluster_started == 1 ]]; then
-        if [[ $rc != 0 ]]; then
+        # kubectl has the cluster only once `kit env` was read.
+        if [[ $rc != 0 && -n ${KUBECONFIG:-} ]]; then
             say "state at the failure:"
             kubectl get pods,pvc,pv,csistoragecapacities -A -o wide 2>&1 | sed 's/^/    /'
             kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 25 | sed 's/^/    /'
-            say "logs: $logs (drivers: $logs/wasmcsi-*.log)"
         fi
         "$kit" down --wipe 2>&1 | sed 's/^/    /'
+    fi
+    if [[ -n $logs && -d $logs ]]; then
+        rm -rf "$kept_logs" && cp -a "$logs" "$kept_logs"
     fi
     local pid
     for pid in "${driver_pids[@]}"; do
@@ -119,6 +146,20 @@ cleanup() {
             [[ $file == "$work"/* ]] && losetup -d "$dev" 2>/dev/null
         done < <(losetup -n -l -O NAME,BACK-FILE 2>/dev/null)
         rm -rf --one-file-system "$work"
+    fi
+    # Last, so that it ends the output CI shows: what failed, and why.
+    if [[ $rc != 0 ]]; then
+        say "FAILED at: ${step:-the start}; logs kept in $kept_logs"
+        logs=$kept_logs
+        local sub
+        for sub in up node; do
+            [[ $step == "kit $sub"* && -s $logs/kit-$sub.out ]] || continue
+            echo "    --- kit $sub (last lines) ---"
+            tail -n 15 "$logs/kit-$sub.out" | cut -c1-300 | sed 's/^/    /'
+        done
+        failure_logs
+        # Where the checkout and the scratch space live, and their room.
+        df -hT "$repo" /var/tmp 2>/dev/null | sed 's/^/    /'
     fi
     return "$rc"
 }
@@ -216,6 +257,7 @@ EOF
 start_driver() {
     local name=$1 config=$2
     local sock
+    step="starting driver $name"
     sock=$(sock_of "$name")
     mkdir -p "$(dirname "$sock")"
     driver_names+=("$name")
@@ -310,6 +352,7 @@ scheduler_refused() { # scheduler_refused POD: the scheduler's FailedScheduling 
 check_mode() {
     local mode=$1 driver=$2 root=$3 old=$4 new=$5
     local class=wasmcsi-$mode pod=flow-$mode big=too-big-$mode t0
+    step="$mode: PVC flow and capacity tracking"
     storage_class "$class" "$driver" "$mode"
 
     # Capacity: the provisioner publishes what GetCapacity says for the class.
@@ -380,6 +423,7 @@ check_mode() {
 check_inline() {
     local driver=$1 size=$2 root=$3
     local pod=inline-${driver%%.*} t0 uid
+    step="inline volume of $driver"
     t0=$SECONDS
     kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
@@ -428,10 +472,35 @@ EOF
 
 started=$SECONDS
 work=$(mktemp -d /var/tmp/wasmcsi-kube.XXXXXX)
-say "starting the cluster (kit: $kit, state: $KUBE_KIT_HOME)"
+# The cluster's state on an ext4 of its own: containerd's overlayfs
+# snapshots and buildah's storage need a filesystem that can hold them,
+# and a checkout may sit on one that cannot (overlayfs, a network or
+# shared folder).
+step="making the cluster's filesystem"
+truncate -s 8G "$work/cluster.img"
+mkfs.ext4 -q -F "$work/cluster.img"
+mkdir -p "$work/cluster"
+mount -o loop "$work/cluster.img" "$work/cluster"
+export PEER_RUN=$work/cluster/run
+logs=$PEER_RUN/logs
+mkdir -p "$logs"
+say "starting the cluster (kit: $kit, binaries: $KUBE_KIT_HOME/bin, state: $PEER_RUN)"
 cluster_started=1
-"$kit" up 2>&1 | sed 's/^/    /'
-"$kit" node 2>&1 | sed 's/^/    /'
+# kit SUBCOMMAND: a kit step, its output shown and kept for the failure summary.
+kit_step() { "$kit" "$1" 2>&1 | tee -a "$logs/kit-$1.out" | sed 's/^/    /'; }
+step="kit up (etcd, kube-apiserver, kube-controller-manager)"
+kit_step up
+step="kit node (containerd, images, kube-scheduler, kubelet)"
+# The node's first start builds and imports two images and waits for the
+# kubelet; on a busy machine a wait can run out. A second try picks up
+# where the first stopped (the kit is idempotent); the first failure is
+# shown, not hidden.
+if ! kit_step node; then
+    say "kit node failed once; its logs:"
+    failure_logs
+    say "trying kit node again"
+    kit_step node
+fi
 eval "$("$kit" env)"
 
 mkdir -p "$work/image-root" "$work/btrfs-root" "$work/tmpfs-state"
@@ -470,4 +539,5 @@ if [[ $tmpfs == 1 ]]; then
     check_inline tmpfs.wasmcsi.io 16Mi ""
 fi
 
+step=""
 say "passed in $((SECONDS - started)) s"
