@@ -263,7 +263,9 @@ start_driver() {
     driver_names+=("$name")
     RUST_LOG=info "$bin" serve --config "$config" >"$logs/wasmcsi-$name.log" 2>&1 &
     driver_pids+=($!)
-    for _ in $(seq 1 600); do
+    # A plugin not yet in the compile cache is compiled first: a Python
+    # plugin takes ~20 s on a quiet machine, minutes on a busy one.
+    for _ in $(seq 1 3000); do
         [[ -S $sock ]] && break
         kill -0 "${driver_pids[-1]}" 2>/dev/null || break
         sleep 0.1
