@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::config::is_plugin_name;
 use crate::locks::{KeyGuard, KeyedLocks};
 use crate::runtime::Plugin;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
@@ -202,15 +203,25 @@ pub fn is_inline_id(id: &str) -> bool {
     })
 }
 
-/// The shape the config gives plugin names: 1-30 characters of [a-z0-9-].
-fn is_plugin_name(name: &str) -> bool {
-    (1..=30).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 /// The CSI id of a plugin's volume or snapshot.
 pub fn global_id(plugin: &Plugin, local: &str) -> String {
     format!("{}{ID_SEPARATOR}{local}", plugin.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_of_an_unloaded_plugin_follows_the_config_name_rule() {
+        let dispatch = Dispatcher::new(vec![]);
+        assert_eq!(
+            dispatch.unloaded_plugin("gone-1:vol"),
+            Some(("gone-1", String::new()))
+        );
+        // Not a name the config takes, so no plugin of ours made the id.
+        assert_eq!(dispatch.unloaded_plugin("Gone:vol"), None);
+        assert_eq!(dispatch.unloaded_plugin(&format!("{}:vol", "a".repeat(31))), None);
+        assert_eq!(dispatch.unloaded_plugin("gone:"), None);
+    }
 }
