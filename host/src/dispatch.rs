@@ -221,7 +221,10 @@ mod tests {
         );
         // Not a name the config takes, so no plugin of ours made the id.
         assert_eq!(dispatch.unloaded_plugin("Gone:vol"), None);
-        assert_eq!(dispatch.unloaded_plugin(&format!("{}:vol", "a".repeat(31))), None);
+        assert_eq!(
+            dispatch.unloaded_plugin(&format!("{}:vol", "a".repeat(31))),
+            None
+        );
         assert_eq!(dispatch.unloaded_plugin("gone:"), None);
     }
 }

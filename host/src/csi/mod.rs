@@ -1,23 +1,7 @@
 //! The CSI gRPC surface, one file per service, with validation, type
 //! conversion and error mapping beside them.
 
-/// One plugin operation from an RPC: the export `$method` of interface
-/// `$iface` run on a fresh instance of `$plugin`, bounded by the caller's
-/// `$deadline`; a failure becomes the gRPC status naming the plugin.
-///
-/// `plugin_call!(plugin, "delete-volume", deadline, wit_ctl::Guest,
-/// call_delete_volume(&local, &secrets))`
-macro_rules! plugin_call {
-    ($plugin:expr, $op:literal, $deadline:expr, $iface:ty, $method:ident($($arg:expr),* $(,)?)) => {
-        $plugin
-            .call($op, $deadline, move |p: &$iface, s| {
-                Box::pin(async move { p.$method(s, $($arg),*).await })
-            })
-            .await
-            .map_err($crate::csi::status::of(&$plugin.name))
-    };
-}
-
+pub mod call;
 pub mod controller;
 pub mod convert;
 pub mod group_controller;

@@ -46,7 +46,7 @@ pub fn from_failure(plugin: &str, failure: CallFailure) -> Status {
 }
 
 /// `?`-friendly form: `plugin.call(...).await.map_err(status::of(&plugin.name))`
-/// (what `plugin_call!` does).
+/// (what `call::call_plugin` does).
 pub fn of(plugin: &str) -> impl FnOnce(CallFailure) -> Status + '_ {
     move |f| from_failure(plugin, f)
 }
