@@ -178,3 +178,35 @@ pub(crate) fn done_if_gone(deleted: Result<(), Status>) -> Result<(), Status> {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delete_of_an_unloaded_plugins_object_waits_for_it() {
+        let dispatch = Dispatcher::new(vec![]);
+        let refused = resolve_to_delete(&dispatch, "snapshot", "gone:s1").unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(
+            refused.message(),
+            "snapshot gone:s1 belongs to plugin gone, which is not loaded (loaded: ): \
+             add gone back to the config to delete it"
+        );
+        // Not an id of ours: it names nothing, so the delete is done.
+        assert!(resolve_to_delete(&dispatch, "volume", "csi-abc")
+            .unwrap()
+            .is_none());
+        let missing = resolve(&dispatch, "volume", "gone:v1").unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(missing.message(), "volume gone:v1 does not exist");
+    }
+
+    #[test]
+    fn only_not_found_counts_as_deleted() {
+        assert!(done_if_gone(Err(Status::not_found("p: no such volume"))).is_ok());
+        let kept = done_if_gone(Err(Status::unavailable("p: array down"))).unwrap_err();
+        assert_eq!(kept.code(), Code::Unavailable);
+        assert!(done_if_gone(Ok(())).is_ok());
+    }
+}

@@ -17,7 +17,7 @@ use crate::wit::exports::wasmcsi::plugin::controller as wit_ctl;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 use crate::wit::wasmcsi::plugin::types as wit;
 
-pub struct ControllerService(pub Arc<Driver>);
+pub(crate) struct ControllerService(pub(crate) Arc<Driver>);
 
 /// The CSI id of a create's content source, if it has one.
 fn source_id(source: Option<&VolumeContentSource>) -> Option<&str> {

@@ -17,7 +17,7 @@ use crate::runtime::Plugin;
 use crate::wit::exports::wasmcsi::plugin::controller as wit_ctl;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
-pub struct GroupControllerService(pub Arc<Driver>);
+pub(crate) struct GroupControllerService(pub(crate) Arc<Driver>);
 
 /// Most volumes one group takes (the host's multi-copy bound as well):
 /// each member freezes a filesystem or holds a lock while the group is cut.

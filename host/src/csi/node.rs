@@ -19,7 +19,7 @@ use crate::wit::exports::wasmcsi::plugin::identity::Features;
 use crate::wit::exports::wasmcsi::plugin::node as wit_node;
 use crate::wit::wasmcsi::plugin::types as wit;
 
-pub struct NodeService(pub Arc<Driver>);
+pub(crate) struct NodeService(pub(crate) Arc<Driver>);
 
 impl NodeService {
     fn driver(&self) -> &Driver {
