@@ -23,9 +23,15 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 /// Why a request found no plugin, or no turn on its volume.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DispatchError {
-    #[error("parameter {}={name:?} names no loaded plugin (loaded: {loaded})", PLUGIN_PARAMETER)]
+    #[error(
+        "parameter {}={name:?} names no loaded plugin (loaded: {loaded})",
+        PLUGIN_PARAMETER
+    )]
     UnknownPlugin { name: String, loaded: String },
-    #[error("several plugins are loaded ({loaded}): set the StorageClass parameter {}", PLUGIN_PARAMETER)]
+    #[error(
+        "several plugins are loaded ({loaded}): set the StorageClass parameter {}",
+        PLUGIN_PARAMETER
+    )]
     PluginNotNamed { loaded: String },
     #[error(
         "no plugin of this driver takes inline ephemeral volumes (loaded: {loaded}; \

@@ -285,7 +285,11 @@ pub(crate) fn group_snapshot(
 
 /// The capacity a controller expansion reached: at least what was asked
 /// (a target at or below the current size answers the current size).
-pub(crate) fn expanded(plugin: &str, capacity: u64, range: &wit::CapacityRange) -> Result<i64, BadAnswer> {
+pub(crate) fn expanded(
+    plugin: &str,
+    capacity: u64,
+    range: &wit::CapacityRange,
+) -> Result<i64, BadAnswer> {
     let n = bytes(plugin, "an expanded capacity of", capacity)?;
     match range.required_bytes {
         Some(required) if capacity < required => Err(bug(
@@ -330,7 +334,13 @@ pub(crate) fn page_ask(max: u32, taken: usize) -> u32 {
 }
 
 /// A page: no more entries than asked, a usable next token.
-pub(crate) fn page(plugin: &str, what: &str, len: usize, asked: u32, token: &str) -> Result<(), BadAnswer> {
+pub(crate) fn page(
+    plugin: &str,
+    what: &str,
+    len: usize,
+    asked: u32,
+    token: &str,
+) -> Result<(), BadAnswer> {
     if len > asked as usize {
         return Err(bug(
             plugin,

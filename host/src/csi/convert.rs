@@ -42,7 +42,11 @@ pub(crate) fn content_source(
     Some(proto::VolumeContentSource { r#type: Some(kind) })
 }
 
-pub(crate) fn volume(plugin: &Plugin, v: wit::Volume, topology: Option<proto::Topology>) -> proto::Volume {
+pub(crate) fn volume(
+    plugin: &Plugin,
+    v: wit::Volume,
+    topology: Option<proto::Topology>,
+) -> proto::Volume {
     proto::Volume {
         capacity_bytes: bytes(v.capacity_bytes),
         volume_id: global_id(plugin, &v.volume_id),

@@ -171,7 +171,13 @@ impl Records {
 
     /// Records that `id` now holds `path` after a call that succeeded,
     /// with whatever is mounted there.
-    pub(crate) fn record(&self, id: &str, path: &str, role: Role, block: bool) -> Result<(), Status> {
+    pub(crate) fn record(
+        &self,
+        id: &str,
+        path: &str,
+        role: Role,
+        block: bool,
+    ) -> Result<(), Status> {
         let Some(real) = mounts::resolved(path) else {
             return Ok(());
         };

@@ -132,7 +132,10 @@ pub(crate) async fn traced<T>(
 /// Runs blocking work of an RPC's own (mount-table reads, lookups of
 /// CO-given paths, which a hung filesystem can stall) off the async
 /// workers, ended by the caller's deadline.
-pub(crate) async fn off_workers<T, F>(deadline: Option<Duration>, work: F) -> Result<T, tonic::Status>
+pub(crate) async fn off_workers<T, F>(
+    deadline: Option<Duration>,
+    work: F,
+) -> Result<T, tonic::Status>
 where
     F: FnOnce() -> Result<T, tonic::Status> + Send + 'static,
     T: Send + 'static,

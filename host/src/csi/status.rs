@@ -103,7 +103,11 @@ mod tests {
         );
         let bad = Status::from(crate::returns::id("p", "a volume id", "").unwrap_err());
         assert_eq!(bad.code(), Code::Internal);
-        assert!(bad.message().starts_with("plugin p answered"), "{}", bad.message());
+        assert!(
+            bad.message().starts_with("plugin p answered"),
+            "{}",
+            bad.message()
+        );
     }
     use crate::wit::wasmcsi::plugin::types::Error as PluginError;
 

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wasmcsi_testkit::client::CsiClient;
 use wasmcsi::proto::volume_capability::{
     access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
 };
 use wasmcsi::proto::*;
+use wasmcsi_testkit::client::CsiClient;
 
 #[allow(unused_imports)]
 pub use shared::{shared_dir, shared_file};

@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmcsi_testkit::client::CsiClient;
 use wasmcsi::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use wasmcsi::proto::*;
+use wasmcsi_testkit::client::CsiClient;
 use wasmcsi_testkit::{self as testkit, fill, GIB, MIB};
 
 struct Scratch {
