@@ -44,8 +44,9 @@ test-plugin-py:
 	  printf '\n*** SKIPPING the Python plugin (plugins/tmpfs-py): componentize-py is not installed.\n*** pip install -r plugins/tmpfs-py/requirements.txt\n\n' >&2; \
 	fi
 
+# The driver, and the demo and benchmark beside it (host/testkit).
 host:
-	$(CARGO) build -p wasmcsi
+	$(CARGO) build -p wasmcsi -p wasmcsi-testkit
 
 # Builds everything and walks a volume through create → publish → fill →
 # expand → fill → stats → delete, in image and in btrfs subvolume mode; then
@@ -91,7 +92,7 @@ test: plugins test-plugin-py test-deploy test-sanity test-image test-kube
 	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log
 
 release: setup
-	$(CARGO) build --release -p wasmcsi
+	$(CARGO) build --release -p wasmcsi -p wasmcsi-testkit
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 
 # The driver image as an OCI archive, built without a Docker engine (the

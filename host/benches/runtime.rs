@@ -309,7 +309,7 @@ async fn start_to_ready(dir: &Path, label: &str, cache: Option<&Path>) {
         .spawn()
         .unwrap();
     let ready = loop {
-        if let Ok(mut c) = wasmcsi::client::CsiClient::connect(&endpoint).await {
+        if let Ok(mut c) = wasmcsi_testkit::client::CsiClient::connect(&endpoint).await {
             if let Ok(r) = c.identity.probe(wasmcsi::proto::ProbeRequest {}).await {
                 if r.into_inner().ready == Some(true) {
                     break t.elapsed();

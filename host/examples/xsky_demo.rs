@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wasmcsi::client::CsiClient;
 use wasmcsi::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use wasmcsi::proto::*;
+use wasmcsi_testkit::client::CsiClient;
 use xms_emulator::Emulator;
 
 const GIB: u64 = 1 << 30;

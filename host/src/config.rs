@@ -486,12 +486,7 @@ impl Config {
 impl PluginConfig {
     fn validate(&self) -> Result<()> {
         let n = &self.name;
-        if n.is_empty()
-            || n.len() > 30
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if !is_plugin_name(n) {
             bail!("name {n:?} must be 1-30 characters of [a-z0-9-]");
         }
         match (&self.source, self.path.as_os_str().is_empty()) {
@@ -629,6 +624,15 @@ fn setting_string(value: &serde_norway::Value) -> Result<String> {
         Value::Null => String::new(),
         _ => bail!("must be a string, number or boolean"),
     })
+}
+
+/// The plugin name rule: 1-30 characters of [a-z0-9-]. Plugin names are
+/// the first part of every CSI id the driver hands out (`<plugin>:<id>`).
+pub fn is_plugin_name(name: &str) -> bool {
+    (1..=30).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_driver_name(name: &str) -> bool {

@@ -1,18 +1,18 @@
 //! Routing between CSI and plugins: which plugin serves a request, how
-//! volume ids carry the plugin name, and the per-volume locks.
+//! volume ids carry the plugin name, and the per-volume locks. Refusals are
+//! [`DispatchError`]s; the CSI layer gives them their gRPC codes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tonic::Status;
-
+use crate::config::is_plugin_name;
 use crate::locks::{KeyGuard, KeyedLocks};
 use crate::runtime::Plugin;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
 /// StorageClass parameter that picks a plugin when several are loaded.
-pub const PLUGIN_PARAMETER: &str = "plugin";
+pub(crate) const PLUGIN_PARAMETER: &str = "plugin";
 /// Separates the plugin name from the plugin's own id in CSI ids.
 const ID_SEPARATOR: char = ':';
 /// How long a call waits for another call on the same volume.
@@ -20,7 +20,35 @@ const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 /// How long before the caller's deadline a lock wait ends (at most).
 const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
-pub struct Dispatcher {
+/// Why a request found no plugin, or no turn on its volume.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DispatchError {
+    #[error(
+        "parameter {}={name:?} names no loaded plugin (loaded: {loaded})",
+        PLUGIN_PARAMETER
+    )]
+    UnknownPlugin { name: String, loaded: String },
+    #[error(
+        "several plugins are loaded ({loaded}): set the StorageClass parameter {}",
+        PLUGIN_PARAMETER
+    )]
+    PluginNotNamed { loaded: String },
+    #[error(
+        "no plugin of this driver takes inline ephemeral volumes (loaded: {loaded}; \
+         a plugin's config allows them with inlineVolumes: true)"
+    )]
+    NoInlinePlugin { loaded: String },
+    #[error(
+        "volume attribute {}={name:?}: inline volumes of this driver go to plugin {inline}",
+        PLUGIN_PARAMETER
+    )]
+    NotTheInlinePlugin { name: String, inline: String },
+    /// Another call on the key held it past the wait.
+    #[error("an operation on {key} is already in progress")]
+    Busy { key: String },
+}
+
+pub(crate) struct Dispatcher {
     /// Swapped whole on reload; a call keeps the plugin it picked, so calls
     /// in flight finish on the version they started on.
     set: RwLock<Arc<PluginSet>>,
@@ -54,7 +82,7 @@ impl PluginSet {
 }
 
 impl Dispatcher {
-    pub fn new(plugins: Vec<Arc<Plugin>>) -> Dispatcher {
+    pub(crate) fn new(plugins: Vec<Arc<Plugin>>) -> Dispatcher {
         Dispatcher {
             set: RwLock::new(Arc::new(PluginSet::new(plugins))),
             locks: KeyedLocks::default(),
@@ -62,7 +90,7 @@ impl Dispatcher {
     }
 
     /// Puts a new plugin set in place at once (hot reload).
-    pub fn replace(&self, plugins: Vec<Arc<Plugin>>) {
+    pub(crate) fn replace(&self, plugins: Vec<Arc<Plugin>>) {
         let set = Arc::new(PluginSet::new(plugins));
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
     }
@@ -72,17 +100,17 @@ impl Dispatcher {
     }
 
     /// The plugins loaded now, in config order.
-    pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
+    pub(crate) fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
         self.current().plugins.clone()
     }
 
-    pub fn any_has(&self, feature: Features) -> bool {
+    pub(crate) fn any_has(&self, feature: Features) -> bool {
         self.plugins().iter().any(|p| p.has(feature))
     }
 
     /// Whether any plugin offers the SINGLE_NODE_{SINGLE,MULTI}_WRITER modes,
     /// which CSI gates behind a capability of their own.
-    pub fn offers_single_node_writer_modes(&self) -> bool {
+    pub(crate) fn offers_single_node_writer_modes(&self) -> bool {
         use crate::wit::wasmcsi::plugin::types::AccessMode;
         self.plugins().iter().any(|p| {
             p.info
@@ -95,50 +123,52 @@ impl Dispatcher {
     }
 
     /// The plugin a StorageClass names, or the only one.
-    pub fn for_parameters(
+    pub(crate) fn for_parameters(
         &self,
         parameters: &HashMap<String, String>,
-    ) -> Result<Arc<Plugin>, Status> {
+    ) -> Result<Arc<Plugin>, DispatchError> {
         let set = self.current();
         match parameters.get(PLUGIN_PARAMETER) {
-            Some(name) => set.by_name.get(name).cloned().ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "parameter {PLUGIN_PARAMETER}={name:?} names no loaded plugin (loaded: {})",
-                    set.names()
-                ))
-            }),
+            Some(name) => {
+                set.by_name
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| DispatchError::UnknownPlugin {
+                        name: name.clone(),
+                        loaded: set.names(),
+                    })
+            }
             None if set.plugins.len() == 1 => Ok(set.plugins[0].clone()),
-            None => Err(Status::invalid_argument(format!(
-                "several plugins are loaded ({}): set the StorageClass parameter {PLUGIN_PARAMETER}",
-                set.names()
-            ))),
+            None => Err(DispatchError::PluginNotNamed {
+                loaded: set.names(),
+            }),
         }
     }
 
     /// The plugin that takes an inline ephemeral volume with this volume
     /// context (the pod's volumeAttributes): the one whose config allows
     /// them, which a `plugin` attribute may name.
-    pub fn for_inline(&self, context: &HashMap<String, String>) -> Result<Arc<Plugin>, Status> {
+    pub(crate) fn for_inline(
+        &self,
+        context: &HashMap<String, String>,
+    ) -> Result<Arc<Plugin>, DispatchError> {
         let set = self.current();
         let inline = set.plugins.iter().find(|p| p.inline_volumes);
         match (inline, context.get(PLUGIN_PARAMETER)) {
-            (None, _) => Err(Status::invalid_argument(format!(
-                "no plugin of this driver takes inline ephemeral volumes (loaded: {}; \
-                 a plugin's config allows them with inlineVolumes: true)",
-                set.names()
-            ))),
-            (Some(p), Some(name)) if *name != p.name => Err(Status::invalid_argument(format!(
-                "volume attribute {PLUGIN_PARAMETER}={name:?}: inline volumes of this driver \
-                 go to plugin {}",
-                p.name
-            ))),
+            (None, _) => Err(DispatchError::NoInlinePlugin {
+                loaded: set.names(),
+            }),
+            (Some(p), Some(name)) if *name != p.name => Err(DispatchError::NotTheInlinePlugin {
+                name: name.clone(),
+                inline: p.name.clone(),
+            }),
             (Some(p), _) => Ok(p.clone()),
         }
     }
 
     /// The plugin of an inline volume by kubelet's id (`csi-<hash>`, not in
     /// our `<plugin>:<id>` form): the one that takes them, if any.
-    pub fn inline_for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
+    pub(crate) fn inline_for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
         if !is_inline_id(id) {
             return None;
         }
@@ -149,7 +179,7 @@ impl Dispatcher {
 
     /// Splits a CSI volume or snapshot id into its plugin and the plugin's
     /// own id; `None` when no loaded plugin made it.
-    pub fn for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
+    pub(crate) fn for_id<'a>(&self, id: &'a str) -> Option<(Arc<Plugin>, &'a str)> {
         let (name, local) = id.split_once(ID_SEPARATOR)?;
         let plugin = self.current().by_name.get(name)?.clone();
         (!local.is_empty()).then_some((plugin, local))
@@ -159,7 +189,7 @@ impl Dispatcher {
     /// (renamed or removed from the config): that plugin's name and the
     /// plugins loaded now. `None` when a loaded plugin owns the id, or when
     /// the id is not in our form at all (no plugin of ours made it).
-    pub fn unloaded_plugin<'a>(&self, id: &'a str) -> Option<(&'a str, String)> {
+    pub(crate) fn unloaded_plugin<'a>(&self, id: &'a str) -> Option<(&'a str, String)> {
         let (name, local) = id.split_once(ID_SEPARATOR)?;
         let set = self.current();
         (is_plugin_name(name) && !local.is_empty() && !set.by_name.contains_key(name))
@@ -167,11 +197,11 @@ impl Dispatcher {
     }
 
     /// Serialises operations on one key (a volume id, or a name being created).
-    pub async fn lock(
+    pub(crate) async fn lock(
         &self,
         key: &str,
         deadline: Option<Duration>,
-    ) -> Result<KeyGuard<'_>, Status> {
+    ) -> Result<KeyGuard<'_>, DispatchError> {
         // Give up a little before the caller does: ABORTED tells it the
         // volume is busy, its own timeout would tell it nothing.
         let wait = match deadline {
@@ -182,35 +212,50 @@ impl Dispatcher {
         self.locks
             .lock(key, wait)
             .await
-            .ok_or_else(|| Status::aborted(format!("an operation on {key} is already in progress")))
+            .ok_or_else(|| DispatchError::Busy {
+                key: key.to_string(),
+            })
     }
 }
 
 /// The CSI volume context key kubelet sets on inline ephemeral volumes.
-pub const EPHEMERAL_CONTEXT: &str = "csi.storage.k8s.io/ephemeral";
+pub(crate) const EPHEMERAL_CONTEXT: &str = "csi.storage.k8s.io/ephemeral";
 
 /// Whether a NodePublishVolume is for an inline ephemeral volume.
-pub fn is_inline(context: &HashMap<String, String>) -> bool {
+pub(crate) fn is_inline(context: &HashMap<String, String>) -> bool {
     context.get(EPHEMERAL_CONTEXT).is_some_and(|v| v == "true")
 }
 
 /// The ids kubelet gives inline volumes: `csi-` and a hex digest (a plugin
 /// gets the id as its own, so it must be a safe path component).
-pub fn is_inline_id(id: &str) -> bool {
+pub(crate) fn is_inline_id(id: &str) -> bool {
     id.strip_prefix("csi-").is_some_and(|hash| {
         (1..=128).contains(&hash.len()) && hash.chars().all(|c| c.is_ascii_hexdigit())
     })
 }
 
-/// The shape the config gives plugin names: 1-30 characters of [a-z0-9-].
-fn is_plugin_name(name: &str) -> bool {
-    (1..=30).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+/// The CSI id of a plugin's volume or snapshot.
+pub(crate) fn global_id(plugin: &Plugin, local: &str) -> String {
+    format!("{}{ID_SEPARATOR}{local}", plugin.name)
 }
 
-/// The CSI id of a plugin's volume or snapshot.
-pub fn global_id(plugin: &Plugin, local: &str) -> String {
-    format!("{}{ID_SEPARATOR}{local}", plugin.name)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_of_an_unloaded_plugin_follows_the_config_name_rule() {
+        let dispatch = Dispatcher::new(vec![]);
+        assert_eq!(
+            dispatch.unloaded_plugin("gone-1:vol"),
+            Some(("gone-1", String::new()))
+        );
+        // Not a name the config takes, so no plugin of ours made the id.
+        assert_eq!(dispatch.unloaded_plugin("Gone:vol"), None);
+        assert_eq!(
+            dispatch.unloaded_plugin(&format!("{}:vol", "a".repeat(31))),
+            None
+        );
+        assert_eq!(dispatch.unloaded_plugin("gone:"), None);
+    }
 }

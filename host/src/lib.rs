@@ -4,7 +4,6 @@
 //! locking) → `runtime` (wasm instances) → plugin → `capabilities`.
 
 pub mod capabilities;
-pub mod client;
 pub mod config;
 pub mod csi;
 pub mod dispatch;
@@ -14,9 +13,12 @@ pub mod metrics;
 pub mod returns;
 pub mod runtime;
 pub mod server;
-pub mod testkit;
 pub mod text;
 pub mod wit;
+
+/// The kit the unit tests share with the integration tests.
+#[cfg(test)]
+use wasmcsi_testkit as testkit;
 
 /// The CSI v1.12 protocol, generated from `proto/csi.proto`.
 pub mod proto {

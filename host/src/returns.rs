@@ -1,9 +1,10 @@
 //! What a plugin may answer. Every value a plugin returns is checked here
 //! before any of it reaches the CO: ids, sizes, volume contexts, snapshot
 //! fields, stats and pages. A value that breaks a rule is a bug in the
-//! plugin: the call fails with INTERNAL naming the plugin and the rule, and
-//! quotes at most a short escaped excerpt of the value, never all of it (a
-//! 16 MiB id echoed into gRPC trailers makes clients refuse the answer).
+//! plugin: the call fails with a [`BadAnswer`] (INTERNAL, `csi::status`)
+//! naming the plugin and the rule, and quoting at most a short escaped
+//! excerpt of the value, never all of it (a 16 MiB id echoed into gRPC
+//! trailers makes clients refuse the answer).
 //!
 //! Not rules here, on purpose: `:` and `/` in ids (the host splits a CSI id
 //! at its first `:` only, and plugin names hold none, so
@@ -13,8 +14,6 @@
 
 use std::fmt::Display;
 
-use tonic::Status;
-
 use crate::text::{clip, is_invisible};
 use crate::wit::exports::wasmcsi::plugin::identity::PluginInfo;
 use crate::wit::exports::wasmcsi::plugin::node::VolumeStats;
@@ -22,7 +21,7 @@ use crate::wit::wasmcsi::plugin::types as wit;
 
 /// A plugin-local id, as the WIT bounds it: with the plugin name (at most
 /// 30 bytes) and `:` a CSI id stays within CSI's 128-byte string limit.
-pub const MAX_LOCAL_ID: usize = 96;
+pub(crate) const MAX_LOCAL_ID: usize = 96;
 /// CSI "Size Limits": a map<string, string> at most 4 KiB in all, a string
 /// (here: a key) at most 128 bytes.
 const MAX_MAP_BYTES: usize = 4096;
@@ -32,7 +31,7 @@ const MAX_TOKEN: usize = 96;
 /// Most entries the host asks of one plugin page, whatever the CO asked:
 /// entries of up to ~4.3 KiB (id and context) keep an answer well under
 /// the 4 MiB a gRPC client takes by default.
-pub const MAX_PAGE: u32 = 500;
+pub(crate) const MAX_PAGE: u32 = 500;
 /// The last second a protobuf Timestamp can hold: 9999-12-31T23:59:59Z.
 const MAX_TIMESTAMP: u64 = 253_402_300_799;
 /// How much of a bad value an error quotes.
@@ -40,10 +39,26 @@ const EXCERPT: usize = 64;
 /// A volume condition's message is the plugin's prose: cut, not refused.
 const MAX_CONDITION_MESSAGE: usize = 1024;
 
-fn bug(plugin: &str, what: impl Display) -> Status {
-    Status::internal(format!(
-        "plugin {plugin} answered {what} (a bug in the plugin)"
-    ))
+/// A plugin answer that breaks a rule: a bug in the plugin.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin} answered {what} (a bug in the plugin)")]
+pub(crate) struct BadAnswer {
+    plugin: String,
+    what: String,
+}
+
+impl BadAnswer {
+    /// The whole sentence, as the CO sees it.
+    pub(crate) fn message(&self) -> String {
+        self.to_string()
+    }
+}
+
+fn bug(plugin: &str, what: impl Display) -> BadAnswer {
+    BadAnswer {
+        plugin: plugin.to_string(),
+        what: what.to_string(),
+    }
 }
 
 fn quote(value: &str) -> String {
@@ -76,7 +91,7 @@ fn name_fault(name: &str, max: usize) -> Option<String> {
 
 /// Who the plugin says it is, asked once at load: its version goes into
 /// GetPluginInfo's manifest, its minimum size into GetCapacity.
-pub fn plugin_info(plugin: &str, info: &PluginInfo) -> Result<(), Status> {
+pub(crate) fn plugin_info(plugin: &str, info: &PluginInfo) -> Result<(), BadAnswer> {
     for (what, value) in [("name", &info.name), ("version", &info.version)] {
         if let Some(fault) = name_fault(value, 64) {
             return Err(bug(
@@ -89,7 +104,7 @@ pub fn plugin_info(plugin: &str, info: &PluginInfo) -> Result<(), Status> {
 }
 
 /// A plugin-local volume or snapshot id.
-pub fn id(plugin: &str, what: &str, id: &str) -> Result<(), Status> {
+pub(crate) fn id(plugin: &str, what: &str, id: &str) -> Result<(), BadAnswer> {
     match name_fault(id, MAX_LOCAL_ID) {
         None => Ok(()),
         Some(fault) => Err(bug(plugin, format_args!("a {what} {} {fault}", quote(id)))),
@@ -97,12 +112,12 @@ pub fn id(plugin: &str, what: &str, id: &str) -> Result<(), Status> {
 }
 
 /// A byte count the CO gets as an int64.
-pub fn bytes(plugin: &str, what: &str, n: u64) -> Result<i64, Status> {
+pub(crate) fn bytes(plugin: &str, what: &str, n: u64) -> Result<i64, BadAnswer> {
     i64::try_from(n).map_err(|_| bug(plugin, format_args!("{what} {n}, over 2^63-1")))
 }
 
 /// A volume context: CSI's map limits, sane keys and values, no key twice.
-fn context(plugin: &str, pairs: &[(String, String)]) -> Result<(), Status> {
+fn context(plugin: &str, pairs: &[(String, String)]) -> Result<(), BadAnswer> {
     let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total > MAX_MAP_BYTES {
         return Err(bug(
@@ -141,7 +156,7 @@ fn context(plugin: &str, pairs: &[(String, String)]) -> Result<(), Status> {
     Ok(())
 }
 
-fn content_source(plugin: &str, source: Option<&wit::ContentSource>) -> Result<(), Status> {
+fn content_source(plugin: &str, source: Option<&wit::ContentSource>) -> Result<(), BadAnswer> {
     match source {
         None => Ok(()),
         Some(wit::ContentSource::Snapshot(s)) => id(plugin, "content source snapshot id", s),
@@ -150,7 +165,7 @@ fn content_source(plugin: &str, source: Option<&wit::ContentSource>) -> Result<(
 }
 
 /// A volume as any call returns it (listed, looked up).
-pub fn volume(plugin: &str, v: &wit::Volume) -> Result<(), Status> {
+pub(crate) fn volume(plugin: &str, v: &wit::Volume) -> Result<(), BadAnswer> {
     id(plugin, "volume id", &v.volume_id)?;
     bytes(plugin, "a capacity of", v.capacity_bytes)?;
     context(plugin, &v.volume_context)?;
@@ -159,11 +174,11 @@ pub fn volume(plugin: &str, v: &wit::Volume) -> Result<(), Status> {
 
 /// A volume made for `range`: its capacity within it (0, "unknown" in
 /// CSI, only when nothing was required).
-pub fn created_volume(
+pub(crate) fn created_volume(
     plugin: &str,
     v: &wit::Volume,
     range: &wit::CapacityRange,
-) -> Result<(), Status> {
+) -> Result<(), BadAnswer> {
     volume(plugin, v)?;
     let made = v.capacity_bytes;
     if let Some(required) = range.required_bytes {
@@ -186,7 +201,7 @@ pub fn created_volume(
 }
 
 /// A snapshot as any call returns it.
-pub fn snapshot(plugin: &str, s: &wit::Snapshot) -> Result<(), Status> {
+pub(crate) fn snapshot(plugin: &str, s: &wit::Snapshot) -> Result<(), BadAnswer> {
     id(plugin, "snapshot id", &s.snapshot_id)?;
     id(plugin, "snapshot source volume id", &s.source_volume_id)?;
     if let Some(group) = &s.group_snapshot_id {
@@ -196,7 +211,7 @@ pub fn snapshot(plugin: &str, s: &wit::Snapshot) -> Result<(), Status> {
     creation_time(plugin, "snapshot", s.creation_time)
 }
 
-fn creation_time(plugin: &str, what: &str, seconds: u64) -> Result<(), Status> {
+fn creation_time(plugin: &str, what: &str, seconds: u64) -> Result<(), BadAnswer> {
     if seconds > MAX_TIMESTAMP {
         return Err(bug(
             plugin,
@@ -208,11 +223,11 @@ fn creation_time(plugin: &str, what: &str, seconds: u64) -> Result<(), Status> {
 
 /// A group snapshot: valid members, each naming this group; when the
 /// sources asked for are known, exactly one member per source.
-pub fn group_snapshot(
+pub(crate) fn group_snapshot(
     plugin: &str,
     g: &wit::GroupSnapshot,
     sources: Option<&[String]>,
-) -> Result<(), Status> {
+) -> Result<(), BadAnswer> {
     id(plugin, "group snapshot id", &g.group_snapshot_id)?;
     creation_time(plugin, "group snapshot", g.creation_time)?;
     if g.snapshots.is_empty() {
@@ -270,7 +285,11 @@ pub fn group_snapshot(
 
 /// The capacity a controller expansion reached: at least what was asked
 /// (a target at or below the current size answers the current size).
-pub fn expanded(plugin: &str, capacity: u64, range: &wit::CapacityRange) -> Result<i64, Status> {
+pub(crate) fn expanded(
+    plugin: &str,
+    capacity: u64,
+    range: &wit::CapacityRange,
+) -> Result<i64, BadAnswer> {
     let n = bytes(plugin, "an expanded capacity of", capacity)?;
     match range.required_bytes {
         Some(required) if capacity < required => Err(bug(
@@ -283,7 +302,7 @@ pub fn expanded(plugin: &str, capacity: u64, range: &wit::CapacityRange) -> Resu
 
 /// Volume stats: every count fits an int64. No relation between them is
 /// required (used can pass total on an over-filled quota).
-pub fn stats(plugin: &str, s: &VolumeStats) -> Result<(), Status> {
+pub(crate) fn stats(plugin: &str, s: &VolumeStats) -> Result<(), BadAnswer> {
     let counts = [
         ("total bytes", s.total_bytes),
         ("available bytes", s.available_bytes),
@@ -299,13 +318,13 @@ pub fn stats(plugin: &str, s: &VolumeStats) -> Result<(), Status> {
 }
 
 /// A volume condition's message, escaped and cut.
-pub fn condition_message(message: &str) -> String {
+pub(crate) fn condition_message(message: &str) -> String {
     clip(message, MAX_CONDITION_MESSAGE)
 }
 
 /// The page size to ask of a plugin when the CO asked for `max` (0: no
 /// limit) and the page so far holds `taken`.
-pub fn page_ask(max: u32, taken: usize) -> u32 {
+pub(crate) fn page_ask(max: u32, taken: usize) -> u32 {
     let taken = u32::try_from(taken).unwrap_or(u32::MAX);
     if max == 0 {
         MAX_PAGE
@@ -315,7 +334,13 @@ pub fn page_ask(max: u32, taken: usize) -> u32 {
 }
 
 /// A page: no more entries than asked, a usable next token.
-pub fn page(plugin: &str, what: &str, len: usize, asked: u32, token: &str) -> Result<(), Status> {
+pub(crate) fn page(
+    plugin: &str,
+    what: &str,
+    len: usize,
+    asked: u32,
+    token: &str,
+) -> Result<(), BadAnswer> {
     if len > asked as usize {
         return Err(bug(
             plugin,
@@ -334,7 +359,6 @@ pub fn page(plugin: &str, what: &str, len: usize, asked: u32, token: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     fn vol(id: &str, capacity: u64, context: Vec<(String, String)>) -> wit::Volume {
         wit::Volume {
@@ -352,17 +376,13 @@ mod tests {
         }
     }
 
-    /// The error's message, checked to be INTERNAL, short and naming `p`.
-    fn refused(result: Result<(), Status>) -> String {
-        let status = result.expect_err("accepted");
-        assert_eq!(status.code(), Code::Internal);
-        assert!(
-            status.message().starts_with("plugin p answered"),
-            "{}",
-            status.message()
-        );
-        assert!(status.message().len() < 400, "{}", status.message());
-        status.message().to_string()
+    /// The error's message, checked to be short and naming `p` (its gRPC
+    /// code, INTERNAL, is `csi::status`'s to give).
+    fn refused(result: Result<(), BadAnswer>) -> String {
+        let message = result.expect_err("accepted").to_string();
+        assert!(message.starts_with("plugin p answered"), "{message}");
+        assert!(message.len() < 400, "{message}");
+        message
     }
 
     #[test]

@@ -633,7 +633,7 @@ async fn loop_devices_are_bounded_per_plugin() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(loops_under(node.hostile_root.path()).len(), MAX_LOOPS);
     still_serving(&node.d, "loop-hoard").await;
-    wasmcsi::testkit::teardown(node.hostile_root.path());
+    wasmcsi_testkit::teardown(node.hostile_root.path());
     node.check("loop-hoard", &before);
 }
 

@@ -130,7 +130,7 @@ async fn answered_calls_survive(options: Options, image: &str, params: &[(&str, 
         ready("snap-keep"),
         "snapshots, cut after the snapshot"
     );
-    wasmcsi::testkit::teardown(copies.path());
+    wasmcsi_testkit::teardown(copies.path());
 }
 
 #[tokio::test]

@@ -256,7 +256,10 @@ async fn start_pinned(sha256: &str) -> Option<(std::process::ExitStatus, String)
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
             return Some((status, err));
         }
-        if wasmcsi::client::CsiClient::connect(&endpoint).await.is_ok() {
+        if wasmcsi_testkit::client::CsiClient::connect(&endpoint)
+            .await
+            .is_ok()
+        {
             let _ = child.kill();
             let _ = child.wait();
             return None;

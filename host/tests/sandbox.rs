@@ -171,7 +171,7 @@ async fn driver_answers_during_an_endless_loop() {
 }
 
 /// What the hostile plugin's "leftovers" call reports, from its volume.
-async fn leftovers(mut client: wasmcsi::client::CsiClient) -> String {
+async fn leftovers(mut client: wasmcsi_testkit::client::CsiClient) -> String {
     let vol = client
         .controller
         .create_volume(hostile_req("leftovers", None))

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
+use super::call::{call_plugin, done_if_gone, require, resolve, resolve_to_delete, PluginCall};
 use super::{convert, deadline, holders, mounts, off_workers, traced, validate, Driver};
 use crate::dispatch::PLUGIN_PARAMETER;
 use crate::proto::controller_server::Controller;
@@ -16,7 +17,7 @@ use crate::wit::exports::wasmcsi::plugin::controller as wit_ctl;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 use crate::wit::wasmcsi::plugin::types as wit;
 
-pub struct ControllerService(pub Arc<Driver>);
+pub(crate) struct ControllerService(pub(crate) Arc<Driver>);
 
 /// The CSI id of a create's content source, if it has one.
 fn source_id(source: Option<&VolumeContentSource>) -> Option<&str> {
@@ -235,20 +236,6 @@ async fn check_not_in_use(
     }
 }
 
-/// A delete the CO must retry: the object's plugin is not loaded, so
-/// nothing can remove it now, and "done" would leak it.
-pub(super) fn unloaded(what: &str, id: &str, plugin: &str, loaded: &str) -> Status {
-    Status::failed_precondition(format!(
-        "{what} {id} belongs to plugin {plugin}, which is not loaded (loaded: {loaded}): \
-         add {plugin} back to the config to delete it"
-    ))
-}
-
-/// Plugin errors that mean "already gone", which delete calls treat as done.
-pub(super) fn gone(status: &Status) -> bool {
-    status.code() == Code::NotFound
-}
-
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn create_volume(
@@ -270,17 +257,10 @@ impl Controller for ControllerService {
             self.check_topology(&plugin, req.accessibility_requirements.as_ref())?;
             let content_source =
                 self.content_source(&plugin, req.volume_content_source.as_ref())?;
-            let _guard = self
-                .driver()
-                .dispatch
-                .lock(&format!("name {}/{name}", plugin.name), deadline)
-                .await?;
+            let name_key = format!("name {}/{name}", plugin.name);
             // The source (volume or snapshot) cannot be deleted, or a volume
             // source expanded, while it is being copied.
-            let _source_guard = match source_id(req.volume_content_source.as_ref()) {
-                Some(id) => Some(self.driver().dispatch.lock(id, deadline).await?),
-                None => None,
-            };
+            let source_key = source_id(req.volume_content_source.as_ref());
             let call = wit_ctl::CreateVolumeRequest {
                 name,
                 capacity,
@@ -289,13 +269,15 @@ impl Controller for ControllerService {
                 secrets: convert::pairs(&req.secrets),
                 content_source,
             };
-            let volume = plugin_call!(
-                plugin,
-                "create-volume",
-                deadline,
-                wit_ctl::Guest,
-                call_create_volume(&call)
-            )?;
+            let volume = call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "create-volume", deadline)
+                    .locking([name_key.as_str()].into_iter().chain(source_key)),
+                move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_create_volume(s, &call).await })
+                },
+            )
+            .await?;
             returns::created_volume(&plugin.name, &volume, &capacity)?;
             let topology = self.topology_of(&plugin);
             Ok(CreateVolumeResponse {
@@ -313,30 +295,25 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         traced("DeleteVolume", &req.volume_id.clone(), async move {
             let id = validate::required(&req.volume_id, "volume_id")?;
-            let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
-                // Ours, but its plugin is gone: answering OK would let the CO
-                // drop the PV and leave the data behind.
-                if let Some((name, loaded)) = self.driver().dispatch.unloaded_plugin(id) {
-                    return Err(unloaded("volume", id, name, &loaded));
-                }
-                // An id no plugin of ours made names no volume: deleting it is done.
+            let dispatch = &self.driver().dispatch;
+            let Some((plugin, local)) = resolve_to_delete(dispatch, "volume", id)? else {
                 return Ok(DeleteVolumeResponse {});
             };
-            let _guard = self.driver().dispatch.lock(id, deadline).await?;
+            // Locked here: the in-use check holds only while nobody stages.
+            let _guard = dispatch.lock(id, deadline).await?;
             check_not_in_use(&self.driver().holders, deadline, id).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-            let result = plugin_call!(
-                plugin,
-                "delete-volume",
-                deadline,
-                wit_ctl::Guest,
-                call_delete_volume(&local, &secrets)
-            );
-            match result {
-                Ok(()) => Ok(DeleteVolumeResponse {}),
-                Err(s) if gone(&s) => Ok(DeleteVolumeResponse {}),
-                Err(s) => Err(s),
-            }
+            done_if_gone(
+                call_plugin(
+                    dispatch,
+                    PluginCall::new(&plugin, "delete-volume", deadline),
+                    move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_delete_volume(s, &local, &secrets).await })
+                    },
+                )
+                .await,
+            )?;
+            Ok(DeleteVolumeResponse {})
         })
         .await
     }
@@ -371,19 +348,17 @@ impl Controller for ControllerService {
             async move {
                 let id = validate::required(&req.volume_id, "volume_id")?;
                 let capabilities = validate::capabilities(&req.volume_capabilities)?;
-                let (plugin, local) = self
-                    .driver()
-                    .dispatch
-                    .for_id(id)
-                    .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+                let dispatch = &self.driver().dispatch;
+                let (plugin, local) = resolve(dispatch, "volume", id)?;
                 let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-                plugin_call!(
-                    plugin,
-                    "get-volume",
-                    deadline,
-                    wit_ctl::Guest,
-                    call_get_volume(&local, &secrets)
-                )?;
+                call_plugin(
+                    dispatch,
+                    PluginCall::new(&plugin, "get-volume", deadline),
+                    move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_get_volume(s, &local, &secrets).await })
+                    },
+                )
+                .await?;
                 let refused: Vec<String> = capabilities
                     .iter()
                     .filter_map(|c| validate::unsupported(&plugin, c))
@@ -423,13 +398,14 @@ impl Controller for ControllerService {
                     &req.starting_token,
                     max,
                     |plugin, token, max| async move {
-                        let page = plugin_call!(
-                            plugin,
-                            "list-volumes",
-                            deadline,
-                            wit_ctl::Guest,
-                            call_list_volumes(&token, max)
-                        )?;
+                        let page = call_plugin(
+                            &self.driver().dispatch,
+                            PluginCall::new(&plugin, "list-volumes", deadline),
+                            move |p: &wit_ctl::Guest, s| {
+                                Box::pin(async move { p.call_list_volumes(s, &token, max).await })
+                            },
+                        )
+                        .await?;
                         returns::page(
                             &plugin.name,
                             "volumes",
@@ -473,12 +449,7 @@ impl Controller for ControllerService {
                 caps.push(validate::capability(cap)?);
             }
             let plugin = self.driver().dispatch.for_parameters(&req.parameters)?;
-            if !plugin.has(Features::GET_CAPACITY) {
-                return Err(Status::unimplemented(format!(
-                    "plugin {} does not report capacity",
-                    plugin.name
-                )));
-            }
+            require(&plugin, Features::GET_CAPACITY)?;
             let minimum_volume_size = Some(convert::bytes(plugin.info.min_volume_bytes));
             // No room for volumes the plugin cannot make (block from a
             // file-only plugin, an access mode it lacks): the CSI spec's
@@ -504,13 +475,14 @@ impl Controller for ControllerService {
                 }
             }
             let parameters = plugin_parameters(&req.parameters);
-            let available = plugin_call!(
-                plugin,
-                "get-capacity",
-                deadline,
-                wit_ctl::Guest,
-                call_get_capacity(&parameters)
-            )?;
+            let available = call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "get-capacity", deadline),
+                move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_get_capacity(s, &parameters).await })
+                },
+            )
+            .await?;
             Ok(GetCapacityResponse {
                 available_capacity: returns::bytes(
                     &plugin.name,
@@ -567,36 +539,26 @@ impl Controller for ControllerService {
             async move {
                 let name = validate::required(&req.name, "name")?.to_string();
                 let source = validate::required(&req.source_volume_id, "source_volume_id")?;
-                let (plugin, local) =
-                    self.driver().dispatch.for_id(source).ok_or_else(|| {
-                        Status::not_found(format!("volume {source} does not exist"))
-                    })?;
-                if !plugin.has(Features::SNAPSHOTS) {
-                    return Err(Status::unimplemented(format!(
-                        "plugin {} does not take snapshots",
-                        plugin.name
-                    )));
-                }
-                let _guard = self
-                    .driver()
-                    .dispatch
-                    .lock(&format!("snapshot {}/{name}", plugin.name), deadline)
-                    .await?;
-                // The source cannot be deleted or expanded while it is copied.
-                let _source_guard = self.driver().dispatch.lock(source, deadline).await?;
+                let dispatch = &self.driver().dispatch;
+                let (plugin, local) = resolve(dispatch, "volume", source)?;
+                let name_key = format!("snapshot {}/{name}", plugin.name);
                 let call = wit_ctl::CreateSnapshotRequest {
                     source_volume_id: local.to_string(),
                     name,
                     parameters: plugin_parameters(&req.parameters),
                     secrets: convert::pairs(&req.secrets),
                 };
-                let snapshot = plugin_call!(
-                    plugin,
-                    "create-snapshot",
-                    deadline,
-                    wit_ctl::Guest,
-                    call_create_snapshot(&call)
-                )?;
+                let snapshot = call_plugin(
+                    dispatch,
+                    PluginCall::new(&plugin, "create-snapshot", deadline)
+                        .gated(Features::SNAPSHOTS)
+                        // The source cannot be deleted or expanded while it is copied.
+                        .locking([name_key.as_str(), source]),
+                    move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_create_snapshot(s, &call).await })
+                    },
+                )
+                .await?;
                 returns::snapshot(&plugin.name, &snapshot)?;
                 Ok(CreateSnapshotResponse {
                     snapshot: Some(convert::snapshot(&plugin, snapshot)),
@@ -615,32 +577,24 @@ impl Controller for ControllerService {
         traced("DeleteSnapshot", &req.snapshot_id.clone(), async move {
             self.check_offered(Features::SNAPSHOTS, "take snapshots")?;
             let id = validate::required(&req.snapshot_id, "snapshot_id")?;
-            let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
-                if let Some((name, loaded)) = self.driver().dispatch.unloaded_plugin(id) {
-                    return Err(unloaded("snapshot", id, name, &loaded));
-                }
+            let dispatch = &self.driver().dispatch;
+            let Some((plugin, local)) = resolve_to_delete(dispatch, "snapshot", id)? else {
                 return Ok(DeleteSnapshotResponse {});
             };
-            if !plugin.has(Features::SNAPSHOTS) {
-                return Err(Status::unimplemented(format!(
-                    "plugin {} does not take snapshots",
-                    plugin.name
-                )));
-            }
-            let _guard = self.driver().dispatch.lock(id, deadline).await?;
             let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-            let result = plugin_call!(
-                plugin,
-                "delete-snapshot",
-                deadline,
-                wit_ctl::Guest,
-                call_delete_snapshot(&local, &secrets)
-            );
-            match result {
-                Ok(()) => Ok(DeleteSnapshotResponse {}),
-                Err(s) if gone(&s) => Ok(DeleteSnapshotResponse {}),
-                Err(s) => Err(s),
-            }
+            done_if_gone(
+                call_plugin(
+                    dispatch,
+                    PluginCall::new(&plugin, "delete-snapshot", deadline)
+                        .gated(Features::SNAPSHOTS)
+                        .locking([id]),
+                    move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_delete_snapshot(s, &local, &secrets).await })
+                    },
+                )
+                .await,
+            )?;
+            Ok(DeleteSnapshotResponse {})
         })
         .await
     }
@@ -696,13 +650,14 @@ impl Controller for ControllerService {
                             if skip {
                                 return Ok((vec![], String::new()));
                             }
-                            let page = plugin_call!(
-                                plugin,
-                                "list-snapshots",
-                                deadline,
-                                wit_ctl::Guest,
-                                call_list_snapshots(&filter)
-                            )?;
+                            let page = call_plugin(
+                                &self.driver().dispatch,
+                                PluginCall::new(&plugin, "list-snapshots", deadline),
+                                move |p: &wit_ctl::Guest, s| {
+                                    Box::pin(async move { p.call_list_snapshots(s, &filter).await })
+                                },
+                            )
+                            .await?;
                             returns::page(
                                 &plugin.name,
                                 "snapshots",
@@ -759,38 +714,31 @@ impl Controller for ControllerService {
                     .as_ref()
                     .map(validate::capability)
                     .transpose()?;
-                let (plugin, local) = self
-                    .driver()
-                    .dispatch
-                    .for_id(id)
-                    .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
-                if !plugin.has(Features::CONTROLLER_EXPAND) {
-                    if plugin.has(Features::NODE_EXPAND) {
-                        // Nothing to do centrally: the node grows it.
-                        return Ok(ControllerExpandVolumeResponse {
-                            capacity_bytes: convert::bytes(required),
-                            node_expansion_required: true,
-                        });
-                    }
-                    return Err(Status::unimplemented(format!(
-                        "plugin {} cannot expand volumes",
-                        plugin.name
-                    )));
+                let dispatch = &self.driver().dispatch;
+                let (plugin, local) = resolve(dispatch, "volume", id)?;
+                if !plugin.has(Features::CONTROLLER_EXPAND) && plugin.has(Features::NODE_EXPAND) {
+                    // Nothing to do centrally: the node grows it.
+                    return Ok(ControllerExpandVolumeResponse {
+                        capacity_bytes: convert::bytes(required),
+                        node_expansion_required: true,
+                    });
                 }
-                let _guard = self.driver().dispatch.lock(id, deadline).await?;
                 let call = wit_ctl::ExpandRequest {
                     volume_id: local.to_string(),
                     capacity,
                     capability,
                     secrets: convert::pairs(&req.secrets),
                 };
-                let result = plugin_call!(
-                    plugin,
-                    "controller-expand-volume",
-                    deadline,
-                    wit_ctl::Guest,
-                    call_expand_volume(&call)
-                )?;
+                let result = call_plugin(
+                    dispatch,
+                    PluginCall::new(&plugin, "controller-expand-volume", deadline)
+                        .gated(Features::CONTROLLER_EXPAND)
+                        .locking([id]),
+                    move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move { p.call_expand_volume(s, &call).await })
+                    },
+                )
+                .await?;
                 Ok(ControllerExpandVolumeResponse {
                     capacity_bytes: returns::expanded(
                         &plugin.name,
@@ -819,14 +767,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         traced("GetSnapshot", &req.snapshot_id.clone(), async move {
             let id = validate::required(&req.snapshot_id, "snapshot_id")?;
-            let missing = || Status::not_found(format!("snapshot {id} does not exist"));
-            let (plugin, local) = self.driver().dispatch.for_id(id).ok_or_else(missing)?;
-            if !plugin.has(Features::SNAPSHOTS) {
-                return Err(Status::unimplemented(format!(
-                    "plugin {} does not take snapshots",
-                    plugin.name
-                )));
-            }
+            let (plugin, local) = resolve(&self.driver().dispatch, "snapshot", id)?;
             // The plugin's list filtered on the one id is its get.
             let filter = wit_ctl::SnapshotFilter {
                 snapshot_id: Some(local.to_string()),
@@ -835,18 +776,19 @@ impl Controller for ControllerService {
                 max_entries: 1,
                 secrets: convert::pairs(&req.secrets),
             };
-            let page = plugin_call!(
-                plugin,
-                "list-snapshots",
-                deadline,
-                wit_ctl::Guest,
-                call_list_snapshots(&filter)
-            )?;
+            let page = call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "list-snapshots", deadline).gated(Features::SNAPSHOTS),
+                move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_list_snapshots(s, &filter).await })
+                },
+            )
+            .await?;
             let snapshot = page
                 .snapshots
                 .into_iter()
                 .find(|s| s.snapshot_id == local)
-                .ok_or_else(missing)?;
+                .ok_or_else(|| Status::not_found(format!("snapshot {id} does not exist")))?;
             Ok(GetSnapshotResponse {
                 snapshot: Some(convert::snapshot(&plugin, snapshot)),
             })

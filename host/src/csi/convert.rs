@@ -9,12 +9,12 @@ use crate::proto;
 use crate::runtime::Plugin;
 use crate::wit::wasmcsi::plugin::types as wit;
 
-pub fn map(pairs: Vec<(String, String)>) -> HashMap<String, String> {
+pub(crate) fn map(pairs: Vec<(String, String)>) -> HashMap<String, String> {
     pairs.into_iter().collect()
 }
 
 /// Parameters or secrets as sorted pairs (stable for the plugin).
-pub fn pairs(map: &HashMap<String, String>) -> Vec<(String, String)> {
+pub(crate) fn pairs(map: &HashMap<String, String>) -> Vec<(String, String)> {
     let mut v: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort();
     v
@@ -22,11 +22,11 @@ pub fn pairs(map: &HashMap<String, String>) -> Vec<(String, String)> {
 
 /// A host-made byte count as CSI's int64 (plugin-made ones go through
 /// `returns::bytes`, which refuses what does not fit).
-pub fn bytes(n: u64) -> i64 {
+pub(crate) fn bytes(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-pub fn content_source(
+pub(crate) fn content_source(
     plugin: &Plugin,
     source: Option<wit::ContentSource>,
 ) -> Option<proto::VolumeContentSource> {
@@ -42,7 +42,11 @@ pub fn content_source(
     Some(proto::VolumeContentSource { r#type: Some(kind) })
 }
 
-pub fn volume(plugin: &Plugin, v: wit::Volume, topology: Option<proto::Topology>) -> proto::Volume {
+pub(crate) fn volume(
+    plugin: &Plugin,
+    v: wit::Volume,
+    topology: Option<proto::Topology>,
+) -> proto::Volume {
     proto::Volume {
         capacity_bytes: bytes(v.capacity_bytes),
         volume_id: global_id(plugin, &v.volume_id),
@@ -59,7 +63,7 @@ fn timestamp(seconds: u64) -> prost_types::Timestamp {
     }
 }
 
-pub fn snapshot(plugin: &Plugin, s: wit::Snapshot) -> proto::Snapshot {
+pub(crate) fn snapshot(plugin: &Plugin, s: wit::Snapshot) -> proto::Snapshot {
     proto::Snapshot {
         size_bytes: bytes(s.size_bytes),
         snapshot_id: global_id(plugin, &s.snapshot_id),
@@ -73,7 +77,7 @@ pub fn snapshot(plugin: &Plugin, s: wit::Snapshot) -> proto::Snapshot {
     }
 }
 
-pub fn group_snapshot(plugin: &Plugin, g: wit::GroupSnapshot) -> proto::VolumeGroupSnapshot {
+pub(crate) fn group_snapshot(plugin: &Plugin, g: wit::GroupSnapshot) -> proto::VolumeGroupSnapshot {
     proto::VolumeGroupSnapshot {
         group_snapshot_id: global_id(plugin, &g.group_snapshot_id),
         snapshots: g

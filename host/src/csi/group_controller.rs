@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::controller::{gone, plugin_parameters, unloaded};
+use super::call::{call_plugin, done_if_gone, require, resolve, resolve_to_delete, PluginCall};
+use super::controller::plugin_parameters;
 use super::{convert, deadline, traced, validate, Driver};
-use crate::locks::KeyGuard;
 use crate::proto::group_controller_server::GroupController;
 use crate::proto::group_controller_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
@@ -17,22 +17,11 @@ use crate::runtime::Plugin;
 use crate::wit::exports::wasmcsi::plugin::controller as wit_ctl;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
-pub struct GroupControllerService(pub Arc<Driver>);
+pub(crate) struct GroupControllerService(pub(crate) Arc<Driver>);
 
 /// Most volumes one group takes (the host's multi-copy bound as well):
 /// each member freezes a filesystem or holds a lock while the group is cut.
 const MAX_MEMBERS: usize = 64;
-
-fn refuse_unless_grouping(plugin: &Plugin) -> Result<(), Status> {
-    if plugin.has(Features::GROUP_SNAPSHOTS) {
-        Ok(())
-    } else {
-        Err(Status::failed_precondition(format!(
-            "plugin {} does not take group snapshots",
-            plugin.name
-        )))
-    }
-}
 
 /// The plugin-local ids of a group's member snapshots as the CO gave them;
 /// an id of another plugin (or no plugin's) cannot be one of the group's.
@@ -78,11 +67,7 @@ impl GroupControllerService {
                     "volume {id} is named twice in source_volume_ids"
                 )));
             }
-            let (plugin, local) = self
-                .driver()
-                .dispatch
-                .for_id(id)
-                .ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))?;
+            let (plugin, local) = resolve(&self.driver().dispatch, "volume", id)?;
             if let Some(first) = &owner {
                 if first.name != plugin.name {
                     return Err(Status::failed_precondition(format!(
@@ -95,33 +80,20 @@ impl GroupControllerService {
             owner.get_or_insert(plugin);
         }
         let plugin = owner.expect("at least one source");
-        refuse_unless_grouping(&plugin)?;
+        require(&plugin, Features::GROUP_SNAPSHOTS)?;
         Ok((plugin, locals))
     }
+}
 
-    /// Locks the group's name, then every source in a fixed order, so two
-    /// groups sharing volumes cannot each hold what the other waits for.
-    async fn lock_group<'d>(
-        &'d self,
-        plugin: &Plugin,
-        name: &str,
-        sources: &[String],
-        deadline: Option<std::time::Duration>,
-    ) -> Result<Vec<KeyGuard<'d>>, Status> {
-        let dispatch = &self.driver().dispatch;
-        let mut guards = vec![
-            dispatch
-                .lock(&format!("group-snapshot {}/{name}", plugin.name), deadline)
-                .await?,
-        ];
-        let mut ordered: Vec<&String> = sources.iter().collect();
-        ordered.sort();
-        for id in ordered {
-            // A source is not deleted or expanded while it is copied.
-            guards.push(dispatch.lock(id, deadline).await?);
-        }
-        Ok(guards)
-    }
+/// What a group snapshot locks: its name, then every source (which is not
+/// deleted or expanded while it is copied) in a fixed order, so two groups
+/// sharing volumes cannot each hold what the other waits for.
+fn group_locks(plugin: &Plugin, name: &str, sources: &[String]) -> Vec<String> {
+    let mut ordered = sources.to_vec();
+    ordered.sort();
+    std::iter::once(format!("group-snapshot {}/{name}", plugin.name))
+        .chain(ordered)
+        .collect()
 }
 
 fn rpc_capability(kind: rpc::Type) -> GroupControllerServiceCapability {
@@ -156,22 +128,21 @@ impl GroupController for GroupControllerService {
         traced("CreateVolumeGroupSnapshot", &req.name.clone(), async move {
             let name = validate::required(&req.name, "name")?.to_string();
             let (plugin, locals) = self.owner_of(&req.source_volume_ids)?;
-            let _guards = self
-                .lock_group(&plugin, &name, &req.source_volume_ids, deadline)
-                .await?;
+            let locks = group_locks(&plugin, &name, &req.source_volume_ids);
             let call = wit_ctl::CreateGroupSnapshotRequest {
                 name,
                 source_volume_ids: locals.clone(),
                 parameters: plugin_parameters(&req.parameters),
                 secrets: convert::pairs(&req.secrets),
             };
-            let group = plugin_call!(
-                plugin,
-                "create-group-snapshot",
-                deadline,
-                wit_ctl::Guest,
-                call_create_group_snapshot(&call)
-            )?;
+            let group = call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "create-group-snapshot", deadline).locking(locks),
+                move |p: &wit_ctl::Guest, s| {
+                    Box::pin(async move { p.call_create_group_snapshot(s, &call).await })
+                },
+            )
+            .await?;
             returns::group_snapshot(&plugin.name, &group, Some(&locals))?;
             Ok(CreateVolumeGroupSnapshotResponse {
                 group_snapshot: Some(convert::group_snapshot(&plugin, group)),
@@ -191,28 +162,28 @@ impl GroupController for GroupControllerService {
             &req.group_snapshot_id.clone(),
             async move {
                 let id = validate::required(&req.group_snapshot_id, "group_snapshot_id")?;
-                let Some((plugin, local)) = self.driver().dispatch.for_id(id) else {
-                    if let Some((name, loaded)) = self.driver().dispatch.unloaded_plugin(id) {
-                        return Err(unloaded("group snapshot", id, name, &loaded));
-                    }
+                let dispatch = &self.driver().dispatch;
+                let Some((plugin, local)) = resolve_to_delete(dispatch, "group snapshot", id)?
+                else {
                     return Ok(DeleteVolumeGroupSnapshotResponse {});
                 };
-                refuse_unless_grouping(&plugin)?;
+                require(&plugin, Features::GROUP_SNAPSHOTS)?;
                 let members = local_snapshot_ids(self.driver(), &plugin, &req.snapshot_ids)?;
-                let _guard = self.driver().dispatch.lock(id, deadline).await?;
                 let (local, secrets) = (local.to_string(), convert::pairs(&req.secrets));
-                let result = plugin_call!(
-                    plugin,
-                    "delete-group-snapshot",
-                    deadline,
-                    wit_ctl::Guest,
-                    call_delete_group_snapshot(&local, &members, &secrets)
-                );
-                match result {
-                    Ok(()) => Ok(DeleteVolumeGroupSnapshotResponse {}),
-                    Err(s) if gone(&s) => Ok(DeleteVolumeGroupSnapshotResponse {}),
-                    Err(s) => Err(s),
-                }
+                done_if_gone(
+                    call_plugin(
+                        dispatch,
+                        PluginCall::new(&plugin, "delete-group-snapshot", deadline).locking([id]),
+                        move |p: &wit_ctl::Guest, s| {
+                            Box::pin(async move {
+                                p.call_delete_group_snapshot(s, &local, &members, &secrets)
+                                    .await
+                            })
+                        },
+                    )
+                    .await,
+                )?;
+                Ok(DeleteVolumeGroupSnapshotResponse {})
             },
         )
         .await
@@ -229,20 +200,22 @@ impl GroupController for GroupControllerService {
             &req.group_snapshot_id.clone(),
             async move {
                 let id = validate::required(&req.group_snapshot_id, "group_snapshot_id")?;
-                let (plugin, local) = self.driver().dispatch.for_id(id).ok_or_else(|| {
-                    Status::not_found(format!("group snapshot {id} does not exist"))
-                })?;
-                refuse_unless_grouping(&plugin)?;
+                let (plugin, local) = resolve(&self.driver().dispatch, "group snapshot", id)?;
+                require(&plugin, Features::GROUP_SNAPSHOTS)?;
                 let members = local_snapshot_ids(self.driver(), &plugin, &req.snapshot_ids)?;
                 let asked = local.to_string();
                 let (local, secrets) = (asked.clone(), convert::pairs(&req.secrets));
-                let group = plugin_call!(
-                    plugin,
-                    "get-group-snapshot",
-                    deadline,
-                    wit_ctl::Guest,
-                    call_get_group_snapshot(&local, &members, &secrets)
-                )?;
+                let group = call_plugin(
+                    &self.driver().dispatch,
+                    PluginCall::new(&plugin, "get-group-snapshot", deadline),
+                    move |p: &wit_ctl::Guest, s| {
+                        Box::pin(async move {
+                            p.call_get_group_snapshot(s, &local, &members, &secrets)
+                                .await
+                        })
+                    },
+                )
+                .await?;
                 returns::group_snapshot(&plugin.name, &group, None)?;
                 if group.group_snapshot_id != asked {
                     return Err(Status::internal(format!(

@@ -22,27 +22,27 @@ use super::mounts::{self, Mount};
 /// A staging path or a publication target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Staging,
     Target,
 }
 
 /// One path the host staged or published a volume at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// The CSI volume id.
-    pub volume: String,
-    pub path: PathBuf,
-    pub role: Role,
-    pub block: bool,
+    pub(crate) volume: String,
+    pub(crate) path: PathBuf,
+    pub(crate) role: Role,
+    pub(crate) block: bool,
     /// The mount found at `path` after the call; `None` when the plugin
     /// mounted nothing there (the record alone then says who holds it).
-    pub mount: Option<(String, String)>,
+    pub(crate) mount: Option<(String, String)>,
 }
 
 /// What holds a path now.
 #[derive(Debug, PartialEq)]
-pub enum Holder {
+pub(crate) enum Holder {
     /// No mount and no live record.
     Nothing,
     /// A volume this driver staged or published there.
@@ -54,7 +54,7 @@ pub enum Holder {
 
 impl Holder {
     /// The path holds volume `id`, or nothing at all.
-    pub fn is_free_or(&self, id: &str) -> bool {
+    pub(crate) fn is_free_or(&self, id: &str) -> bool {
         match self {
             Holder::Nothing => true,
             Holder::Volume(r) => r.volume == id,
@@ -63,7 +63,7 @@ impl Holder {
     }
 
     /// Says who holds `path`, for an error message.
-    pub fn describe(&self, path: &Path) -> String {
+    pub(crate) fn describe(&self, path: &Path) -> String {
         match self {
             Holder::Nothing => format!("{} holds nothing", path.display()),
             Holder::Volume(r) => format!("{} holds volume {}", path.display(), r.volume),
@@ -79,12 +79,12 @@ impl Holder {
 
 /// The record files, one per path.
 #[derive(Debug, Clone)]
-pub struct Records {
+pub(crate) struct Records {
     dir: PathBuf,
 }
 
 impl Records {
-    pub fn new(state_dir: &Path) -> Records {
+    pub(crate) fn new(state_dir: &Path) -> Records {
         Records {
             dir: state_dir.join("paths"),
         }
@@ -106,7 +106,7 @@ impl Records {
     }
 
     /// Writes `record` durably: a temporary file, synced, renamed over.
-    pub fn put(&self, record: &Record) -> Result<(), Status> {
+    pub(crate) fn put(&self, record: &Record) -> Result<(), Status> {
         let path = &record.path;
         std::fs::create_dir_all(&self.dir).map_err(|e| internal("recording", path, e))?;
         let file = self.file(path);
@@ -123,7 +123,7 @@ impl Records {
     }
 
     /// Forgets `path`; a path never recorded needs nothing.
-    pub fn remove(&self, path: &Path) -> Result<(), Status> {
+    pub(crate) fn remove(&self, path: &Path) -> Result<(), Status> {
         match std::fs::remove_file(self.file(path)) {
             Ok(()) => std::fs::File::open(&self.dir)
                 .and_then(|d| d.sync_all())
@@ -134,7 +134,7 @@ impl Records {
     }
 
     /// Every live record of volume `id`: where it is staged or published.
-    pub fn of_volume(&self, table: &[Mount], id: &str) -> Result<Vec<Record>, Status> {
+    pub(crate) fn of_volume(&self, table: &[Mount], id: &str) -> Result<Vec<Record>, Status> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -162,7 +162,7 @@ impl Records {
 
     /// What holds `path` (a CO-given path, resolved if it exists).
     /// Blocking: run it off the async workers.
-    pub fn holder(&self, table: &[Mount], path: &str) -> Result<Holder, Status> {
+    pub(crate) fn holder(&self, table: &[Mount], path: &str) -> Result<Holder, Status> {
         let Some(real) = mounts::resolved(path) else {
             return Ok(Holder::Nothing);
         };
@@ -171,7 +171,13 @@ impl Records {
 
     /// Records that `id` now holds `path` after a call that succeeded,
     /// with whatever is mounted there.
-    pub fn record(&self, id: &str, path: &str, role: Role, block: bool) -> Result<(), Status> {
+    pub(crate) fn record(
+        &self,
+        id: &str,
+        path: &str,
+        role: Role,
+        block: bool,
+    ) -> Result<(), Status> {
         let Some(real) = mounts::resolved(path) else {
             return Ok(());
         };
@@ -186,7 +192,7 @@ impl Records {
     }
 
     /// Forgets `path` after an unstage or unpublish that succeeded.
-    pub fn forget(&self, path: &str) -> Result<(), Status> {
+    pub(crate) fn forget(&self, path: &str) -> Result<(), Status> {
         match mounts::resolved(path) {
             Some(real) => self.remove(&real),
             // Gone, perhaps removed by the call: the record was keyed by

@@ -14,7 +14,7 @@ use crate::proto::{
 };
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 
-pub struct IdentityService(pub Arc<Driver>);
+pub(crate) struct IdentityService(pub(crate) Arc<Driver>);
 
 fn service(kind: plugin_capability::service::Type) -> PluginCapability {
     PluginCapability {

@@ -1,32 +1,16 @@
 //! The CSI gRPC surface, one file per service, with validation, type
 //! conversion and error mapping beside them.
 
-/// One plugin operation from an RPC: the export `$method` of interface
-/// `$iface` run on a fresh instance of `$plugin`, bounded by the caller's
-/// `$deadline`; a failure becomes the gRPC status naming the plugin.
-///
-/// `plugin_call!(plugin, "delete-volume", deadline, wit_ctl::Guest,
-/// call_delete_volume(&local, &secrets))`
-macro_rules! plugin_call {
-    ($plugin:expr, $op:literal, $deadline:expr, $iface:ty, $method:ident($($arg:expr),* $(,)?)) => {
-        $plugin
-            .call($op, $deadline, move |p: &$iface, s| {
-                Box::pin(async move { p.$method(s, $($arg),*).await })
-            })
-            .await
-            .map_err($crate::csi::status::of(&$plugin.name))
-    };
-}
-
-pub mod controller;
-pub mod convert;
-pub mod group_controller;
-pub mod holders;
-pub mod identity;
+pub(crate) mod call;
+pub(crate) mod controller;
+pub(crate) mod convert;
+pub(crate) mod group_controller;
+pub(crate) mod holders;
+pub(crate) mod identity;
 pub mod mounts;
-pub mod node;
-pub mod status;
-pub mod validate;
+pub(crate) mod node;
+pub(crate) mod status;
+pub(crate) mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,15 +19,15 @@ use crate::config::{Config, Service};
 use crate::dispatch::Dispatcher;
 
 /// State shared by the three services.
-pub struct Driver {
-    pub config: Config,
-    pub dispatch: Dispatcher,
+pub(crate) struct Driver {
+    pub(crate) config: Config,
+    pub(crate) dispatch: Dispatcher,
     /// Which volume holds which staging path and target on this node.
-    pub holders: holders::Records,
+    pub(crate) holders: holders::Records,
 }
 
 impl Driver {
-    pub fn new(config: Config, dispatch: Dispatcher) -> Arc<Driver> {
+    pub(crate) fn new(config: Config, dispatch: Dispatcher) -> Arc<Driver> {
         let holders = holders::Records::new(&config.driver.state_dir());
         Arc::new(Driver {
             config,
@@ -52,21 +36,21 @@ impl Driver {
         })
     }
 
-    pub fn runs(&self, service: Service) -> bool {
+    pub(crate) fn runs(&self, service: Service) -> bool {
         self.config.runs(service)
     }
 
-    pub fn node_id(&self) -> &str {
+    pub(crate) fn node_id(&self) -> &str {
         &self.config.driver.node_id
     }
 
-    pub fn topology_key(&self) -> &str {
+    pub(crate) fn topology_key(&self) -> &str {
         &self.config.driver.topology_key
     }
 }
 
 /// The caller's deadline, from the `grpc-timeout` header.
-pub fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
+pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     parse_grpc_timeout(value)
 }
@@ -91,7 +75,7 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 /// RPCs being served right now; shutdown waits for them.
 static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-pub fn in_flight() -> usize {
+pub(crate) fn in_flight() -> usize {
     IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
 }
 
@@ -113,7 +97,7 @@ impl Drop for InFlight {
 
 /// Runs one RPC inside a span naming it and its volume, and logs how it
 /// ended: one line per call, at info, with the gRPC code and duration.
-pub async fn traced<T>(
+pub(crate) async fn traced<T>(
     method: &'static str,
     subject: &str,
     work: impl std::future::Future<Output = Result<T, tonic::Status>>,
@@ -148,7 +132,10 @@ pub async fn traced<T>(
 /// Runs blocking work of an RPC's own (mount-table reads, lookups of
 /// CO-given paths, which a hung filesystem can stall) off the async
 /// workers, ended by the caller's deadline.
-pub async fn off_workers<T, F>(deadline: Option<Duration>, work: F) -> Result<T, tonic::Status>
+pub(crate) async fn off_workers<T, F>(
+    deadline: Option<Duration>,
+    work: F,
+) -> Result<T, tonic::Status>
 where
     F: FnOnce() -> Result<T, tonic::Status> + Send + 'static,
     T: Send + 'static,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::call::{call_plugin, require, PluginCall};
 use super::holders::{Holder, Records, Role};
 use super::{convert, deadline, mounts, off_workers, traced, validate, Driver};
 use crate::capabilities::call_paths::CallPaths;
@@ -13,13 +14,12 @@ use crate::proto::node_server::Node;
 use crate::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use crate::proto::*;
 use crate::returns;
-use crate::runtime::state::with_call_paths;
 use crate::runtime::Plugin;
 use crate::wit::exports::wasmcsi::plugin::identity::Features;
 use crate::wit::exports::wasmcsi::plugin::node as wit_node;
 use crate::wit::wasmcsi::plugin::types as wit;
 
-pub struct NodeService(pub Arc<Driver>);
+pub(crate) struct NodeService(pub(crate) Arc<Driver>);
 
 impl NodeService {
     fn driver(&self) -> &Driver {
@@ -403,16 +403,14 @@ impl Node for NodeService {
                 volume_context: convert::pairs(&req.volume_context),
                 secrets: convert::pairs(&req.secrets),
             };
-            let paths = CallPaths::stage(staging_path);
-            with_call_paths(paths, async {
-                plugin_call!(
-                    plugin,
-                    "stage-volume",
-                    deadline,
-                    wit_node::Guest,
-                    call_stage_volume(&call)
-                )
-            })
+            call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "stage-volume", deadline)
+                    .lending(CallPaths::stage(staging_path)),
+                move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_stage_volume(s, &call).await })
+                },
+            )
             .await?;
             record(records, deadline, id, staging_path, Role::Staging, block).await?;
             Ok(NodeStageVolumeResponse {})
@@ -445,16 +443,14 @@ impl Node for NodeService {
                 return Ok(NodeUnstageVolumeResponse {});
             }
             let (local, path) = (local.to_string(), staging_path.clone());
-            let paths = CallPaths::unstage(&staging_path);
-            with_call_paths(paths, async {
-                plugin_call!(
-                    plugin,
-                    "unstage-volume",
-                    deadline,
-                    wit_node::Guest,
-                    call_unstage_volume(&local, &path)
-                )
-            })
+            call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "unstage-volume", deadline)
+                    .lending(CallPaths::unstage(&staging_path)),
+                move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_unstage_volume(s, &local, &path).await })
+                },
+            )
             .await?;
             forget(records, deadline, &staging_path).await?;
             Ok(NodeUnstageVolumeResponse {})
@@ -530,9 +526,13 @@ impl Node for NodeService {
                 secrets: convert::pairs(&req.secrets),
             };
             let paths = CallPaths::publish(&call.target_path, call.staging_path.as_deref());
-            with_call_paths(paths, async {
-                plugin_call!(plugin, "publish-volume", deadline, wit_node::Guest, call_publish_volume(&call))
-            })
+            call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "publish-volume", deadline).lending(paths),
+                move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_publish_volume(s, &call).await })
+                },
+            )
             .await?;
             if check_after {
                 let (id_owned, target_owned) = (id.to_string(), target.clone());
@@ -549,9 +549,14 @@ impl Node for NodeService {
                 if let Err(refused) = checked {
                     // Undo this call's mount; the earlier publication stays.
                     let (local, target) = (local.to_string(), target.clone());
-                    with_call_paths(CallPaths::unpublish(&target), async {
-                        plugin_call!(plugin, "unpublish-volume", deadline, wit_node::Guest, call_unpublish_volume(&local, &target))
-                    })
+                    call_plugin(
+                        &self.driver().dispatch,
+                        PluginCall::new(&plugin, "unpublish-volume", deadline)
+                            .lending(CallPaths::unpublish(&target)),
+                        move |p: &wit_node::Guest, s| {
+                            Box::pin(async move { p.call_unpublish_volume(s, &local, &target).await })
+                        },
+                    )
                     .await?;
                     return Err(refused);
                 }
@@ -582,16 +587,14 @@ impl Node for NodeService {
                 return Ok(NodeUnpublishVolumeResponse {});
             };
             let (local, path) = (local.to_string(), target_path.clone());
-            let paths = CallPaths::unpublish(&target_path);
-            with_call_paths(paths, async {
-                plugin_call!(
-                    plugin,
-                    "unpublish-volume",
-                    deadline,
-                    wit_node::Guest,
-                    call_unpublish_volume(&local, &path)
-                )
-            })
+            call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "unpublish-volume", deadline)
+                    .lending(CallPaths::unpublish(&target_path)),
+                move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_unpublish_volume(s, &local, &path).await })
+                },
+            )
             .await?;
             forget(records, deadline, &target_path).await?;
             Ok(NodeUnpublishVolumeResponse {})
@@ -611,26 +614,22 @@ impl Node for NodeService {
             let (plugin, local) = self.volume(id)?;
             // The spec's NOT_FOUND: no volume at that path on this node.
             check_volume_at(&self.driver().holders, deadline, id, &volume_path).await?;
-            if !plugin.has(Features::VOLUME_STATS) {
-                return Err(Status::unimplemented(format!(
-                    "plugin {} does not report volume stats",
-                    plugin.name
-                )));
-            }
+            require(&plugin, Features::VOLUME_STATS)?;
             let local = local.to_string();
             let staging =
                 (!req.staging_target_path.is_empty()).then(|| req.staging_target_path.clone());
             // Stats only read: no lock, so a slow stage never delays kubelet's polling.
             let paths = CallPaths::stats(&volume_path, staging.as_deref());
-            let stats = with_call_paths(paths, async {
-                plugin_call!(
-                    plugin,
-                    "get-volume-stats",
-                    deadline,
-                    wit_node::Guest,
-                    call_get_volume_stats(&local, &volume_path, staging.as_deref())
-                )
-            })
+            let stats = call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "get-volume-stats", deadline).lending(paths),
+                move |p: &wit_node::Guest, s| {
+                    Box::pin(async move {
+                        p.call_get_volume_stats(s, &local, &volume_path, staging.as_deref())
+                            .await
+                    })
+                },
+            )
             .await?;
             returns::stats(&plugin.name, &stats)?;
             Ok(NodeGetVolumeStatsResponse {
@@ -692,15 +691,13 @@ impl Node for NodeService {
                 secrets: convert::pairs(&req.secrets),
             };
             let paths = CallPaths::expand(&call.volume_path, call.staging_path.as_deref());
-            let bytes = with_call_paths(paths, async {
-                plugin_call!(
-                    plugin,
-                    "node-expand-volume",
-                    deadline,
-                    wit_node::Guest,
-                    call_expand_volume(&call)
-                )
-            })
+            let bytes = call_plugin(
+                &self.driver().dispatch,
+                PluginCall::new(&plugin, "node-expand-volume", deadline).lending(paths),
+                move |p: &wit_node::Guest, s| {
+                    Box::pin(async move { p.call_expand_volume(s, &call).await })
+                },
+            )
             .await?;
             Ok(NodeExpandVolumeResponse {
                 capacity_bytes: returns::bytes(&plugin.name, "an expanded capacity of", bytes)?,

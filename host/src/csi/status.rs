@@ -1,16 +1,20 @@
-//! Plugin outcomes as gRPC statuses: a plugin's error code maps one-to-one;
-//! runtime failures map to DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or INTERNAL
-//! and always name the plugin. A message a plugin wrote (its error, a panic
-//! line) is escaped and cut to `MAX_ERROR_MESSAGE` bytes first.
+//! Where the host's errors become gRPC statuses, the one place. Plugin
+//! outcomes: a plugin's error code maps one-to-one; runtime failures map to
+//! DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or INTERNAL and always name the
+//! plugin. A message a plugin wrote (its error, a panic line) is escaped
+//! and cut to `MAX_ERROR_MESSAGE` bytes first. Routing refusals are
+//! INVALID_ARGUMENT, a busy volume ABORTED; a bad plugin answer INTERNAL.
 
 use tonic::{Code, Status};
 
+use crate::dispatch::DispatchError;
+use crate::returns::BadAnswer;
 use crate::runtime::limits::MAX_ERROR_MESSAGE;
 use crate::runtime::CallFailure;
 use crate::text::clip;
 use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
-pub fn code_of(code: ErrorCode) -> Code {
+pub(crate) fn code_of(code: ErrorCode) -> Code {
     match code {
         ErrorCode::InvalidArgument => Code::InvalidArgument,
         ErrorCode::NotFound => Code::NotFound,
@@ -28,7 +32,7 @@ pub fn code_of(code: ErrorCode) -> Code {
 }
 
 /// The status for a failed plugin call made by `plugin`.
-pub fn from_failure(plugin: &str, failure: CallFailure) -> Status {
+pub(crate) fn from_failure(plugin: &str, failure: CallFailure) -> Status {
     match failure {
         CallFailure::Plugin(e) => Status::new(
             code_of(e.code),
@@ -46,8 +50,8 @@ pub fn from_failure(plugin: &str, failure: CallFailure) -> Status {
 }
 
 /// `?`-friendly form: `plugin.call(...).await.map_err(status::of(&plugin.name))`
-/// (what `plugin_call!` does).
-pub fn of(plugin: &str) -> impl FnOnce(CallFailure) -> Status + '_ {
+/// (what `call::call_plugin` does).
+pub(crate) fn of(plugin: &str) -> impl FnOnce(CallFailure) -> Status + '_ {
     move |f| from_failure(plugin, f)
 }
 
@@ -58,9 +62,53 @@ impl From<crate::capabilities::CapError> for Status {
     }
 }
 
+/// A request no plugin can take is the caller's to fix; a volume another
+/// call holds is ABORTED, which the CO retries.
+impl From<DispatchError> for Status {
+    fn from(e: DispatchError) -> Status {
+        match e {
+            DispatchError::Busy { .. } => Status::aborted(e.to_string()),
+            DispatchError::UnknownPlugin { .. }
+            | DispatchError::PluginNotNamed { .. }
+            | DispatchError::NoInlinePlugin { .. }
+            | DispatchError::NotTheInlinePlugin { .. } => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+/// A plugin answer that breaks the rules is a bug in the plugin.
+impl From<BadAnswer> for Status {
+    fn from(e: BadAnswer) -> Status {
+        Status::internal(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_refusals_and_bad_answers_get_their_codes() {
+        let busy = Status::from(DispatchError::Busy { key: "p:v".into() });
+        assert_eq!(busy.code(), Code::Aborted);
+        assert_eq!(busy.message(), "an operation on p:v is already in progress");
+        let unknown = Status::from(DispatchError::UnknownPlugin {
+            name: "q".into(),
+            loaded: "p".into(),
+        });
+        assert_eq!(unknown.code(), Code::InvalidArgument);
+        assert_eq!(
+            unknown.message(),
+            "parameter plugin=\"q\" names no loaded plugin (loaded: p)"
+        );
+        let bad = Status::from(crate::returns::id("p", "a volume id", "").unwrap_err());
+        assert_eq!(bad.code(), Code::Internal);
+        assert!(
+            bad.message().starts_with("plugin p answered"),
+            "{}",
+            bad.message()
+        );
+    }
     use crate::wit::wasmcsi::plugin::types::Error as PluginError;
 
     #[test]

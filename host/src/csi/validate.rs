@@ -11,7 +11,7 @@ use crate::wit::exports::wasmcsi::plugin::identity::Features;
 use crate::wit::wasmcsi::plugin::types as wit;
 
 /// A required string field.
-pub fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
+pub(crate) fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
     if value.is_empty() {
         Err(Status::invalid_argument(format!("{field} is required")))
     } else if value.len() > 1024 {
@@ -24,7 +24,7 @@ pub fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
 }
 
 /// CSI's capacity range; 0 means "unset". Negative or inverted → INVALID_ARGUMENT.
-pub fn capacity(range: Option<&proto::CapacityRange>) -> Result<wit::CapacityRange, Status> {
+pub(crate) fn capacity(range: Option<&proto::CapacityRange>) -> Result<wit::CapacityRange, Status> {
     let Some(r) = range else {
         return Ok(wit::CapacityRange {
             required_bytes: None,
@@ -52,7 +52,7 @@ pub fn capacity(range: Option<&proto::CapacityRange>) -> Result<wit::CapacityRan
 }
 
 /// One capability, complete and well-formed.
-pub fn capability(cap: &proto::VolumeCapability) -> Result<wit::VolumeCapability, Status> {
+pub(crate) fn capability(cap: &proto::VolumeCapability) -> Result<wit::VolumeCapability, Status> {
     let access_type = match &cap.access_type {
         Some(AccessType::Mount(m)) => wit::AccessType::Mount(wit::MountAccess {
             fs_type: m.fs_type.clone(),
@@ -92,7 +92,7 @@ pub fn capability(cap: &proto::VolumeCapability) -> Result<wit::VolumeCapability
 }
 
 /// A required, non-empty list of capabilities.
-pub fn capabilities(
+pub(crate) fn capabilities(
     caps: &[proto::VolumeCapability],
 ) -> Result<Vec<wit::VolumeCapability>, Status> {
     if caps.is_empty() {
@@ -102,14 +102,14 @@ pub fn capabilities(
 }
 
 /// A required single capability.
-pub fn one_capability(
+pub(crate) fn one_capability(
     cap: Option<&proto::VolumeCapability>,
 ) -> Result<wit::VolumeCapability, Status> {
     capability(cap.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?)
 }
 
 /// Why the plugin cannot serve a capability, if it cannot.
-pub fn unsupported(plugin: &Plugin, cap: &wit::VolumeCapability) -> Option<String> {
+pub(crate) fn unsupported(plugin: &Plugin, cap: &wit::VolumeCapability) -> Option<String> {
     if matches!(cap.access_type, wit::AccessType::Block) && !plugin.has(Features::BLOCK) {
         return Some(format!(
             "plugin {} does not offer block volumes",
@@ -126,6 +126,6 @@ pub fn unsupported(plugin: &Plugin, cap: &wit::VolumeCapability) -> Option<Strin
 }
 
 /// `max_entries` of the List calls: negative is invalid, 0 means all.
-pub fn max_entries(value: i32) -> Result<u32, Status> {
+pub(crate) fn max_entries(value: i32) -> Result<u32, Status> {
     u32::try_from(value).map_err(|_| Status::invalid_argument("max_entries must not be negative"))
 }

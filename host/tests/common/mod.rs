@@ -12,16 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wasmcsi::client::CsiClient;
 use wasmcsi::proto::volume_capability::{
     access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
 };
 use wasmcsi::proto::*;
+use wasmcsi_testkit::client::CsiClient;
 
 #[allow(unused_imports)]
 pub use shared::{shared_dir, shared_file};
 #[allow(unused_imports)]
-pub use wasmcsi::testkit::{fill, loops_under, mounted, GIB, MIB};
+pub use wasmcsi_testkit::{fill, loops_under, mounted, GIB, MIB};
 
 /// Where the plugins were built (`make plugins`).
 pub fn plugin_path(name: &str) -> PathBuf {
@@ -109,10 +109,10 @@ impl TestDriver {
         std::fs::create_dir_all(&kubelet).unwrap();
         if options.btrfs_root {
             let image = base.path().join("btrfs.img");
-            wasmcsi::testkit::mount_btrfs(&image, &root, 2 * GIB).expect("btrfs root");
+            wasmcsi_testkit::mount_btrfs(&image, &root, 2 * GIB).expect("btrfs root");
         } else if options.ext4_root {
             let image = base.path().join("ext4.img");
-            wasmcsi::testkit::mount_ext4(&image, &root, 2 * GIB).expect("ext4 root");
+            wasmcsi_testkit::mount_ext4(&image, &root, 2 * GIB).expect("ext4 root");
         }
         let endpoint = format!("unix://{}/csi.sock", base.path().display());
         let config = base.path().join("config.yaml");
@@ -286,7 +286,7 @@ plugins:
 impl Drop for TestDriver {
     fn drop(&mut self) {
         self.terminate();
-        wasmcsi::testkit::teardown(self.base.path());
+        wasmcsi_testkit::teardown(self.base.path());
     }
 }
 

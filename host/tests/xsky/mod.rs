@@ -17,9 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use wasmcsi::client::CsiClient;
 use wasmcsi::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use wasmcsi::proto::*;
+use wasmcsi_testkit::client::CsiClient;
 use xms_emulator::spec::Spec;
 use xms_emulator::Emulator;
 

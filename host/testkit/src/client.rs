@@ -8,11 +8,11 @@ use anyhow::{anyhow, Context, Result};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::proto::controller_client::ControllerClient;
-use crate::proto::group_controller_client::GroupControllerClient;
-use crate::proto::identity_client::IdentityClient;
-use crate::proto::node_client::NodeClient;
-use crate::proto::ProbeRequest;
+use wasmcsi::proto::controller_client::ControllerClient;
+use wasmcsi::proto::group_controller_client::GroupControllerClient;
+use wasmcsi::proto::identity_client::IdentityClient;
+use wasmcsi::proto::node_client::NodeClient;
+use wasmcsi::proto::ProbeRequest;
 
 #[derive(Clone)]
 pub struct CsiClient {
@@ -25,7 +25,7 @@ pub struct CsiClient {
 impl CsiClient {
     /// Connects to `unix:///path` (or a bare path).
     pub async fn connect(endpoint: &str) -> Result<CsiClient> {
-        let socket: PathBuf = crate::config::socket_path(endpoint)?;
+        let socket: PathBuf = wasmcsi::config::socket_path(endpoint)?;
         let channel = unix_channel(&socket).await?;
         Ok(CsiClient {
             identity: IdentityClient::new(channel.clone()),

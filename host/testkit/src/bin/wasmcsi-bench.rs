@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use wasmcsi::client::CsiClient;
 use wasmcsi::proto::volume_capability::{
     access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
 };
 use wasmcsi::proto::*;
-use wasmcsi::testkit::{self, GIB, MIB};
+use wasmcsi_testkit::client::CsiClient;
+use wasmcsi_testkit::{self as testkit, GIB, MIB};
 
 #[derive(Parser)]
 #[command(about = "Benchmark a CSI driver over its unix socket")]

@@ -11,10 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use wasmcsi::client::CsiClient;
 use wasmcsi::proto::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
 use wasmcsi::proto::*;
-use wasmcsi::testkit::{self, fill, GIB, MIB};
+use wasmcsi_testkit::client::CsiClient;
+use wasmcsi_testkit::{self as testkit, fill, GIB, MIB};
 
 struct Scratch {
     dir: tempfile::TempDir,

@@ -1,6 +1,9 @@
-//! Helpers shared by the integration tests, the demo and the benchmark:
+//! What the integration tests, the demo and the benchmark share, kept out
+//! of the driver's library: a CSI client over a unix socket ([`client`]),
 //! writing until the kernel says no, and tearing down mounts and loop
-//! devices left under a scratch directory. Not used by the driver itself.
+//! devices left under a scratch directory.
+
+pub mod client;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
