@@ -149,7 +149,8 @@ pub(super) fn fs_cap(grants: &Grants) -> Result<&FsCap, CapError> {
 /// through it is confined by wasmtime-wasi (cap-std) to the directory.
 fn open_preopen(root: &Path) -> anyhow::Result<Dir> {
     // O_PATH: the descriptor only anchors lookups, as wasmtime-wasi's own
-    // preopens do; it grants no reading of the directory by itself.
+    // preopens do; it grants no reading of the directory by itself. Lookups
+    // through it block the calling thread: plugin calls run on call threads.
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
@@ -159,7 +160,7 @@ fn open_preopen(root: &Path) -> anyhow::Result<Dir> {
         file,
         FsPerms::ReadWrite,
         OpenMode::READ | OpenMode::WRITE,
-        false,
+        true,
     ))
 }
 

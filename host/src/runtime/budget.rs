@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Instances a plugin may have beyond its calls: one reload check at a time
 /// (a plugin's reloads run one after another).
@@ -82,20 +82,24 @@ impl Budget {
         }
     }
 
-    /// Waits for a call slot (dropping the permit frees it).
-    pub async fn call(&self) -> SemaphorePermit<'_> {
+    /// Waits for a call slot (dropping the permit frees it), held on the
+    /// call's thread until the call ends.
+    pub async fn call(&self) -> OwnedSemaphorePermit {
         self.calls
             .semaphore
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("semaphore never closed")
     }
 
-    /// Waits for an instance slot, held while the instance lives.
-    pub async fn instance(&self) -> SemaphorePermit<'_> {
+    /// Waits for an instance slot, held while the instance lives (on the
+    /// call's thread, which may outlive its caller).
+    pub async fn instance(&self) -> OwnedSemaphorePermit {
         self.instances
             .semaphore
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("semaphore never closed")
     }

@@ -74,6 +74,8 @@ pub fn build(sizing: EngineSizing) -> Result<Engine> {
         }
     };
     start_epoch_ticker(&engine);
+    // A call thread for every instance the engine can hold.
+    super::call_threads::reserve(n as usize);
     Ok(engine)
 }
 

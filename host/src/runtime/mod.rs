@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod call_threads;
 pub mod contract;
 pub mod engine;
 pub mod limits;

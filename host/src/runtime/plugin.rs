@@ -12,7 +12,9 @@ use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::budget::Budget;
+use super::call_threads;
 use super::state::CallState;
+use crate::capabilities::call_paths::CallPaths;
 use crate::capabilities::Grants;
 use crate::config::{Limits, PluginConfig};
 use crate::wit::exports::wasmcsi::plugin::identity::{Features, PluginInfo};
@@ -76,7 +78,7 @@ pub struct ExportIndices {
 /// An exported interface a call can use. A call loads only the interface
 /// it needs from its fresh instance: loading type-checks each function
 /// again, and the whole world would be three times the work.
-pub trait Exports: Sized + Send + Sync {
+pub trait Exports: Sized + Send + Sync + 'static {
     fn load(
         indices: &ExportIndices,
         store: &mut Store<CallState>,
@@ -106,13 +108,20 @@ pub struct Plugin {
     pub info: PluginInfo,
     /// The config allows CSI inline ephemeral volumes (`inlineVolumes`).
     pub inline_volumes: bool,
+    instancing: Arc<Instancing>,
+    /// The plugin name's call and instance slots, shared with every other
+    /// version loaded under that name.
+    budget: Arc<Budget>,
+}
+
+/// What a call's thread needs of the plugin to make and run an instance.
+/// Shared, not borrowed: a call stuck in a system call outlives its caller.
+struct Instancing {
+    name: String,
     pre: InstancePre<CallState>,
     exports: ExportIndices,
     grants: Arc<Grants>,
     limits: Limits,
-    /// The plugin name's call and instance slots, shared with every other
-    /// version loaded under that name.
-    budget: Arc<Budget>,
 }
 
 /// Which of the plugin's slots a run takes.
@@ -160,10 +169,13 @@ impl Plugin {
                 access_modes: Vec::new(),
                 min_volume_bytes: 0,
             },
-            pre,
-            exports,
-            grants,
-            limits: config.limits.clone(),
+            instancing: Arc::new(Instancing {
+                name: config.name.clone(),
+                pre,
+                exports,
+                grants,
+                limits: config.limits.clone(),
+            }),
             budget,
         };
         plugin.info = plugin
@@ -195,7 +207,8 @@ impl Plugin {
     ) -> Result<R, CallFailure>
     where
         E: Exports,
-        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+        R: Send + 'static,
+        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send + 'static,
     {
         self.run(op, deadline, Slot::Call, f).await
     }
@@ -209,12 +222,13 @@ impl Plugin {
     ) -> Result<R, CallFailure>
     where
         E: Exports,
-        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+        R: Send + 'static,
+        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send + 'static,
     {
         // The caller's deadline less a margin, so that DEADLINE_EXCEEDED
         // reaches it before it gives up on its own (and sees only CANCELLED).
         let answer_by = deadline.map(|d| d.saturating_sub((d / 10).min(DEADLINE_MARGIN)));
-        let timeout = Duration::from_secs(self.limits.call_timeout_seconds)
+        let timeout = Duration::from_secs(self.instancing.limits.call_timeout_seconds)
             .min(answer_by.unwrap_or(Duration::MAX));
         let deadline_failure = || CallFailure::Deadline {
             plugin: self.name.clone(),
@@ -223,53 +237,34 @@ impl Plugin {
         };
         // One end for the whole call, the wait for a permit included.
         let ends = Instant::now() + timeout;
+        // Taken here: the request's task-local does not cross to the
+        // call's thread.
+        let paths = super::state::call_paths();
+        let instancing = self.instancing.clone();
         let work = async {
-            let _call = match slot {
+            let call_slot = match slot {
                 Slot::Call => Some(self.budget.call().await),
                 Slot::Check => None,
             };
-            // Declared before the store, so dropped after it: the slot is
-            // free only once the instance is gone.
-            let _instance = self.budget.instance().await;
-            let state = CallState::new(self.grants.clone(), &self.limits, ends).map_err(|e| {
-                CallFailure::Instantiate {
-                    plugin: self.name.clone(),
-                    detail: format!("{e:#}"),
-                }
-            })?;
-            let mut store = Store::new(self.pre.engine(), state);
-            store.limiter(|s| &mut s.limiter);
-            // Every epoch tick the guest yields to the executor, so a busy
-            // plugin never holds a runtime thread; past the deadline it traps.
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                Ok(if Instant::now() >= ends {
-                    UpdateDeadline::Interrupt
-                } else {
-                    UpdateDeadline::Yield(1)
-                })
+            let instance_slot = self.budget.instance().await;
+            let on_thread = call_threads::run(async move {
+                // Declared before the store, so dropped after it: the slots
+                // are free only once the instance is gone, however long
+                // after its caller gave up that is.
+                let _slots = (call_slot, instance_slot);
+                instancing.call(op, paths, ends, timeout, f).await
             });
-            let instance = match self.pre.instantiate_async(&mut store).await {
-                Ok(instance) => instance,
-                Err(e) => return Err(self.classify(op, e, &store, timeout)),
-            };
-            let exports = match E::load(&self.exports, &mut store, &instance) {
-                Ok(exports) => exports,
-                Err(e) => return Err(self.classify(op, e, &store, timeout)),
-            };
-            let result = f(&exports, &mut store).await;
-            crate::metrics::plugin_memory_high_water(
-                &self.name,
-                store.data().limiter.high_water as u64,
-            );
-            match result {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(plugin_error)) => Err(CallFailure::Plugin(plugin_error)),
-                Err(e) => Err(self.classify(op, e, &store, timeout)),
-            }
+            on_thread.await.unwrap_or_else(|e| {
+                Err(CallFailure::Crashed {
+                    plugin: self.name.clone(),
+                    op,
+                    detail: e.to_string(),
+                })
+            })
         };
-        // The epoch deadline stops wasm code; this also stops a host
-        // capability (a stuck mount, say) that holds the call.
+        // The epoch deadline stops wasm code; this also answers the caller
+        // on time while a host capability (a stuck mount, say) holds the
+        // call's thread.
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, work)
             .await
@@ -290,6 +285,61 @@ impl Plugin {
             Err(CallFailure::Instantiate { .. }) => "instantiate",
         };
         crate::metrics::plugin_call(&self.name, op, outcome, took);
+    }
+}
+
+impl Instancing {
+    /// One call on a fresh instance, run to its end on the current thread
+    /// (a call thread: WASI file work and capability system calls block it).
+    async fn call<E, R, F>(
+        &self,
+        op: &'static str,
+        paths: CallPaths,
+        ends: Instant,
+        timeout: Duration,
+        f: F,
+    ) -> Result<R, CallFailure>
+    where
+        E: Exports,
+        F: for<'a> FnOnce(&'a E, &'a mut Store<CallState>) -> CallFuture<'a, R>,
+    {
+        let state =
+            CallState::new(self.grants.clone(), &self.limits, ends, paths).map_err(|e| {
+                CallFailure::Instantiate {
+                    plugin: self.name.clone(),
+                    detail: format!("{e:#}"),
+                }
+            })?;
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        // The call has its thread to itself: the guest need not yield to an
+        // executor; past the deadline it traps.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= ends {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => return Err(self.classify(op, e, &store, timeout)),
+        };
+        let exports = match E::load(&self.exports, &mut store, &instance) {
+            Ok(exports) => exports,
+            Err(e) => return Err(self.classify(op, e, &store, timeout)),
+        };
+        let result = f(&exports, &mut store).await;
+        crate::metrics::plugin_memory_high_water(
+            &self.name,
+            store.data().limiter.high_water as u64,
+        );
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(plugin_error)) => Err(CallFailure::Plugin(plugin_error)),
+            Err(e) => Err(self.classify(op, e, &store, timeout)),
+        }
     }
 
     fn classify(

@@ -37,6 +37,14 @@ pub async fn with_call_paths<F: std::future::Future>(paths: CallPaths, work: F) 
     CALL_PATHS.scope(paths, work).await
 }
 
+/// The mount authority of the call this task is making (none outside
+/// `with_call_paths`), taken before the call leaves for its own thread.
+pub fn call_paths() -> CallPaths {
+    CALL_PATHS
+        .try_with(CallPaths::clone)
+        .unwrap_or_else(|_| CallPaths::none())
+}
+
 pub struct CallState {
     /// What the capabilities see (their host traits are implemented on it).
     pub caps: CallCaps,
@@ -53,7 +61,12 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub fn new(grants: Arc<Grants>, limits: &Limits, ends: Instant) -> anyhow::Result<CallState> {
+    pub fn new(
+        grants: Arc<Grants>,
+        limits: &Limits,
+        ends: Instant,
+        mounts: CallPaths,
+    ) -> anyhow::Result<CallState> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         // No environment, no arguments, no network, no stdin/stdout: only
@@ -62,15 +75,17 @@ impl CallState {
         wasi.stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            // A call runs on a thread of its own (`call_threads`): file
+            // work blocks that thread instead of a hand-off to tokio's
+            // blocking pool per operation.
+            .allow_blocking_current_thread(true);
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.max_open_handles as usize);
         let http_hooks = CallHttp::new(&grants.plugin, grants.http.clone(), ends);
         Ok(CallState {
             caps: CallCaps {
-                mounts: CALL_PATHS
-                    .try_with(CallPaths::clone)
-                    .unwrap_or_else(|_| CallPaths::none()),
+                mounts,
                 log: CallLog::new(&grants.plugin, limits),
                 grants,
                 ends,
