@@ -133,6 +133,53 @@ async fn answered_calls_survive(options: Options, image: &str, params: &[(&str, 
     wasmcsi_testkit::teardown(copies.path());
 }
 
+/// How many creates and deletes run at once in the concurrent case: more
+/// than a plugin runs at once (`maxConcurrentCalls`, 16), so that calls
+/// queue and syncs are shared.
+const CONCURRENT: usize = 24;
+
+/// `CONCURRENT` creates and `CONCURRENT` deletes (of volumes made before)
+/// answered together; a power cut as the last one answers must leave every
+/// created volume and none of the deleted ones.
+async fn concurrent_answers_survive(options: Options, image: &str, params: &[(&str, &str)]) {
+    let copies = tempfile::tempdir().unwrap();
+    let mut d = TestDriver::start(options).await;
+    let mut doomed = Vec::new();
+    for n in 0..CONCURRENT {
+        doomed.push(create(&mut d, &format!("pvc-doomed-{n}"), params).await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CONCURRENT {
+        let mut client = d.client.clone();
+        let req = create_req(&format!("pvc-new-{n}"), 64 * MIB, params);
+        calls.spawn(async move { client.controller.create_volume(req).await.map(drop) });
+        let mut client = d.client.clone();
+        let volume_id = doomed[n].clone();
+        calls.spawn(async move {
+            client
+                .controller
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id,
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        answer.unwrap().expect("every create and delete answers");
+    }
+    let cut = power_cut(&d, image, copies.path(), "concurrent");
+    drop(d);
+
+    let (volumes, _) = read_back(&cut);
+    let expected: BTreeMap<String, String> = (0..CONCURRENT)
+        .map(|n| (format!("pvc-new-{n}"), "ready".to_string()))
+        .collect();
+    assert_eq!(volumes, expected, "volumes, cut after the concurrent calls");
+    wasmcsi::testkit::teardown(copies.path());
+}
+
 #[tokio::test]
 async fn image_volumes_on_ext4_survive_a_power_cut_as_answered() {
     let options = Options {
@@ -149,4 +196,22 @@ async fn subvolumes_on_btrfs_survive_a_power_cut_as_answered() {
         ..Default::default()
     };
     answered_calls_survive(options, "btrfs.img", &[("mode", "subvolume")]).await;
+}
+
+#[tokio::test]
+async fn concurrent_image_volumes_on_ext4_survive_a_power_cut_as_answered() {
+    let options = Options {
+        ext4_root: true,
+        ..Default::default()
+    };
+    concurrent_answers_survive(options, "ext4.img", &[("mode", "image")]).await;
+}
+
+#[tokio::test]
+async fn concurrent_subvolumes_on_btrfs_survive_a_power_cut_as_answered() {
+    let options = Options {
+        btrfs_root: true,
+        ..Default::default()
+    };
+    concurrent_answers_survive(options, "btrfs.img", &[("mode", "subvolume")]).await;
 }

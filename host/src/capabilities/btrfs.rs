@@ -1,7 +1,8 @@
 //! btrfs subvolumes and qgroups by ioctl on descriptors: each call names
 //! at most one component, relative to a directory the host holds open, so
 //! nothing is looked up by a path string. No tool is run, and no
-//! transaction commit is forced (a delete used to wait for one).
+//! transaction commit is forced (a delete used to wait for one; the
+//! qgroups of deleted subvolumes are removed later, see `qgroup_reaper`).
 
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -20,6 +21,9 @@ const QUOTA_CTL_ENABLE: u64 = 1;
 const QUOTA_TREE_OBJECTID: u64 = 8;
 const QGROUP_INFO_KEY: u32 = 242;
 const QGROUP_LIMIT_KEY: u32 = 244;
+/// The tree of subvolume roots, and its key from a subvolume to its parent.
+const ROOT_TREE_OBJECTID: u64 = 1;
+const ROOT_BACKREF_KEY: u32 = 144;
 
 const fn ioc(dir: u64, nr: u64, size: usize) -> libc::c_ulong {
     ((dir << 30) | ((size as u64) << 16) | (BTRFS_IOCTL_MAGIC << 8) | nr) as libc::c_ulong
@@ -113,8 +117,6 @@ const SNAP_CREATE_V2: libc::c_ulong = ioc(WRITE, 23, std::mem::size_of::<VolArgs
 const QUOTA_CTL: libc::c_ulong = ioc(READ | WRITE, 40, std::mem::size_of::<QuotaCtlArgs>());
 const QGROUP_CREATE: libc::c_ulong = ioc(WRITE, 42, std::mem::size_of::<QgroupCreateArgs>());
 const QGROUP_LIMIT: libc::c_ulong = ioc(READ, 43, std::mem::size_of::<QgroupLimitArgs>());
-/// `BTRFS_IOC_SYNC`: `_IO(0x94, 8)`, no argument.
-const SYNC: libc::c_ulong = ioc(0, 8, 0);
 const SUBVOL_SYNC_WAIT: libc::c_ulong = ioc(WRITE, 65, std::mem::size_of::<SubvolWait>());
 const SUBVOL_SYNC_WAIT_FOR_ONE: u32 = 0;
 
@@ -333,24 +335,109 @@ fn quota_item(
     Ok(Some(item.to_vec()))
 }
 
-/// Removes the qgroup of a deleted subvolume; fails harmlessly while the
-/// kernel still accounts for it, or when quotas are off.
-pub fn destroy_qgroup(fd: BorrowedFd, id: u64) {
-    // The kernel keeps a deleted subvolume's qgroup busy until its cleaner
-    // has dropped the subvolume: commit, wait for that (kernels 6.8+; on
-    // older ones the wait is refused and the qgroup may stay), then remove.
-    let _ = ioctl(fd, SYNC, &mut 0u64);
+/// The level-0 qgroups (`0/<id>`) whose subvolume no longer exists: it
+/// was deleted (a live subvolume always has a back reference to its
+/// parent). Empty when quotas are off.
+pub fn stale_qgroups(fd: BorrowedFd) -> Result<Vec<u64>, CapError> {
+    let failed = |e| CapError::internal(format!("listing qgroups: {e}"));
+    let mut stale = Vec::new();
+    let mut from = FIRST_FREE_OBJECTID;
+    loop {
+        let ids = match quota_items(fd, QGROUP_INFO_KEY, from) {
+            Ok(ids) => ids,
+            Err(rustix::io::Errno::NOENT) => return Ok(stale), // quotas off
+            Err(e) => return Err(failed(e)),
+        };
+        let Some(&last) = ids.last() else {
+            return Ok(stale);
+        };
+        for id in ids {
+            if !has_item(fd, ROOT_TREE_OBJECTID, id, ROOT_BACKREF_KEY).map_err(failed)? {
+                stale.push(id);
+            }
+        }
+        from = last + 1;
+    }
+}
+
+/// The offsets (qgroup ids) of the quota tree's items of `key_type`, from
+/// `from` on, level 0 only, one search's worth.
+fn quota_items(fd: BorrowedFd, key_type: u32, from: u64) -> Result<Vec<u64>, rustix::io::Errno> {
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id: QUOTA_TREE_OBJECTID,
+            min_offset: from,
+            max_offset: (1 << 48) - 1,
+            max_transid: u64::MAX,
+            min_type: key_type,
+            max_type: key_type,
+            nr_items: u32::MAX,
+            ..SearchKey::default()
+        },
+        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+    };
+    ioctl(fd, TREE_SEARCH, &mut args)?;
+    let mut found = Vec::new();
+    let mut at = 0;
+    for _ in 0..args.key.nr_items {
+        let Some(header) = args.buf.get(at..at + SEARCH_HEADER_LEN) else {
+            break;
+        };
+        let offset = u64::from_ne_bytes(header[16..24].try_into().unwrap());
+        let found_type = u32::from_ne_bytes(header[24..28].try_into().unwrap());
+        let len = u32::from_ne_bytes(header[28..32].try_into().unwrap()) as usize;
+        if found_type == key_type {
+            found.push(offset);
+        }
+        at += SEARCH_HEADER_LEN + len;
+    }
+    Ok(found)
+}
+
+/// Whether tree `tree_id` holds an item (`objectid`, `key_type`, any).
+fn has_item(
+    fd: BorrowedFd,
+    tree_id: u64,
+    objectid: u64,
+    key_type: u32,
+) -> Result<bool, rustix::io::Errno> {
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id,
+            min_objectid: objectid,
+            max_objectid: objectid,
+            max_offset: u64::MAX,
+            max_transid: u64::MAX,
+            min_type: key_type,
+            max_type: key_type,
+            nr_items: 1,
+            ..SearchKey::default()
+        },
+        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+    };
+    ioctl(fd, TREE_SEARCH, &mut args)?;
+    Ok(args.key.nr_items > 0)
+}
+
+/// Waits until the cleaner has dropped deleted subvolume `id` (kernels
+/// 6.8+; older ones refuse, and the qgroup removal may then find it busy).
+pub fn wait_for_cleaner(fd: BorrowedFd, id: u64) {
     let mut wait = SubvolWait {
         subvolid: id,
         mode: SUBVOL_SYNC_WAIT_FOR_ONE,
         count: 0,
     };
     let _ = ioctl(fd, SUBVOL_SYNC_WAIT, &mut wait);
+}
+
+/// Removes qgroup `0/<id>`; the kernel refuses (busy) while it still
+/// accounts for a subvolume being dropped.
+pub fn remove_qgroup(fd: BorrowedFd, id: u64) -> Result<(), rustix::io::Errno> {
     let mut args = QgroupCreateArgs {
         create: 0,
         qgroupid: id,
     };
-    let _ = ioctl(fd, QGROUP_CREATE, &mut args);
+    ioctl(fd, QGROUP_CREATE, &mut args)
 }
 
 /// Turns quotas on for the filesystem of `fd` (nothing when already on).
@@ -376,7 +463,6 @@ mod tests {
         assert_eq!(TREE_SEARCH, 0xd000_9411);
         assert_eq!(SNAP_CREATE_V2, 0x5000_9417);
         assert_eq!(QUOTA_CTL, 0xc010_9428);
-        assert_eq!(SYNC, 0x9408);
         assert_eq!(SUBVOL_SYNC_WAIT, 0x4010_9441);
         assert_eq!(QGROUP_CREATE, 0x4010_942a);
         assert_eq!(QGROUP_LIMIT, 0x8030_942b);

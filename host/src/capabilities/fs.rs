@@ -17,6 +17,7 @@ use wasmtime_wasi::{FsPerms, OpenMode};
 
 use super::beneath::{self, GrantedDir, Located};
 use super::loopdev::{self, LoopDevice};
+use super::qgroup_reaper::QgroupReaper;
 use super::{blocking, btrfs, CallCaps, CapError, CapResult, ErrorCode, Grants};
 use crate::config::FsGrant;
 use crate::wit::wasmcsi::plugin::fs_info::{self, FsStats};
@@ -31,15 +32,27 @@ pub struct FsCap {
     pub(super) loops: loopdev::LoopIndex,
     /// How many of them may be attached at once (`limits.maxLoopDevices`).
     pub(super) max_loops: u32,
+    /// Removes the qgroups of deleted subvolumes, after their delete.
+    pub(super) qgroups: Arc<QgroupReaper>,
 }
 
 impl FsCap {
     pub fn new(grant: &FsGrant, max_loops: u32) -> Result<FsCap> {
         let root = GrantedDir::open(&grant.root)?;
+        let qgroups = Arc::new(QgroupReaper::default());
+        if btrfs::on_btrfs(root.fd()).unwrap_or(false) {
+            // What a crash or a restart left since the last sweep (the
+            // root's descriptor is O_PATH: ioctls need an open directory).
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            if let Ok(dir) = rustix::fs::openat(root.fd(), ".", flags, rustix::fs::Mode::empty()) {
+                qgroups.wake(dir.as_fd());
+            }
+        }
         Ok(FsCap {
             preopen: open_preopen(root.path())?,
             loops: loopdev::LoopIndex::default(),
             max_loops,
+            qgroups,
             root,
         })
     }

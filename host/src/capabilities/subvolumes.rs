@@ -22,16 +22,17 @@ impl Host for CallCaps {
     async fn delete_subvolume(&mut self, path: String) -> CapResult<()> {
         Ok(with_fs(&self.grants, move |fs| {
             let (parent, name) = fs.parent_of(&path)?;
-            let id = match fs.subvolume(&path) {
-                Ok(sub) => btrfs::subvolume_id(sub.as_fd())?,
+            match fs.subvolume(&path) {
+                Ok(_) => {}
                 Err(e) if e.code == ErrorCode::NotFound => return Ok(()),
                 Err(e) => return Err(e),
-            };
+            }
             // By name in the parent the host holds: the kernel deletes only
             // a subvolume found there, whatever was swapped in meanwhile.
             btrfs::destroy(parent.as_fd(), name)?;
-            // Its qgroup, so that no stale accounting stays.
-            btrfs::destroy_qgroup(parent.as_fd(), id);
+            // Its qgroup goes once the kernel lets go of it, off this call:
+            // waiting for that took a commit and the cleaner per delete.
+            fs.qgroups.wake(parent.as_fd());
             Ok(())
         })
         .await?)

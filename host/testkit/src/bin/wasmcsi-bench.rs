@@ -60,9 +60,10 @@ struct Args {
         default_values_t = [FsMode::ImageXfs, FsMode::ImageExt4, FsMode::Subvolume]
     )]
     modes: Vec<FsMode>,
-    /// Concurrent clients of the fs suite.
-    #[arg(long, default_value_t = 4)]
-    fs_clients: usize,
+    /// Concurrent clients of the fs suite: each count is a row of its own
+    /// (the stats row uses the first).
+    #[arg(long, value_delimiter = ',', default_values_t = [4, 32])]
+    fs_clients: Vec<usize>,
     /// How long each fs row runs, in seconds.
     #[arg(long, default_value_t = 8.0)]
     seconds: f64,
@@ -699,6 +700,24 @@ fn rss_mib(pid: u32) -> Option<f64> {
         .map(|kb| kb / 1024.0)
 }
 
+/// CPU seconds a process has used: user + system time of all its threads
+/// (`utime`, `stime`) and of its children it has waited for (`cutime`,
+/// `cstime`: mkfs, losetup and the like), from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not. After
+    // ") " come state (field 3) onwards, so utime (14) is index 11.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
 /// The largest RSS of one process while it runs, sampled every 20 ms.
 struct RssSampler {
     max: Arc<std::sync::Mutex<f64>>,
@@ -929,6 +948,8 @@ struct Timed {
     cycles: Vec<Duration>,
     steps: Vec<(&'static str, Vec<Duration>)>,
     elapsed: Duration,
+    /// The driver's CPU time over the run (None: not our child).
+    cpu_seconds: Option<f64>,
 }
 
 impl Timed {
@@ -947,6 +968,14 @@ impl Timed {
 
     fn p50(&self) -> f64 {
         Self::pct(&self.cycles, 0.50)
+    }
+
+    /// The driver's CPU (user + system, threads and children) per cycle.
+    fn cpu_ms_per_cycle(&self) -> f64 {
+        match self.cpu_seconds {
+            Some(s) if !self.cycles.is_empty() => s * 1e3 / self.cycles.len() as f64,
+            _ => f64::NAN,
+        }
     }
 
     fn p99(&self) -> f64 {
@@ -992,6 +1021,7 @@ where
         cycles: Vec::new(),
         steps: Vec::new(),
         elapsed: Duration::ZERO,
+        cpu_seconds: None,
     };
     for t in tasks {
         for (cycle, steps) in t.await?? {
@@ -1024,6 +1054,7 @@ async fn step<T>(
 struct FsRow {
     mode: FsMode,
     measure: &'static str,
+    clients: usize,
     by_driver: Vec<(&'static str, Timed)>,
 }
 
@@ -1049,7 +1080,7 @@ async fn fs_rows(
     let cycles: [(FsRowKind, &'static str, &'static str, Cycle); 2] = [
         (
             FsRowKind::CreateDelete,
-            "CreateVolume+DeleteVolume",
+            "Create+Delete",
             "cd",
             |call, name| {
                 Box::pin(async move {
@@ -1076,10 +1107,11 @@ async fn fs_rows(
             },
         ),
     ];
-    for (kind, measure, short, cycle) in cycles {
-        if !args.fs_rows.contains(&kind) {
-            continue;
-        }
+    let runs = cycles
+        .into_iter()
+        .filter(|(kind, ..)| args.fs_rows.contains(kind))
+        .flat_map(|c| args.fs_clients.iter().map(move |&clients| (c, clients)));
+    for ((_, measure, short, cycle), clients) in runs {
         let mut by_driver = Vec::new();
         for (n, d) in drivers.iter().enumerate() {
             let call = FsCall {
@@ -1089,22 +1121,28 @@ async fn fs_rows(
                 size: args.fs_size,
             };
             let sampler = d.child.as_ref().map(|c| RssSampler::start(c.id()));
-            let prefix = format!("bench-{tag}-{short}");
-            let timed = measure_for(args.fs_clients, duration, move |c, i| {
+            let prefix = format!("bench-{tag}-{short}{clients}");
+            let cpu_before = d.child.as_ref().and_then(|c| cpu_seconds(c.id()));
+            let mut timed = measure_for(clients, duration, move |c, i| {
                 cycle(call.clone(), format!("{prefix}-{c}-{i}"))
             })
             .await
             .with_context(|| format!("{} {}: {measure}", d.name, mode.label()))?;
+            let cpu_after = d.child.as_ref().and_then(|c| cpu_seconds(c.id()));
+            if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+                timed.cpu_seconds = Some(after - before);
+            }
             if let Some(s) = sampler {
                 rss[n].1 = rss[n].1.max(s.stop());
             }
             eprintln!(
-                "  {:<10} {:<11} {measure:<31} {:>7.1}/s  p50 {:>7.1} ms  p99 {:>7.1} ms  n {:>5}  ({})",
+                "  {:<10} {:<11} {measure:<27} {clients:>3} cl {:>7.1}/s  p50 {:>7.1} ms  p99 {:>7.1} ms  cpu {:>5.2} ms  n {:>5}  ({})",
                 d.name,
                 mode.label(),
                 timed.rate(),
                 timed.p50(),
                 timed.p99(),
+                timed.cpu_ms_per_cycle(),
                 timed.cycles.len(),
                 timed.steps_p50()
             );
@@ -1113,12 +1151,14 @@ async fn fs_rows(
         rows.push(FsRow {
             mode,
             measure,
+            clients,
             by_driver,
         });
     }
 
     // NodeGetVolumeStats of a staged, published volume (what kubelet polls
     // for every volume, every minute).
+    let stats_clients = args.fs_clients.first().copied().unwrap_or(4);
     if args.fs_rows.contains(&FsRowKind::Stats) && drivers.iter().all(|d| d.kubelet.is_some()) {
         let mut by_driver = Vec::new();
         for (n, d) in drivers.iter().enumerate() {
@@ -1172,7 +1212,7 @@ async fn fs_rows(
                     }
                 }
             };
-            let timed = measure_for(args.fs_clients, duration, stats).await;
+            let timed = measure_for(stats_clients, duration, stats).await;
             if let Some(s) = sampler {
                 rss[n].1 = rss[n].1.max(s.stop());
             }
@@ -1194,6 +1234,7 @@ async fn fs_rows(
         rows.push(FsRow {
             mode,
             measure: "NodeGetVolumeStats",
+            clients: stats_clients,
             by_driver,
         });
     }
@@ -1318,58 +1359,58 @@ async fn fs_suite(args: &Args) -> Result<()> {
     }
 
     println!(
-        "filesystem volumes: {} GiB mount volumes, {} clients, {} s per row; root: {root_note}",
+        "filesystem volumes: {} GiB mount volumes, {} s per row; root: {root_note}",
         args.fs_size / GIB,
-        args.fs_clients,
         args.seconds
     );
-    let peer = rows.first().is_some_and(|r| r.by_driver.len() > 1);
-    if peer {
-        println!(
-            "| {:<10} | {:<30} | {:>9} | {:>7} | {:>7} | {:>9} | {:>7} | {:>7} | {:>6} |",
-            "mode",
-            "measure (cycles/s, ms)",
-            "wasmcsi/s",
-            "p50",
-            "p99",
-            "host-path",
-            "p50",
-            "p99",
-            "ratio"
-        );
-        println!(
-            "|{}|{}|{}|{}|{}|{}|{}|{}|{}|",
-            "-".repeat(12),
-            "-".repeat(32),
-            "-".repeat(11),
-            "-".repeat(9),
-            "-".repeat(9),
+    println!(
+        "cycles/s, p50 and p99 in ms, cpu: the driver's user + system ms per cycle \
+         (threads and children included)"
+    );
+    let drivers: Vec<&str> = rows
+        .first()
+        .map(|r| r.by_driver.iter().map(|(name, _)| *name).collect())
+        .unwrap_or_default();
+    let mut header = format!("| {:<10} | {:<26} | {:>7} |", "mode", "measure", "clients");
+    let mut rule = format!("|{}|{}|{}|", "-".repeat(12), "-".repeat(28), "-".repeat(9));
+    for name in &drivers {
+        header += &format!(" {name:>9} | {:>7} | {:>7} | {:>6} |", "p50", "p99", "cpu");
+        rule += &format!(
+            "{}|{}|{}|{}|",
             "-".repeat(11),
             "-".repeat(9),
             "-".repeat(9),
             "-".repeat(8)
         );
-    } else {
-        println!(
-            "| {:<10} | {:<30} | {:>9} | {:>7} | {:>7} |",
-            "mode", "measure (cycles/s, ms)", "ops/s", "p50", "p99"
-        );
-        println!(
-            "|{}|{}|{}|{}|{}|",
-            "-".repeat(12),
-            "-".repeat(32),
-            "-".repeat(11),
-            "-".repeat(9),
-            "-".repeat(9)
-        );
     }
+    if drivers.len() == 2 {
+        header += &format!(" {:>6} | {:>9} |", "ratio", "cpu ratio");
+        rule += &format!("{}|{}|", "-".repeat(8), "-".repeat(11));
+    }
+    println!("{header}");
+    println!("{rule}");
     for row in &rows {
-        let mut line = format!("| {:<10} | {:<30} |", row.mode.label(), row.measure);
+        let mut line = format!(
+            "| {:<10} | {:<26} | {:>7} |",
+            row.mode.label(),
+            row.measure,
+            row.clients
+        );
         for (_, t) in &row.by_driver {
-            line += &format!(" {:>9.1} | {:>7.2} | {:>7.2} |", t.rate(), t.p50(), t.p99());
+            line += &format!(
+                " {:>9.1} | {:>7.2} | {:>7.2} | {:>6.2} |",
+                t.rate(),
+                t.p50(),
+                t.p99(),
+                t.cpu_ms_per_cycle()
+            );
         }
         if let [(_, ours), (_, theirs)] = &row.by_driver[..] {
-            line += &format!(" {:>5.2}× |", ours.rate() / theirs.rate());
+            line += &format!(
+                " {:>5.2}× | {:>8.2}× |",
+                ours.rate() / theirs.rate(),
+                ours.cpu_ms_per_cycle() / theirs.cpu_ms_per_cycle()
+            );
         }
         println!("{line}");
     }
@@ -1378,9 +1419,10 @@ async fn fs_suite(args: &Args) -> Result<()> {
     for row in rows.iter().filter(|r| !r.by_driver[0].1.steps.is_empty()) {
         for (name, t) in &row.by_driver {
             println!(
-                "  {:<10} {:<30} {:<9} {}",
+                "  {:<10} {:<26} {:>3} cl {:<9} {}",
                 row.mode.label(),
                 row.measure,
+                row.clients,
                 name,
                 t.steps_p50()
             );
