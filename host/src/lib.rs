@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod returns;
 pub mod runtime;
 pub mod server;
+pub mod sys;
 pub mod testkit;
 pub mod text;
 pub mod wit;

@@ -1,5 +1,6 @@
-//! The `copies` capability: copies of images and subvolumes under the
-//! plugin's root, for snapshots and clones. Granted with `fs`.
+//! Consistent copies beneath the plugin's root, for snapshots and clones:
+//! image copies (the `images` unit's `copy-image(s)`) and read-only
+//! subvolume snapshots (the `btrfs` unit's `read-only-snapshot(s)`).
 //!
 //! Image copies act on opened files: the source and the destination are
 //! opened once and the data moves between the two descriptors (FICLONE,
@@ -16,10 +17,11 @@ use std::path::PathBuf;
 
 use rustix::fs::{FileType, OFlags};
 
-use super::fs::FsCap;
 use super::loopdev::LoopDevice;
 use super::mount::unescape;
-use super::{beneath, btrfs, CapError, ErrorCode};
+use super::root::PluginRoot;
+use super::{beneath, CapError, ErrorCode};
+use crate::sys::btrfs;
 use crate::wit::wasmcsi::plugin::images::{CopyMethod, CopyPair};
 
 /// Most pairs one consistent copy takes: each holds open descriptors, and
@@ -149,7 +151,7 @@ fn copy_fds(src: &File, dst: &File) -> io::Result<CopyMethod> {
 
 /// Opens (creating it when missing) the regular file a copy goes to,
 /// beneath the root, never through a link; emptied.
-fn destination(fs: &FsCap, path: &str, source: BorrowedFd) -> Result<File, CapError> {
+fn destination(fs: &PluginRoot, path: &str, source: BorrowedFd) -> Result<File, CapError> {
     let (parent, name) = fs.parent_of(path)?;
     let fd = rustix::fs::openat2(
         parent.as_fd(),
@@ -197,7 +199,7 @@ fn check_pairs(pairs: &[CopyPair]) -> Result<(), CapError> {
     Ok(())
 }
 
-impl FsCap {
+impl PluginRoot {
     /// Copies images as one cut (blocking): every source is opened and
     /// every destination made ready first; then all mounted sources are
     /// frozen together (attached-only ones flushed), copied, and thawed.
