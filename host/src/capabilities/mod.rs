@@ -12,25 +12,23 @@
 //! state: it only says how to reach `CallCaps` (`HasCallCaps`), so imports
 //! go one way, runtime → capabilities → wit.
 
-pub mod beneath;
-pub mod blocking;
 pub mod btrfs;
 pub mod call_paths;
-pub mod command;
 pub mod copies;
 pub mod environment;
 pub mod fs_info;
-pub mod grow;
 pub mod http;
 pub mod images;
 pub mod log;
-pub mod loopdev;
 pub mod mount;
 pub mod mount_options;
 pub mod netmount;
 pub mod quota;
 pub mod root;
 pub mod tmpfs;
+
+// The OS primitives the units are built on, at their old paths too.
+pub use crate::sys::{beneath, blocking, command, grow, loopdev};
 
 use std::sync::Arc;
 use std::time::Instant;

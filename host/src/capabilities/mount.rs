@@ -44,6 +44,7 @@ use super::root::PluginRoot;
 use super::tmpfs::{self, MemoryBound};
 use super::{blocking, granted, netmount, CallCaps, CapError, CapResult, HasCallCaps};
 use crate::config::env;
+use crate::sys::mountinfo::{self, MountInfo};
 use crate::wit::wasmcsi::plugin::mount::{self as wit, Host, MountEntry};
 use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
@@ -428,12 +429,7 @@ impl MountCap {
     /// Takes every mount stacked on `target` off, then optionally removes
     /// the emptied directory (or empty file) (blocking).
     fn unmount(&self, target: &str, remove_target: bool, call: &CallPaths) -> Result<(), CapError> {
-        let at = self.target(target, call, Action::Mount)?;
-        unmount_all(at)?;
-        if remove_target {
-            remove_empty(at)?;
-        }
-        Ok(())
+        unmount_beneath(self.target(target, call, Action::Mount)?, remove_target)
     }
 
     fn mounted_at(&self, target: &str, call: &CallPaths) -> Result<Option<MountEntry>, CapError> {
@@ -709,6 +705,17 @@ fn remove_empty(at: Located) -> Result<(), CapError> {
     }
 }
 
+/// Takes down every mount stacked at `at` and, with `remove`, the emptied
+/// target: the one unmount path, for a plugin's `unmount` and for the
+/// host's own unmount of a volume whose plugin is gone.
+pub fn unmount_beneath(at: Located, remove: bool) -> Result<(), CapError> {
+    unmount_all(at)?;
+    if remove {
+        remove_empty(at)?;
+    }
+    Ok(())
+}
+
 /// Whether a descriptor refers to the root of a mount.
 pub fn is_mount_root(fd: BorrowedFd) -> Result<bool, CapError> {
     use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
@@ -732,20 +739,19 @@ pub fn mount_at(fd: BorrowedFd) -> Result<Option<MountEntry>, CapError> {
 }
 
 fn parse_mountinfo(info: &str, mount_id: u64) -> Option<MountEntry> {
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        if left.first()?.parse::<u64>().ok()? != mount_id {
-            return None;
-        }
-        let options = left.get(5)?;
-        Some(MountEntry {
-            source: unescape(right.get(1)?),
-            fs_type: right.first()?.to_string(),
-            read_only: options.split(',').any(|o| o == "ro"),
-        })
-    })
+    mountinfo::parse(info)
+        .into_iter()
+        .find(|m| m.id == mount_id)
+        .map(entry)
+}
+
+/// A mount table line as the plugin sees it.
+fn entry(m: MountInfo) -> MountEntry {
+    MountEntry {
+        read_only: m.read_only(),
+        source: m.source,
+        fs_type: m.fs_type,
+    }
 }
 
 /// Appends the mount that would have run to the record file.
@@ -812,27 +818,6 @@ fn check_remote_source(source: &str) -> Result<(), CapError> {
 
 fn same_source(mounted: &str, asked: &str) -> bool {
     mounted.trim_end_matches('/') == asked.trim_end_matches('/')
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let (b'\\', Some(d)) = (bytes[i], octal) {
-            let n = d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0'));
-            out.push(n as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `mount` interface as the linker sees it.
