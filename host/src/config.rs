@@ -3,12 +3,15 @@
 //! validates every field so that a bad config fails at start with one
 //! message naming the field.
 
-mod env;
+pub mod env;
 pub mod oci_source;
-mod origin;
 
+pub use crate::capabilities::http::{origin::Origin, HttpGrant};
+pub use crate::capabilities::log::LogGrant;
+pub use crate::capabilities::mount::MountGrant;
+pub use crate::capabilities::quota::QuotaGrant;
+pub use crate::capabilities::root::FsGrant;
 pub use oci_source::OciSource;
-pub use origin::Origin;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -270,7 +273,8 @@ impl Default for Limits {
     }
 }
 
-/// The capabilities granted to one plugin; an absent one is refused.
+/// The capabilities granted to one plugin; an absent one is refused. Each
+/// grant's fields and their checks belong to its unit in `capabilities`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Capabilities {
@@ -280,71 +284,6 @@ pub struct Capabilities {
     pub http: Option<HttpGrant>,
     pub log: Option<LogGrant>,
 }
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct FsGrant {
-    /// The plugin's root: its WASI preopen and the bound of every fs call.
-    pub root: PathBuf,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct QuotaGrant {
-    /// Turn btrfs quotas on for the root's filesystem at load. Quotas are
-    /// a filesystem-wide setting (with a cost on every write), so the host
-    /// never turns them on as a side effect of a plugin's call.
-    #[serde(default, deserialize_with = "env::scalar")]
-    pub enable_btrfs_quotas: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MountGrant {
-    /// Filesystem types the plugin may mount (`xfs`, `ext4`, `nfs`, ...).
-    #[serde(default)]
-    pub types: Vec<String>,
-    /// Mount targets must resolve under one of these directories.
-    pub target_prefixes: Vec<PathBuf>,
-    /// Every mount the plugin makes is also `noexec` (always `nosuid,nodev`).
-    #[serde(default, deserialize_with = "env::scalar")]
-    pub noexec: bool,
-    /// Test aid for nodes without an NFS client: network mounts are
-    /// appended to this file (one JSON line each) instead of performed, and
-    /// a 1 MiB tmpfs named like the export stands in at the target.
-    #[serde(default)]
-    pub record_network_mounts: Option<PathBuf>,
-    /// Bytes of node memory the plugin's tmpfs mounts may take: each one,
-    /// and all its live ones together. Default: a quarter of the node's
-    /// memory (MemTotal, read at start).
-    #[serde(default = "default_tmpfs_max_bytes", deserialize_with = "env::scalar")]
-    pub tmpfs_max_bytes: u64,
-}
-
-fn default_tmpfs_max_bytes() -> u64 {
-    crate::capabilities::tmpfs::node_memory_bytes()
-        .map(|bytes| bytes / 4)
-        .unwrap_or(1 << 30)
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpGrant {
-    /// Allowed origins (`scheme://host[:port]`); an entry may hold several
-    /// separated by commas, as an environment variable often does.
-    pub origins: Vec<String>,
-    /// PEM file of CA certificates trusted for https origins, in addition
-    /// to the public web roots (arrays often have a private CA).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Accept any TLS certificate. For labs only; logged at every start.
-    #[serde(default, deserialize_with = "env::scalar")]
-    pub insecure_skip_tls_verify: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LogGrant {}
 
 /// Command-line values that override the file.
 #[derive(Debug, Default, Clone)]
@@ -534,39 +473,16 @@ impl PluginConfig {
         }
         let caps = &self.capabilities;
         if let Some(fs) = &caps.fs {
-            if !fs.root.is_absolute() {
-                bail!(
-                    "capabilities.fs.root {:?} must be an absolute path",
-                    fs.root
-                );
-            }
+            fs.validate()?;
         }
         if caps.quota.is_some() && caps.fs.is_none() {
             bail!("capabilities.quota needs capabilities.fs (quotas apply under its root)");
         }
         if let Some(mount) = &caps.mount {
-            if mount.target_prefixes.is_empty() {
-                bail!("capabilities.mount.targetPrefixes must list at least one directory");
-            }
-            for prefix in &mount.target_prefixes {
-                if !prefix.is_absolute() || prefix == Path::new("/") {
-                    bail!("capabilities.mount.targetPrefixes entry {prefix:?} must be an absolute directory other than /");
-                }
-            }
-            for t in &mount.types {
-                if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
-                    bail!("capabilities.mount.types entry {t:?} is not a filesystem type name");
-                }
-            }
-            if mount.tmpfs_max_bytes < 4096 {
-                bail!("capabilities.mount.tmpfsMaxBytes must be at least 4096 (one page)");
-            }
+            mount.validate()?;
         }
         if let Some(http) = &caps.http {
-            for origin in &http.origins {
-                Origin::parse(origin)
-                    .with_context(|| format!("capabilities.http.origins entry {origin:?}"))?;
-            }
+            http.validate()?;
         }
         Ok(())
     }

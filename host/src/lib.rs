@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod returns;
 pub mod runtime;
 pub mod server;
+pub mod sys;
 pub mod text;
 pub mod wit;
 

@@ -1,5 +1,6 @@
-//! The `copies` capability: copies of images and subvolumes under the
-//! plugin's root, for snapshots and clones. Granted with `fs`.
+//! Consistent copies beneath the plugin's root, for snapshots and clones:
+//! image copies (the `images` unit's `copy-image(s)`) and read-only
+//! subvolume snapshots (the `btrfs` unit's `read-only-snapshot(s)`).
 //!
 //! Image copies act on opened files: the source and the destination are
 //! opened once and the data moves between the two descriptors (FICLONE,
@@ -16,10 +17,11 @@ use std::path::PathBuf;
 
 use rustix::fs::{FileType, OFlags};
 
-use super::fs::FsCap;
 use super::loopdev::LoopDevice;
-use super::mount::unescape;
-use super::{beneath, btrfs, CapError, ErrorCode};
+use super::root::PluginRoot;
+use super::{beneath, CapError, ErrorCode};
+use crate::sys::btrfs;
+use crate::sys::mountinfo;
 use crate::wit::wasmcsi::plugin::images::{CopyMethod, CopyPair};
 
 /// Most pairs one consistent copy takes: each holds open descriptors, and
@@ -95,14 +97,14 @@ impl Drop for Frozen {
 /// mounts), from /proc/self/mountinfo.
 fn mount_point_of(rdev: u64) -> Result<Option<PathBuf>, CapError> {
     let wanted = format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev));
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| CapError::internal(format!("reading /proc/self/mountinfo: {e}")))?;
-    Ok(info.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (fields.get(2) == Some(&wanted.as_str()))
-            .then(|| fields.get(4).map(|p| PathBuf::from(unescape(p))))
-            .flatten()
-    }))
+    Ok(read_table()?
+        .into_iter()
+        .find(|m| m.device == wanted)
+        .map(|m| m.point))
+}
+
+fn read_table() -> Result<Vec<mountinfo::MountInfo>, CapError> {
+    mountinfo::read().map_err(|e| CapError::internal(format!("reading /proc/self/mountinfo: {e}")))
 }
 
 /// Copies `src` into the empty `dst`: a reflink where the filesystem can,
@@ -149,7 +151,7 @@ fn copy_fds(src: &File, dst: &File) -> io::Result<CopyMethod> {
 
 /// Opens (creating it when missing) the regular file a copy goes to,
 /// beneath the root, never through a link; emptied.
-fn destination(fs: &FsCap, path: &str, source: BorrowedFd) -> Result<File, CapError> {
+fn destination(fs: &PluginRoot, path: &str, source: BorrowedFd) -> Result<File, CapError> {
     let (parent, name) = fs.parent_of(path)?;
     let fd = rustix::fs::openat2(
         parent.as_fd(),
@@ -197,7 +199,7 @@ fn check_pairs(pairs: &[CopyPair]) -> Result<(), CapError> {
     Ok(())
 }
 
-impl FsCap {
+impl PluginRoot {
     /// Copies images as one cut (blocking): every source is opened and
     /// every destination made ready first; then all mounted sources are
     /// frozen together (attached-only ones flushed), copied, and thawed.
@@ -285,28 +287,22 @@ impl FsCap {
 /// reports; the mounts looked at are those of the same filesystem.
 fn subvolume_in_use(subvolumes: &[BorrowedFd]) -> Result<Option<(usize, PathBuf)>, CapError> {
     use rustix::fs::{AtFlags, StatxFlags};
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| CapError::internal(format!("reading /proc/self/mountinfo: {e}")))?;
-    let lines: Vec<Vec<&str>> = info.lines().map(|l| l.split(' ').collect()).collect();
+    let table = read_table()?;
     let mut filesystems = std::collections::HashSet::new();
     let mut devices = Vec::with_capacity(subvolumes.len());
     for fd in subvolumes {
         let st = rustix::fs::statx(*fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
             .map_err(|e| CapError::internal(format!("statx: {e}")))?;
-        let mount_id = st.stx_mnt_id.to_string();
-        if let Some(line) = lines.iter().find(|f| f.first() == Some(&mount_id.as_str())) {
-            filesystems.extend(line.get(2).copied());
+        if let Some(m) = table.iter().find(|m| m.id == st.stx_mnt_id) {
+            filesystems.insert(m.device.as_str());
         }
         devices.push(rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor));
     }
-    for fields in &lines {
-        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
-            continue;
-        };
-        if !filesystems.contains(dev) {
+    for m in &table {
+        if !filesystems.contains(m.device.as_str()) {
             continue;
         }
-        let point = PathBuf::from(unescape(point));
+        let point = m.point.clone();
         let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
         let Ok(st) = rustix::fs::statx(rustix::fs::CWD, &point, flags, StatxFlags::BASIC_STATS)
         else {
@@ -323,6 +319,7 @@ fn subvolume_in_use(subvolumes: &[BorrowedFd]) -> Result<Option<(usize, PathBuf)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::mountinfo::unescape;
     use std::io::{Seek, SeekFrom, Write};
     use std::os::unix::fs::MetadataExt;
 

@@ -1,25 +1,83 @@
-//! The `images` capability: filesystem images on loop devices under the
+//! The `images` unit: filesystem images on loop devices under the
 //! plugin's root, and their copies — what a block back end needs. Granted
 //! with the root (`fs` in the config). Every image is opened beneath the
 //! root once and the tools and ioctls act on that descriptor.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 
 use rustix::fs::OFlags;
+use wasmtime::component::{HasData, Linker};
 
+use super::beneath::GrantedDir;
 use super::command::{self, FD_ARG};
-use super::fs::{fs_cap, with_fs};
 use super::loopdev::LoopDevice;
-use super::{beneath, blocking, CallCaps, CapError, CapResult, ErrorCode};
-use crate::wit::wasmcsi::plugin::images::{CopyMethod, CopyPair, Host};
+use super::root::{with_root, PluginRoot};
+use super::{beneath, blocking, granted, CallCaps, CapError, CapResult, ErrorCode, HasCallCaps};
+use crate::wit::wasmcsi::plugin::images::{self as wit, CopyMethod, CopyPair, Host};
+
+/// What `images` works on, built once per plugin.
+pub struct ImagesCap {
+    /// The plugin's root: every image lies beneath it.
+    root: Arc<PluginRoot>,
+    /// The mount grant's target prefixes, if granted: a mounted image is
+    /// grown through its mount there.
+    mount_prefixes: Option<Arc<[GrantedDir]>>,
+}
+
+impl ImagesCap {
+    /// The unit's state: the root, and where its images may be mounted.
+    pub fn new(root: Arc<PluginRoot>, mount_prefixes: Option<Arc<[GrantedDir]>>) -> ImagesCap {
+        ImagesCap {
+            root,
+            mount_prefixes,
+        }
+    }
+}
+
+/// The `images` interface as the linker sees it.
+pub struct Images;
+
+impl HasData for Images {
+    type Data<'a> = ImagesView<'a>;
+}
+
+/// One call's view of `images`: the unit's state, if granted.
+pub struct ImagesView<'a> {
+    cap: Option<&'a Arc<ImagesCap>>,
+    plugin: &'a str,
+}
+
+impl<'a> ImagesView<'a> {
+    /// The view of the call's `images` state.
+    pub fn of(call: &'a CallCaps) -> ImagesView<'a> {
+        ImagesView {
+            cap: call.grants.images.as_ref(),
+            plugin: &call.grants.plugin,
+        }
+    }
+
+    fn cap(&self) -> Result<&'a Arc<ImagesCap>, CapError> {
+        granted(self.cap, "fs", self.plugin)
+    }
+
+    fn root(&self) -> Result<&'a Arc<PluginRoot>, CapError> {
+        Ok(&self.cap()?.root)
+    }
+}
+
+/// Links `images`.
+pub fn add_to_linker<T: HasCallCaps>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Images>(linker, |t| ImagesView::of(t.call_caps()))
+}
 
 /// Filesystems the capability formats, checks and grows.
 const FORMATTABLE: &[&str] = &["xfs", "ext4"];
 
-impl Host for CallCaps {
+impl Host for ImagesView<'_> {
     async fn make_filesystem(&mut self, image: String, fs_type: String) -> CapResult<()> {
         formattable(&fs_type)?;
-        let fd = with_fs(&self.grants, move |fs| {
+        let fd = with_root(self.root()?, move |fs| {
             let fd = fs.image(&image, true)?;
             fs.refuse_attached(fd.as_fd(), &image)?;
             Ok(fd)
@@ -38,7 +96,7 @@ impl Host for CallCaps {
     }
 
     async fn probe_filesystem(&mut self, image: String) -> CapResult<Option<String>> {
-        let fd = with_fs(&self.grants, move |fs| fs.image(&image, false)).await?;
+        let fd = with_root(self.root()?, move |fs| fs.image(&image, false)).await?;
         let args = ["-p", "-o", "value", "-s", "TYPE", FD_ARG];
         let out = command::run_on_fd("blkid", &args, fd.as_fd()).await?;
         match out.status.code() {
@@ -54,7 +112,7 @@ impl Host for CallCaps {
     async fn check_filesystem(&mut self, image: String, fs_type: String) -> CapResult<()> {
         formattable(&fs_type)?;
         // e2fsck itself refuses a mounted filesystem; attached is fine.
-        let fd = with_fs(&self.grants, move |fs| fs.image(&image, true)).await?;
+        let fd = with_root(self.root()?, move |fs| fs.image(&image, true)).await?;
         if fs_type != "ext4" {
             // XFS replays its log at mount; xfs_repair is for humans.
             return Ok(());
@@ -74,9 +132,9 @@ impl Host for CallCaps {
         fs_type: String,
     ) -> CapResult<()> {
         formattable(&fs_type)?;
-        let grants = self.grants.clone();
+        let cap = self.cap()?.clone();
         let offline = blocking::run(move || {
-            let fs = fs_cap(&grants)?;
+            let fs = &cap.root;
             let dev = fs.loop_device(&device)?;
             if mount_path.is_empty() {
                 if fs_type == "xfs" {
@@ -87,11 +145,8 @@ impl Host for CallCaps {
                 }
                 return Ok(Some(dev));
             }
-            let prefixes = grants
-                .mount
-                .as_ref()
-                .map(|m| m.prefix_dirs())
-                .unwrap_or_default();
+            let prefixes: Vec<&GrantedDir> =
+                cap.mount_prefixes.iter().flat_map(|p| p.iter()).collect();
             let at = beneath::locate(&prefixes, &mount_path, "mount path")?;
             let root = beneath::open(at, OFlags::RDONLY | OFlags::DIRECTORY)?;
             grow_online(&dev, root.as_fd(), &fs_type)?;
@@ -105,7 +160,7 @@ impl Host for CallCaps {
     }
 
     async fn attach_loop(&mut self, image: String) -> CapResult<String> {
-        Ok(with_fs(&self.grants, move |fs| {
+        Ok(with_root(self.root()?, move |fs| {
             let fd = fs.image(&image, true)?;
             fs.loops
                 .attach(fd.as_fd(), fs.root.path(), fs.max_loops)
@@ -115,7 +170,7 @@ impl Host for CallCaps {
     }
 
     async fn find_loop(&mut self, image: String) -> CapResult<Option<String>> {
-        Ok(with_fs(&self.grants, move |fs| {
+        Ok(with_root(self.root()?, move |fs| {
             let fd = match fs.image(&image, false) {
                 Ok(fd) => fd,
                 Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
@@ -127,11 +182,11 @@ impl Host for CallCaps {
     }
 
     async fn refresh_loop(&mut self, device: String) -> CapResult<()> {
-        Ok(with_fs(&self.grants, move |fs| fs.loop_device(&device)?.refresh()).await?)
+        Ok(with_root(self.root()?, move |fs| fs.loop_device(&device)?.refresh()).await?)
     }
 
     async fn detach_loop(&mut self, device: String) -> CapResult<()> {
-        Ok(with_fs(&self.grants, move |fs| {
+        Ok(with_root(self.root()?, move |fs| {
             let dev = fs.loop_device(&device)?;
             fs.loops.detach(&dev)
         })
@@ -143,17 +198,17 @@ impl Host for CallCaps {
             source,
             destination,
         }];
-        let methods = with_fs(&self.grants, move |fs| fs.copy_images(&pair)).await?;
+        let methods = with_root(self.root()?, move |fs| fs.copy_images(&pair)).await?;
         Ok(methods[0])
     }
 
     async fn copy_images(&mut self, pairs: Vec<CopyPair>) -> CapResult<Vec<CopyMethod>> {
-        Ok(with_fs(&self.grants, move |fs| fs.copy_images(&pairs)).await?)
+        Ok(with_root(self.root()?, move |fs| fs.copy_images(&pairs)).await?)
     }
 
     async fn new_filesystem_uuid(&mut self, image: String, fs_type: String) -> CapResult<()> {
         let name = image.clone();
-        let fd = with_fs(&self.grants, move |fs| {
+        let fd = with_root(self.root()?, move |fs| {
             let fd = fs.image(&image, true)?;
             fs.refuse_attached(fd.as_fd(), &image)?;
             Ok(fd)
@@ -192,7 +247,7 @@ impl Host for CallCaps {
     }
 
     async fn allocated_bytes(&mut self, path: String) -> CapResult<u64> {
-        Ok(with_fs(&self.grants, move |fs| {
+        Ok(with_root(self.root()?, move |fs| {
             let fd = beneath::open(fs.locate(&path)?, OFlags::PATH)?;
             let st =
                 rustix::fs::fstat(&fd).map_err(|e| CapError::internal(format!("{path:?}: {e}")))?;

@@ -12,10 +12,62 @@
 //! text format (`crate::logfmt`, which quotes and escapes values) nothing a
 //! plugin says can read as another field or another plugin's line.
 
-use super::CallCaps;
+use serde::Deserialize;
+use wasmtime::component::{HasData, Linker};
+
+use super::{CallCaps, HasCallCaps};
 use crate::config::Limits;
 use crate::text::{clip, quoted};
-use crate::wit::wasmcsi::plugin::log::{Host, Level};
+use crate::wit::wasmcsi::plugin::log::{self as wit, Host, Level};
+
+/// The config's `capabilities.log`: present means granted.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogGrant {}
+
+/// Whether the plugin may log, and under which name: built once per plugin.
+pub struct LogCap {
+    granted: bool,
+    plugin: String,
+}
+
+impl LogCap {
+    /// The unit's state for `plugin`, granted or not.
+    pub fn new(grant: Option<&LogGrant>, plugin: &str) -> LogCap {
+        LogCap {
+            granted: grant.is_some(),
+            plugin: plugin.to_string(),
+        }
+    }
+}
+
+/// The `log` interface as the linker sees it.
+pub struct Log;
+
+impl HasData for Log {
+    type Data<'a> = LogView<'a>;
+}
+
+/// One call's view of `log`: the grant and the call's budget.
+pub struct LogView<'a> {
+    cap: &'a LogCap,
+    budget: &'a mut CallLog,
+}
+
+impl<'a> LogView<'a> {
+    /// The view of the call's `log` state.
+    pub fn of(call: &'a mut CallCaps) -> LogView<'a> {
+        LogView {
+            cap: &call.grants.log,
+            budget: &mut call.log,
+        }
+    }
+}
+
+/// Links `log`.
+pub fn add_to_linker<T: HasCallCaps>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Log>(linker, |t| LogView::of(t.call_caps()))
+}
 
 /// Longest message kept of one line, in bytes.
 const MAX_MESSAGE: usize = 2048;
@@ -109,9 +161,9 @@ fn render_fields(fields: &[(String, String)]) -> String {
     out.join(" ")
 }
 
-impl Host for CallCaps {
+impl Host for LogView<'_> {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
-        if !self.grants.log {
+        if !self.cap.granted {
             return;
         }
         let asked = fields.iter().fold(message.len() as u64, |n, (k, v)| {
@@ -119,10 +171,13 @@ impl Host for CallCaps {
         });
         let message = clip(&message, MAX_MESSAGE);
         let fields = render_fields(&fields);
-        if !self.log.take((message.len() + fields.len()) as u64, asked) {
+        if !self
+            .budget
+            .take((message.len() + fields.len()) as u64, asked)
+        {
             return;
         }
-        let plugin = self.grants.plugin.as_str();
+        let plugin = self.cap.plugin.as_str();
         let (text, fields) = (message.as_str(), fields.as_str());
         match level {
             Level::Trace => tracing::trace!(plugin, text, fields, "plugin log"),

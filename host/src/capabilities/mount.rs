@@ -26,37 +26,94 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use rustix::fs::{FileType, OFlags};
 use rustix::mount::{
     fsconfig_create, fsconfig_reconfigure, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen,
     fspick, move_mount, open_tree, FsMountFlags, FsOpenFlags, FsPickFlags, MountAttrFlags,
     MoveMountFlags, OpenTreeFlags,
 };
+use serde::Deserialize;
+use wasmtime::component::{HasData, Linker};
 
 use super::beneath::{self, GrantedDir, Located};
 use super::call_paths::{Action, CallPaths};
-use super::fs::FsCap;
 use super::loopdev::LoopDevice;
 use super::mount_options::{self, MountOptions};
+use super::root::PluginRoot;
 use super::tmpfs::{self, MemoryBound};
-use super::{blocking, netmount, CallCaps, CapError, CapResult, Grants};
-use crate::config::MountGrant;
-use crate::wit::wasmcsi::plugin::mount::{Host, MountEntry};
+use super::{blocking, granted, netmount, CallCaps, CapError, CapResult, HasCallCaps};
+use crate::config::env;
+use crate::sys::mountinfo::{self, MountInfo};
+use crate::wit::wasmcsi::plugin::mount::{self as wit, Host, MountEntry};
 use crate::wit::wasmcsi::plugin::types::ErrorCode;
+
+/// The config's `capabilities.mount`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MountGrant {
+    /// Filesystem types the plugin may mount (`xfs`, `ext4`, `nfs`, ...).
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Mount targets must resolve under one of these directories.
+    pub target_prefixes: Vec<PathBuf>,
+    /// Every mount the plugin makes is also `noexec` (always `nosuid,nodev`).
+    #[serde(default, deserialize_with = "env::scalar")]
+    pub noexec: bool,
+    /// Test aid for nodes without an NFS client: network mounts are
+    /// appended to this file (one JSON line each) instead of performed, and
+    /// a 1 MiB tmpfs named like the export stands in at the target.
+    #[serde(default)]
+    pub record_network_mounts: Option<PathBuf>,
+    /// Bytes of node memory the plugin's tmpfs mounts may take: each one,
+    /// and all its live ones together. Default: a quarter of the node's
+    /// memory (MemTotal, read at start).
+    #[serde(default = "default_tmpfs_max_bytes", deserialize_with = "env::scalar")]
+    pub tmpfs_max_bytes: u64,
+}
+
+fn default_tmpfs_max_bytes() -> u64 {
+    tmpfs::node_memory_bytes()
+        .map(|bytes| bytes / 4)
+        .unwrap_or(1 << 30)
+}
+
+impl MountGrant {
+    /// Checks the grant as the config is loaded.
+    pub fn validate(&self) -> Result<()> {
+        if self.target_prefixes.is_empty() {
+            bail!("capabilities.mount.targetPrefixes must list at least one directory");
+        }
+        for prefix in &self.target_prefixes {
+            if !prefix.is_absolute() || prefix == Path::new("/") {
+                bail!("capabilities.mount.targetPrefixes entry {prefix:?} must be an absolute directory other than /");
+            }
+        }
+        for t in &self.types {
+            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                bail!("capabilities.mount.types entry {t:?} is not a filesystem type name");
+            }
+        }
+        if self.tmpfs_max_bytes < 4096 {
+            bail!("capabilities.mount.tmpfsMaxBytes must be at least 4096 (one page)");
+        }
+        Ok(())
+    }
+}
 
 /// Filesystem types whose source is a remote address, not a device.
 const NETWORK_TYPES: &[&str] = &["nfs", "nfs4", "cifs", "smb3"];
 /// Filesystem types with no device: their source is a name.
 const MEMORY_TYPES: &[&str] = &["tmpfs"];
 
+/// The mount unit's state, built once per plugin.
 pub struct MountCap {
     pub types: Vec<String>,
     /// Directories mount targets must lie beneath, opened once.
-    pub prefixes: Vec<GrantedDir>,
+    prefixes: Arc<[GrantedDir]>,
     /// Every mount is also `noexec`.
     noexec: bool,
-    fs: Option<Arc<FsCap>>,
+    fs: Option<Arc<PluginRoot>>,
     record_network_mounts: Option<PathBuf>,
     /// `wasmcsi:<plugin>:`, the source of every tmpfs this plugin mounts.
     memory_tag: String,
@@ -65,14 +122,15 @@ pub struct MountCap {
 }
 
 impl MountCap {
-    pub fn new(grant: &MountGrant, fs: Option<Arc<FsCap>>, plugin: &str) -> Result<MountCap> {
+    pub fn new(grant: &MountGrant, fs: Option<Arc<PluginRoot>>, plugin: &str) -> Result<MountCap> {
         Ok(MountCap {
             types: grant.types.clone(),
             prefixes: grant
                 .target_prefixes
                 .iter()
                 .map(|p| GrantedDir::open(p))
-                .collect::<Result<_>>()?,
+                .collect::<Result<Vec<_>>>()?
+                .into(),
             noexec: grant.noexec,
             fs,
             record_network_mounts: grant.record_network_mounts.clone(),
@@ -83,6 +141,11 @@ impl MountCap {
 
     pub fn prefix_dirs(&self) -> Vec<&GrantedDir> {
         self.prefixes.iter().collect()
+    }
+
+    /// The target prefixes, shared with the units that look beneath them.
+    pub fn prefixes(&self) -> Arc<[GrantedDir]> {
+        self.prefixes.clone()
     }
 
     /// A mount target: strictly beneath a granted prefix (the outer
@@ -110,7 +173,7 @@ impl MountCap {
         }
     }
 
-    fn fs(&self) -> Result<&FsCap, CapError> {
+    fn fs(&self) -> Result<&PluginRoot, CapError> {
         self.fs.as_deref().ok_or_else(|| {
             CapError::denied(
                 "mounting a device needs the fs capability (the device must back an image under the plugin root)",
@@ -366,12 +429,7 @@ impl MountCap {
     /// Takes every mount stacked on `target` off, then optionally removes
     /// the emptied directory (or empty file) (blocking).
     fn unmount(&self, target: &str, remove_target: bool, call: &CallPaths) -> Result<(), CapError> {
-        let at = self.target(target, call, Action::Mount)?;
-        unmount_all(at)?;
-        if remove_target {
-            remove_empty(at)?;
-        }
-        Ok(())
+        unmount_beneath(self.target(target, call, Action::Mount)?, remove_target)
     }
 
     fn mounted_at(&self, target: &str, call: &CallPaths) -> Result<Option<MountEntry>, CapError> {
@@ -647,6 +705,17 @@ fn remove_empty(at: Located) -> Result<(), CapError> {
     }
 }
 
+/// Takes down every mount stacked at `at` and, with `remove`, the emptied
+/// target: the one unmount path, for a plugin's `unmount` and for the
+/// host's own unmount of a volume whose plugin is gone.
+pub fn unmount_beneath(at: Located, remove: bool) -> Result<(), CapError> {
+    unmount_all(at)?;
+    if remove {
+        remove_empty(at)?;
+    }
+    Ok(())
+}
+
 /// Whether a descriptor refers to the root of a mount.
 pub fn is_mount_root(fd: BorrowedFd) -> Result<bool, CapError> {
     use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
@@ -670,20 +739,19 @@ pub fn mount_at(fd: BorrowedFd) -> Result<Option<MountEntry>, CapError> {
 }
 
 fn parse_mountinfo(info: &str, mount_id: u64) -> Option<MountEntry> {
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        if left.first()?.parse::<u64>().ok()? != mount_id {
-            return None;
-        }
-        let options = left.get(5)?;
-        Some(MountEntry {
-            source: unescape(right.get(1)?),
-            fs_type: right.first()?.to_string(),
-            read_only: options.split(',').any(|o| o == "ro"),
-        })
-    })
+    mountinfo::parse(info)
+        .into_iter()
+        .find(|m| m.id == mount_id)
+        .map(entry)
+}
+
+/// A mount table line as the plugin sees it.
+fn entry(m: MountInfo) -> MountEntry {
+    MountEntry {
+        read_only: m.read_only(),
+        source: m.source,
+        fs_type: m.fs_type,
+    }
 }
 
 /// Appends the mount that would have run to the record file.
@@ -752,45 +820,51 @@ fn same_source(mounted: &str, asked: &str) -> bool {
     mounted.trim_end_matches('/') == asked.trim_end_matches('/')
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let (b'\\', Some(d)) = (bytes[i], octal) {
-            let n = d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0'));
-            out.push(n as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The `mount` interface as the linker sees it.
+pub struct Mount;
+
+impl HasData for Mount {
+    type Data<'a> = MountView<'a>;
 }
 
-fn mount_cap(grants: &Grants) -> Result<&Arc<MountCap>, CapError> {
-    grants
-        .mount
-        .as_ref()
-        .ok_or_else(|| CapError::not_granted("mount", &grants.plugin))
+/// One call's view of `mount`: the grant and the paths the call was given.
+pub struct MountView<'a> {
+    cap: Option<&'a Arc<MountCap>>,
+    paths: &'a CallPaths,
+    plugin: &'a str,
+}
+
+impl<'a> MountView<'a> {
+    /// The view of the call's `mount` state.
+    pub fn of(call: &'a CallCaps) -> MountView<'a> {
+        MountView {
+            cap: call.grants.mount.as_ref(),
+            paths: &call.mounts,
+            plugin: &call.grants.plugin,
+        }
+    }
+
+    fn cap(&self) -> Result<&'a Arc<MountCap>, CapError> {
+        granted(self.cap, "mount", self.plugin)
+    }
+}
+
+/// Links `mount`.
+pub fn add_to_linker<T: HasCallCaps>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Mount>(linker, |t| MountView::of(t.call_caps()))
 }
 
 /// Runs `f` on the mount grant and the call's paths, off the async workers.
 async fn with_mount<T: Send + 'static>(
-    caps: &CallCaps,
+    view: &MountView<'_>,
     f: impl FnOnce(&MountCap, &CallPaths) -> Result<T, CapError> + Send + 'static,
 ) -> Result<T, CapError> {
-    let mount = mount_cap(&caps.grants)?.clone();
-    let call = caps.mounts.clone();
+    let mount = view.cap()?.clone();
+    let call = view.paths.clone();
     blocking::run(move || f(&mount, &call)).await
 }
 
-impl Host for CallCaps {
+impl Host for MountView<'_> {
     async fn mount(
         &mut self,
         source: String,
@@ -798,12 +872,12 @@ impl Host for CallCaps {
         fs_type: String,
         options: Vec<String>,
     ) -> CapResult<()> {
-        let cap = mount_cap(&self.grants)?.clone();
+        let cap = self.cap()?.clone();
         cap.check_type(&fs_type)?;
         let options = mount_options::check(&fs_type, &options)?;
         if NETWORK_TYPES.contains(&fs_type.as_str()) {
             return Ok(cap
-                .mount_network(&source, &target, &fs_type, options, self.mounts.clone())
+                .mount_network(&source, &target, &fs_type, options, self.paths.clone())
                 .await?);
         }
         if MEMORY_TYPES.contains(&fs_type.as_str()) {

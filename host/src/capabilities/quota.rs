@@ -9,21 +9,36 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use anyhow::Context;
+use serde::Deserialize;
+use wasmtime::component::{HasData, Linker};
 
-use super::fs::FsCap;
-use super::{blocking, btrfs, CallCaps, CapError, CapResult, Grants};
-use crate::config::QuotaGrant;
-use crate::wit::wasmcsi::plugin::quota::{Host, QuotaKind, Usage};
+use super::root::PluginRoot;
+use super::{blocking, granted, CallCaps, CapError, CapResult, HasCallCaps};
+use crate::config::env;
+use crate::sys::btrfs;
+use crate::wit::wasmcsi::plugin::quota::{self as wit, Host, QuotaKind, Usage};
 use crate::wit::wasmcsi::plugin::types::ErrorCode;
 
+/// The config's `capabilities.quota` (it needs `capabilities.fs`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct QuotaGrant {
+    /// Turn btrfs quotas on for the root's filesystem at load. Quotas are
+    /// a filesystem-wide setting (with a cost on every write), so the host
+    /// never turns them on as a side effect of a plugin's call.
+    #[serde(default, deserialize_with = "env::scalar")]
+    pub enable_btrfs_quotas: bool,
+}
+
+/// The quota unit's state: the root whose subvolumes it limits.
 pub struct QuotaCap {
-    fs: Arc<FsCap>,
+    fs: Arc<PluginRoot>,
 }
 
 impl QuotaCap {
     /// The grant; with `enableBtrfsQuotas`, turns quotas on for the root's
     /// btrfs filesystem now, once, as the operator asked.
-    pub fn new(grant: &QuotaGrant, fs: Arc<FsCap>) -> anyhow::Result<QuotaCap> {
+    pub fn new(grant: &QuotaGrant, fs: Arc<PluginRoot>) -> anyhow::Result<QuotaCap> {
         if grant.enable_btrfs_quotas {
             // ioctls need a real descriptor, not the root's O_PATH one.
             let root = rustix::fs::openat(
@@ -53,22 +68,46 @@ fn project_quota_not_yet() -> CapError {
     )
 }
 
-fn quota_fs(grants: &Grants) -> Result<&FsCap, CapError> {
-    grants
-        .quota
-        .as_ref()
-        .map(|q| q.fs.as_ref())
-        .ok_or_else(|| CapError::not_granted("quota", &grants.plugin))
+/// The `quota` interface as the linker sees it.
+pub struct Quota;
+
+impl HasData for Quota {
+    type Data<'a> = QuotaView<'a>;
 }
 
-impl Host for CallCaps {
+/// One call's view of `quota`: the unit's state, if granted.
+pub struct QuotaView<'a> {
+    cap: Option<&'a Arc<QuotaCap>>,
+    plugin: &'a str,
+}
+
+impl<'a> QuotaView<'a> {
+    /// The view of the call's `quota` state.
+    pub fn of(call: &'a CallCaps) -> QuotaView<'a> {
+        QuotaView {
+            cap: call.grants.quota.as_ref(),
+            plugin: &call.grants.plugin,
+        }
+    }
+
+    fn cap(&self) -> Result<Arc<QuotaCap>, CapError> {
+        granted(self.cap, "quota", self.plugin).cloned()
+    }
+}
+
+/// Links `quota`.
+pub fn add_to_linker<T: HasCallCaps>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Quota>(linker, |t| QuotaView::of(t.call_caps()))
+}
+
+impl Host for QuotaView<'_> {
     async fn set_limit(&mut self, kind: QuotaKind, path: String, bytes: u64) -> CapResult<()> {
         if kind == QuotaKind::Project {
             return Err(project_quota_not_yet().into());
         }
-        let grants = self.grants.clone();
+        let cap = self.cap()?;
         Ok(blocking::run(move || {
-            let sub = quota_fs(&grants)?.subvolume(&path)?;
+            let sub = cap.fs.subvolume(&path)?;
             let id = btrfs::subvolume_id(sub.as_fd())?;
             btrfs::limit(sub.as_fd(), id, bytes)
         })
@@ -79,11 +118,11 @@ impl Host for CallCaps {
         if kind == QuotaKind::Project {
             return Err(project_quota_not_yet().into());
         }
-        let grants = self.grants.clone();
+        let cap = self.cap()?;
         // No forced commit: figures are as of the last transaction (at most
         // the commit interval old), which is what a stats poll needs.
         Ok(blocking::run(move || {
-            let sub = quota_fs(&grants)?.subvolume(&path)?;
+            let sub = cap.fs.subvolume(&path)?;
             let id = btrfs::subvolume_id(sub.as_fd())?;
             let usage = btrfs::qgroup_usage(sub.as_fd(), id)?.ok_or_else(|| {
                 CapError::not_found(format!("no qgroup 0/{id} (are quotas enabled?)"))

@@ -261,25 +261,15 @@ pub struct Live {
 /// shown is the default, half the memory; `size=0k` is unlimited).
 pub fn live(mountinfo: &str, tag: &str, ram_bytes: u64) -> Vec<Live> {
     let mut out: Vec<Live> = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut right = right.split(' ');
-        let (Some(fs_type), Some(source), Some(options)) =
-            (right.next(), right.next(), right.next())
-        else {
-            continue;
-        };
-        if fs_type != "tmpfs" || !super::mount::unescape(source).starts_with(tag) {
+    for m in crate::sys::mountinfo::parse(mountinfo) {
+        if m.fs_type != "tmpfs" || !m.source.starts_with(tag) {
             continue;
         }
-        let Some(device) = left.split(' ').nth(2) else {
-            continue;
-        };
+        let device = m.device.as_str();
         if out.iter().any(|l| l.device == device) {
             continue;
         }
+        let options = m.super_options.as_str();
         let size = options.split(',').find_map(|o| o.strip_prefix("size="));
         let bytes = match size
             .and_then(|s| s.strip_suffix('k'))

@@ -2,13 +2,17 @@
 //! where else a volume is published (the table survives a driver restart,
 //! in-memory bookkeeping would not), and the host's own unmount for volumes
 //! whose plugin is no longer loaded, so their pods can still terminate.
+//! The table is read by `sys::mountinfo`; the unmount is the mount unit's.
 
 use std::path::{Path, PathBuf};
 
 use tonic::Status;
 
-use crate::capabilities::mount::unescape;
+use crate::capabilities::beneath::{self, GrantedDir};
+use crate::capabilities::mount::unmount_beneath;
+use crate::capabilities::ErrorCode;
 use crate::config::Config;
+use crate::sys::mountinfo;
 
 /// One line of /proc/self/mountinfo, as far as the host needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,21 +25,26 @@ pub struct Mount {
 
 /// The mount table of this process's namespace, in mount order.
 pub fn table() -> Result<Vec<Mount>, Status> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| parse(&info))
+    mountinfo::read()
+        .map(|table| table.into_iter().map(Mount::from).collect())
         .map_err(|e| Status::internal(format!("reading /proc/self/mountinfo: {e}")))
 }
 
+#[cfg(test)]
 fn parse(info: &str) -> Vec<Mount> {
-    info.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            Some(Mount {
-                key: (fields.get(2)?.to_string(), unescape(fields.get(3)?)),
-                point: PathBuf::from(unescape(fields.get(4)?)),
-            })
-        })
+    mountinfo::parse(info)
+        .into_iter()
+        .map(Mount::from)
         .collect()
+}
+
+impl From<mountinfo::MountInfo> for Mount {
+    fn from(m: mountinfo::MountInfo) -> Mount {
+        Mount {
+            key: (m.device, m.root),
+            point: m.point,
+        }
+    }
 }
 
 /// The directories any configured plugin may mount under, resolved.
@@ -81,48 +90,36 @@ fn under(path: &Path, prefixes: &[PathBuf]) -> bool {
 }
 
 /// Takes down whatever is mounted at `path` for a volume whose plugin is
-/// not loaded, so the CO's unpublish/unstage can finish. Only a path under
-/// a granted prefix is touched; a path that is not there, or not a mount,
-/// needs nothing. With `remove`, an emptied target is removed as well.
+/// not loaded, so the CO's unpublish/unstage can finish. As a plugin's own
+/// unmount does, `path` is resolved beneath a granted prefix's descriptor
+/// and the mounts found there are taken down: a path outside every prefix
+/// (or leading out of one) is left alone, one that is not there, or not a
+/// mount, needs nothing. With `remove`, an emptied target is removed too.
 pub fn unmount_orphan(path: &str, prefixes: &[PathBuf], remove: bool) -> Result<(), Status> {
     if !Path::new(path).is_absolute() {
         return Err(Status::invalid_argument(format!(
             "{path:?} is not an absolute path"
         )));
     }
-    let Some(real) = resolved(path) else {
-        return Ok(());
-    };
-    if !under(&real, prefixes) {
-        tracing::warn!(path, "not under a granted mount prefix: left alone");
-        return Ok(());
-    }
-    // A stack of mounts comes down one at a time; a bound number of tries.
-    for _ in 0..8 {
-        if at(&table()?, &real).is_none() {
-            break;
+    let dirs: Vec<GrantedDir> = prefixes
+        .iter()
+        .filter_map(|p| GrantedDir::open(p).ok())
+        .collect();
+    let dirs: Vec<&GrantedDir> = dirs.iter().collect();
+    let located = beneath::locate(&dirs, path, "path").and_then(|at| at.below("path"));
+    let done = located.and_then(|at| unmount_beneath(at, remove));
+    match done {
+        Ok(()) => {
+            tracing::info!(path, "nothing left mounted (its plugin is not loaded)");
+            Ok(())
         }
-        nix::mount::umount2(&real, nix::mount::MntFlags::UMOUNT_NOFOLLOW)
-            .map_err(|e| Status::internal(format!("unmounting {}: {e}", real.display())))?;
-        tracing::info!(path = %real.display(), "unmounted (its plugin is not loaded)");
+        Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+        Err(e) if e.code == ErrorCode::PermissionDenied => {
+            tracing::warn!(path, error = %e.message, "not under a granted mount prefix: left alone");
+            Ok(())
+        }
+        Err(e) => Err(Status::from(e)),
     }
-    if at(&table()?, &real).is_some() {
-        return Err(Status::internal(format!(
-            "{} is still mounted after unmounting it",
-            real.display()
-        )));
-    }
-    if remove {
-        // Only an empty directory or an empty file (a block target).
-        let empty_file =
-            std::fs::symlink_metadata(&real).is_ok_and(|m| m.is_file() && m.len() == 0);
-        let _ = if empty_file {
-            std::fs::remove_file(&real)
-        } else {
-            std::fs::remove_dir(&real)
-        };
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::state::CallState;
-use crate::capabilities::CallCaps;
-use crate::wit::wasmcsi::plugin as ours;
+use crate::capabilities::{self as caps, HasCallCaps};
 
 /// The epoch advances this often; call deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -94,16 +93,13 @@ fn start_epoch_ticker(engine: &Engine) {
         .expect("spawning the epoch thread");
 }
 
-/// The linker with WASI (what Rust's std imports), wasi:http and every
-/// host capability.
+/// The linker with WASI (what Rust's std imports) and every host
+/// capability, one unit at a time.
 pub fn linker(engine: &Engine) -> Result<Linker<CallState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking WASI")?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-        .map_err(anyhow::Error::from)
-        .context("linking wasi:http")?;
     super::preopens::add_to_linker(&mut linker)?;
     link_capabilities(&mut linker)
         .map_err(anyhow::Error::from)
@@ -111,20 +107,19 @@ pub fn linker(engine: &Engine) -> Result<Linker<CallState>> {
     Ok(linker)
 }
 
-/// Our own interfaces, one by one: the world's `add_to_linker` would want
-/// wasi:http from `CallCaps` too, which the linker has from wasmtime.
-fn link_capabilities(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    fn caps(state: &mut CallState) -> &mut CallCaps {
-        &mut state.caps
-    }
-    type Caps = HasSelf<CallCaps>;
-    ours::types::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::log::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::environment::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::fs_info::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::images::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::btrfs::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::quota::add_to_linker::<CallState, Caps>(linker, caps)?;
-    ours::mount::add_to_linker::<CallState, Caps>(linker, caps)?;
+/// Our own interfaces and wasi:http, one unit each (the world's
+/// `add_to_linker` would want one type for all of them).
+fn link_capabilities<T: HasCallCaps + wasmtime_wasi_http::WasiHttpView>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    caps::http::add_to_linker(linker)?;
+    caps::add_types_to_linker(linker)?;
+    caps::log::add_to_linker(linker)?;
+    caps::environment::add_to_linker(linker)?;
+    caps::fs_info::add_to_linker(linker)?;
+    caps::images::add_to_linker(linker)?;
+    caps::btrfs::add_to_linker(linker)?;
+    caps::quota::add_to_linker(linker)?;
+    caps::mount::add_to_linker(linker)?;
     Ok(())
 }

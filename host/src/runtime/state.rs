@@ -12,10 +12,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::MemoryLimiter;
 use crate::capabilities::call_paths::CallPaths;
-use crate::capabilities::fs::FsCap;
 use crate::capabilities::http::CallHttp;
 use crate::capabilities::log::CallLog;
-use crate::capabilities::{CallCaps, Grants};
+use crate::capabilities::root::PluginRoot;
+use crate::capabilities::{CallCaps, Grants, HasCallCaps};
 use crate::config::Limits;
 
 /// How much of a plugin's stderr (panic messages) is kept for the error.
@@ -46,7 +46,7 @@ pub fn call_paths() -> CallPaths {
 }
 
 pub struct CallState {
-    /// What the capabilities see (their host traits are implemented on it).
+    /// What the capabilities see: each unit's view borrows its part.
     pub caps: CallCaps,
     pub limiter: MemoryLimiter,
     pub stderr: MemoryOutputPipe,
@@ -99,10 +99,10 @@ impl CallState {
         })
     }
 
-    /// The plugin's fs grant beside the resource table WASI uses, borrowed
+    /// The plugin's root beside the resource table WASI uses, borrowed
     /// together (the preopens need both).
-    pub fn fs_and_table(&mut self) -> (Option<&FsCap>, &mut ResourceTable) {
-        (self.caps.grants.fs.as_deref(), &mut self.table)
+    pub fn fs_and_table(&mut self) -> (Option<&PluginRoot>, &mut ResourceTable) {
+        (self.caps.grants.root.as_deref(), &mut self.table)
     }
 
     /// What the plugin wrote to stderr, e.g. a panic message.
@@ -110,6 +110,12 @@ impl CallState {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_string()
+    }
+}
+
+impl HasCallCaps for CallState {
+    fn call_caps(&mut self) -> &mut CallCaps {
+        &mut self.caps
     }
 }
 

@@ -1,28 +1,50 @@
-//! The `fs` capability: statfs, filesystem images, loop devices and btrfs
-//! subvolumes, every path resolved beneath the plugin's root descriptor
-//! (see `beneath`) and every action taken on the descriptor found: tools
-//! get the open file as `/proc/self/fd/3`, loop devices and subvolumes are
-//! made by ioctl, filesystems grown by ioctl on their mount's root.
+//! The plugin's root: the directory of the config's `fs` grant, opened
+//! once at load. It is the plugin's WASI preopen and the bound of the
+//! `fs-info`, `images`, `btrfs` and `quota` units: every path they take is
+//! resolved beneath the root's descriptor (see `beneath`) and every action
+//! taken on the descriptor found.
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rustix::fs::{FileType, OFlags};
+use serde::Deserialize;
 use wasmtime_wasi::filesystem::Dir;
 use wasmtime_wasi::{FsPerms, OpenMode};
 
 use super::beneath::{self, GrantedDir, Located};
 use super::loopdev::{self, LoopDevice};
-use super::qgroup_reaper::QgroupReaper;
-use super::{blocking, btrfs, CallCaps, CapError, CapResult, ErrorCode, Grants};
-use crate::config::FsGrant;
-use crate::wit::wasmcsi::plugin::fs_info::{self, FsStats};
+use super::{blocking, CapError, ErrorCode};
+use crate::sys::btrfs;
+use crate::sys::qgroup_reaper::QgroupReaper;
 
-pub struct FsCap {
+/// The config's `capabilities.fs`: the plugin's root directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FsGrant {
+    /// The plugin's root: its WASI preopen and the bound of every fs call.
+    pub root: PathBuf,
+}
+
+impl FsGrant {
+    /// Checks the grant as the config is loaded.
+    pub fn validate(&self) -> Result<()> {
+        if !self.root.is_absolute() {
+            bail!(
+                "capabilities.fs.root {:?} must be an absolute path",
+                self.root
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The plugin's root, opened once per plugin and shared by its calls.
+pub struct PluginRoot {
     /// The root, opened once.
     pub root: GrantedDir,
     /// The root as the plugin's WASI preopen (seen by the guest at the
@@ -36,8 +58,8 @@ pub struct FsCap {
     pub(super) qgroups: Arc<QgroupReaper>,
 }
 
-impl FsCap {
-    pub fn new(grant: &FsGrant, max_loops: u32) -> Result<FsCap> {
+impl PluginRoot {
+    pub fn new(grant: &FsGrant, max_loops: u32) -> Result<PluginRoot> {
         let root = GrantedDir::open(&grant.root)?;
         let qgroups = Arc::new(QgroupReaper::default());
         if btrfs::on_btrfs(root.fd()).unwrap_or(false) {
@@ -48,7 +70,7 @@ impl FsCap {
                 qgroups.wake(dir.as_fd());
             }
         }
-        Ok(FsCap {
+        Ok(PluginRoot {
             preopen: open_preopen(root.path())?,
             loops: loopdev::LoopIndex::default(),
             max_loops,
@@ -115,49 +137,6 @@ impl FsCap {
     }
 }
 
-/// statfs(2) of an open descriptor.
-fn statfs(fd: BorrowedFd) -> Result<FsStats, CapError> {
-    let st = rustix::fs::fstatvfs(fd).map_err(|e| CapError::internal(format!("statfs: {e}")))?;
-    let frag = st.f_frsize;
-    Ok(FsStats {
-        total_bytes: st.f_blocks.saturating_mul(frag),
-        free_bytes: st.f_bfree.saturating_mul(frag),
-        available_bytes: st.f_bavail.saturating_mul(frag),
-        total_inodes: st.f_files,
-        free_inodes: st.f_ffree,
-    })
-}
-
-/// The name of the filesystem holding a descriptor, from its statfs magic.
-fn type_name(fd: BorrowedFd) -> Result<String, CapError> {
-    let st = rustix::fs::fstatfs(fd).map_err(|e| CapError::internal(format!("statfs: {e}")))?;
-    Ok(match st.f_type as u64 {
-        0x5846_5342 => "xfs".into(),
-        0x9123_683e => "btrfs".into(),
-        0xef53 => "ext4".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x6969 => "nfs".into(),
-        0x794c_7630 => "overlay".into(),
-        other => format!("0x{other:x}"),
-    })
-}
-
-/// Runs `f` on the plugin's fs grant, off the async workers.
-pub(super) async fn with_fs<T: Send + 'static>(
-    grants: &Arc<Grants>,
-    f: impl FnOnce(&FsCap) -> Result<T, CapError> + Send + 'static,
-) -> Result<T, CapError> {
-    let grants = grants.clone();
-    blocking::run(move || f(fs_cap(&grants)?)).await
-}
-
-pub(super) fn fs_cap(grants: &Grants) -> Result<&FsCap, CapError> {
-    grants
-        .fs
-        .as_deref()
-        .ok_or_else(|| CapError::not_granted("fs", &grants.plugin))
-}
-
 /// The root directory as the plugin's WASI preopen, opened once per plugin. Every `*at` call
 /// through it is confined by wasmtime-wasi (cap-std) to the directory.
 fn open_preopen(root: &Path) -> anyhow::Result<Dir> {
@@ -177,32 +156,11 @@ fn open_preopen(root: &Path) -> anyhow::Result<Dir> {
     ))
 }
 
-impl fs_info::Host for CallCaps {
-    /// statfs of a path beneath the root or a granted mount prefix.
-    async fn statfs(&mut self, path: String) -> CapResult<FsStats> {
-        let grants = self.grants.clone();
-        Ok(blocking::run(move || {
-            let mut dirs: Vec<&GrantedDir> = Vec::new();
-            if let Some(fs) = &grants.fs {
-                dirs.push(&fs.root);
-            }
-            if let Some(m) = &grants.mount {
-                dirs.extend(m.prefix_dirs());
-            }
-            if dirs.is_empty() {
-                return Err(CapError::not_granted("fs", &grants.plugin));
-            }
-            let fd = beneath::open(beneath::locate(&dirs, &path, "path")?, OFlags::PATH)?;
-            statfs(fd.as_fd())
-        })
-        .await?)
-    }
-
-    async fn filesystem_type(&mut self, path: String) -> CapResult<String> {
-        Ok(with_fs(&self.grants, move |fs| {
-            let fd = beneath::open(fs.locate(&path)?, OFlags::PATH)?;
-            type_name(fd.as_fd())
-        })
-        .await?)
-    }
+/// Runs `f` on the root, off the async workers.
+pub(super) async fn with_root<T: Send + 'static>(
+    root: &Arc<PluginRoot>,
+    f: impl FnOnce(&PluginRoot) -> Result<T, CapError> + Send + 'static,
+) -> Result<T, CapError> {
+    let root = root.clone();
+    blocking::run(move || f(&root)).await
 }

@@ -202,7 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mnt = dir.path().join("mnt");
         let not_btrfs = std::fs::File::open(dir.path()).unwrap();
-        if !crate::capabilities::btrfs::on_btrfs(not_btrfs.as_fd()).unwrap() {
+        if !crate::sys::btrfs::on_btrfs(not_btrfs.as_fd()).unwrap() {
             assert!(btrfs_commit(not_btrfs.as_fd()).is_err());
         }
         crate::testkit::mount_btrfs(&dir.path().join("fs.img"), &mnt, 1 << 30).unwrap();

@@ -20,7 +20,51 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::config::{HttpGrant, Origin};
+pub mod origin;
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::WasiHttpView;
+
+pub use self::origin::Origin;
+use crate::config::env;
+
+/// The config's `capabilities.http`: the origins a plugin may reach.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpGrant {
+    /// Allowed origins (`scheme://host[:port]`); an entry may hold several
+    /// separated by commas, as an environment variable often does.
+    pub origins: Vec<String>,
+    /// PEM file of CA certificates trusted for https origins, in addition
+    /// to the public web roots (arrays often have a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate. For labs only; logged at every start.
+    #[serde(default, deserialize_with = "env::scalar")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl HttpGrant {
+    /// Checks the grant as the config is loaded.
+    pub fn validate(&self) -> Result<()> {
+        for origin in &self.origins {
+            Origin::parse(origin)
+                .with_context(|| format!("capabilities.http.origins entry {origin:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Links wasi:http (wasmtime's), every request sent through the embedder's
+/// hooks: a `CallHttp` of this unit.
+pub fn add_to_linker<T: WasiHttpView + Send + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+}
 
 /// A request body larger than this is refused before anything is sent.
 const MAX_REQUEST_BYTES: usize = 8 << 20;
