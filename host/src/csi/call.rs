@@ -83,7 +83,9 @@ pub(crate) async fn call_plugin<E, R, F>(
 ) -> Result<R, Status>
 where
     E: Exports,
-    F: for<'s> FnOnce(&'s E, &'s mut Store<CallState>) -> CallFuture<'s, R>,
+    R: Send + 'static,
+    // Sent once, whole, to the call's own thread (runtime::call_threads).
+    F: for<'s> FnOnce(&'s E, &'s mut Store<CallState>) -> CallFuture<'s, R> + Send + 'static,
 {
     let PluginCall {
         plugin,

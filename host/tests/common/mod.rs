@@ -66,6 +66,8 @@ pub struct Options {
     pub ext4_root: bool,
     pub mode: &'static str,
     pub fs_type: &'static str,
+    /// More plugin settings, each as `, key: value` (e.g. `, overcommitRatio: 8`).
+    pub settings_extra: &'static str,
     /// Extra YAML under the plugin entry (limits, extra capabilities...).
     pub plugin_extra: String,
     /// Extra `wasmcsi serve` flags.
@@ -79,6 +81,7 @@ impl Default for Options {
             ext4_root: false,
             mode: "image",
             fs_type: "xfs",
+            settings_extra: "",
             plugin_extra: String::new(),
             args: Vec::new(),
         }
@@ -125,7 +128,7 @@ impl TestDriver {
 plugins:
   - name: local-dir
     path: {wasm}
-    settings: {{ mode: {mode}, fsType: {fs} }}
+    settings: {{ mode: {mode}, fsType: {fs}{settings_extra} }}
     capabilities:
       fs: {{ root: "{root}" }}
       quota: {{ enableBtrfsQuotas: true }}
@@ -135,6 +138,7 @@ plugins:
             wasm = plugin_path("local-dir").display(),
             mode = options.mode,
             fs = options.fs_type,
+            settings_extra = options.settings_extra,
             root = root.display(),
             kubelet = kubelet.display(),
             // Plugins added by a test may be granted the harness's kubelet dir.
