@@ -197,6 +197,7 @@ async fn crossing(loader: &Loader, config: &PluginConfig, n: usize) -> (Duration
         grants,
         &config.limits,
         std::time::Instant::now() + std::time::Duration::from_secs(60),
+        wasmcsi::capabilities::call_paths::CallPaths::none(),
     )
     .unwrap();
     let mut store = Store::new(pre.engine(), state);

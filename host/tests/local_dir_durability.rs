@@ -149,12 +149,11 @@ async fn concurrent_answers_survive(options: Options, image: &str, params: &[(&s
         doomed.push(create(&mut d, &format!("pvc-doomed-{n}"), params).await);
     }
     let mut calls = tokio::task::JoinSet::new();
-    for n in 0..CONCURRENT {
+    for (n, volume_id) in doomed.into_iter().enumerate() {
         let mut client = d.client.clone();
         let req = create_req(&format!("pvc-new-{n}"), 64 * MIB, params);
         calls.spawn(async move { client.controller.create_volume(req).await.map(drop) });
         let mut client = d.client.clone();
-        let volume_id = doomed[n].clone();
         calls.spawn(async move {
             client
                 .controller
