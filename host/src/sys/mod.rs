@@ -1,7 +1,8 @@
 //! OS primitives the capabilities and the CSI services are built on:
 //! confinement by descriptor, loop devices, btrfs ioctls, growing a
 //! filesystem, running a tool on a descriptor, the mount table, shared
-//! syncs (group commit) and the hand-off of blocking work. No grants and no plugins here: the units in
+//! syncs (group commit), the reaping of stale qgroups and the hand-off of
+//! blocking work. No grants and no plugins here: the units in
 //! `capabilities` decide what a plugin may do; these only do it.
 
 pub mod beneath;
