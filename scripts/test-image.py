@@ -81,7 +81,7 @@ def host_tools():
                 line = text.count("\n", 0, c.start()) + 1
                 if c.group(2) is not None:
                     tools.setdefault(c.group(2), []).append(f"{rel}:{line}")
-                elif not (rel.endswith("capabilities/command.rs") and c.group(1) == "program"):
+                elif not (rel.endswith("sys/command.rs") and c.group(1) == "program"):
                     problems.append(f"{rel}:{line}: program {c.group(1)!r} is not a literal")
     with open(os.path.join(src, "capabilities", "mount.rs")) as f:
         m = re.search(r'const NETWORK_TYPES: &\[&str\] = &\[([^\]]*)\]', f.read())
