@@ -106,6 +106,19 @@ struct SearchArgs {
     buf: [u8; 4096 - std::mem::size_of::<SearchKey>()],
 }
 
+impl SearchArgs {
+    /// `BTRFS_IOC_TREE_SEARCH` for `key` on the filesystem of `fd`: the
+    /// key as the kernel left it (`nr_items` found) and the items' buffer.
+    fn run(fd: BorrowedFd, key: SearchKey) -> Result<SearchArgs, rustix::io::Errno> {
+        let mut args = SearchArgs {
+            key,
+            buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+        };
+        ioctl(fd, TREE_SEARCH, &mut args)?;
+        Ok(args)
+    }
+}
+
 /// `struct btrfs_ioctl_search_header`, which precedes each found item.
 const SEARCH_HEADER_LEN: usize = 32;
 
@@ -302,8 +315,9 @@ fn quota_item(
     key_type: u32,
     offset: u64,
 ) -> Result<Option<Vec<u8>>, rustix::io::Errno> {
-    let mut args = SearchArgs {
-        key: SearchKey {
+    let args = SearchArgs::run(
+        fd,
+        SearchKey {
             tree_id: QUOTA_TREE_OBJECTID,
             min_offset: offset,
             max_offset: offset,
@@ -313,9 +327,7 @@ fn quota_item(
             nr_items: 1,
             ..SearchKey::default()
         },
-        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
-    };
-    ioctl(fd, TREE_SEARCH, &mut args)?;
+    )?;
     if args.key.nr_items == 0 {
         return Ok(None);
     }
@@ -363,8 +375,9 @@ pub fn stale_qgroups(fd: BorrowedFd) -> Result<Vec<u64>, CapError> {
 /// The offsets (qgroup ids) of the quota tree's items of `key_type`, from
 /// `from` on, level 0 only, one search's worth.
 fn quota_items(fd: BorrowedFd, key_type: u32, from: u64) -> Result<Vec<u64>, rustix::io::Errno> {
-    let mut args = SearchArgs {
-        key: SearchKey {
+    let args = SearchArgs::run(
+        fd,
+        SearchKey {
             tree_id: QUOTA_TREE_OBJECTID,
             min_offset: from,
             max_offset: (1 << 48) - 1,
@@ -374,9 +387,7 @@ fn quota_items(fd: BorrowedFd, key_type: u32, from: u64) -> Result<Vec<u64>, rus
             nr_items: u32::MAX,
             ..SearchKey::default()
         },
-        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
-    };
-    ioctl(fd, TREE_SEARCH, &mut args)?;
+    )?;
     let mut found = Vec::new();
     let mut at = 0;
     for _ in 0..args.key.nr_items {
@@ -401,8 +412,9 @@ fn has_item(
     objectid: u64,
     key_type: u32,
 ) -> Result<bool, rustix::io::Errno> {
-    let mut args = SearchArgs {
-        key: SearchKey {
+    let args = SearchArgs::run(
+        fd,
+        SearchKey {
             tree_id,
             min_objectid: objectid,
             max_objectid: objectid,
@@ -413,9 +425,7 @@ fn has_item(
             nr_items: 1,
             ..SearchKey::default()
         },
-        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
-    };
-    ioctl(fd, TREE_SEARCH, &mut args)?;
+    )?;
     Ok(args.key.nr_items > 0)
 }
 
